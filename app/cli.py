@@ -1,0 +1,97 @@
+"""The `taskrun-api` command: serve the API, migrate the database, check the handlers."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from typing import Any
+
+import uvicorn
+from uvicorn.config import LOGGING_CONFIG
+
+from app.db.database import Database
+from app.db.migrate import check, upgrade
+from app.main import create_routes
+from app.settings import Settings
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, plus the service's own `app` loggers at `level`."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["app"] = {"handlers": ["default"], "level": level, "propagate": False}
+    config["loggers"]["uvicorn"]["level"] = level
+    return config
+
+
+def serve(arguments: argparse.Namespace, settings: Settings) -> int:
+    """Migrate the database, then serve the API with `workers` processes."""
+    if not arguments.no_migrate:
+        print(
+            f"migrating {Database(settings.database_url).url.render_as_string()}", file=sys.stderr
+        )
+        upgrade(settings.database_url)
+    uvicorn.run(
+        "app.main:app",
+        host=arguments.host or settings.host,
+        port=arguments.port if arguments.port is not None else settings.port,
+        workers=arguments.workers or settings.workers,
+        log_config=_log_config(settings.log_level),
+        access_log=settings.access_log,
+    )
+    return 0
+
+
+def db_upgrade(arguments: argparse.Namespace, settings: Settings) -> int:
+    """Apply the migrations up to a revision (the newest by default)."""
+    upgrade(settings.database_url, arguments.revision)
+    return 0
+
+
+def db_check(_arguments: argparse.Namespace, settings: Settings) -> int:
+    """Fail when the tables differ from what the migrations create."""
+    check(settings.database_url)
+    return 0
+
+
+def check_handlers(_arguments: argparse.Namespace, _settings: Settings) -> int:
+    """Fail, naming them, when operations of openapi.yaml have no handler method."""
+    missing = create_routes(Database("sqlite://")).missing_handlers()
+    for operation in missing:
+        print(f"missing handler: {operation}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taskrun-api", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_parser = commands.add_parser("serve", help=serve.__doc__)
+    serve_parser.add_argument("--host", help="default: $HOST or 127.0.0.1")
+    serve_parser.add_argument("--port", type=int, help="default: $PORT or 4200")
+    serve_parser.add_argument("--workers", type=int, help="default: $WORKERS or 2")
+    serve_parser.add_argument("--no-migrate", action="store_true", help="do not migrate first")
+    serve_parser.set_defaults(handler=serve)
+
+    db_parser = commands.add_parser("db", help="database schema migrations")
+    db_commands = db_parser.add_subparsers(dest="db_command", required=True)
+    upgrade_parser = db_commands.add_parser("upgrade", help=db_upgrade.__doc__)
+    upgrade_parser.add_argument("revision", nargs="?", default="head")
+    upgrade_parser.set_defaults(handler=db_upgrade)
+    db_commands.add_parser("check", help=db_check.__doc__).set_defaults(handler=db_check)
+
+    commands.add_parser("check-handlers", help=check_handlers.__doc__).set_defaults(
+        handler=check_handlers
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `taskrun-api` console script."""
+    arguments = _parser().parse_args(argv)
+    exit_code: int = arguments.handler(arguments, Settings())
+    return exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

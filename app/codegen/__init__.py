@@ -1,0 +1,1 @@
+"""Code generation from openapi.yaml that datamodel-code-generator does not cover."""

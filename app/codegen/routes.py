@@ -1,0 +1,474 @@
+"""Write generated/routes.py: one Connexion route stub per operation of openapi.yaml.
+
+Each stub turns Connexion's validated arguments into typed values (generated request models,
+UUIDs, ...), calls the handwritten handler of its operation, and serialises the handler's
+response model with the status the handler chose. The handlers of one tag form a Protocol, so
+mypy checks every handler's signature against the contract, and `HANDLERS` names each
+operation's handler so that a missing one is reported by name.
+
+    python -m app.codegen.routes            # write generated/routes.py
+    python -m app.codegen.routes --check    # exit 1, with a diff, if it is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import keyword
+import re
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+JSON_MEDIA_TYPE = "application/json"
+
+
+class SpecError(Exception):
+    """The document uses something the generator cannot turn into a stub."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A path or query parameter, as the stub receives it and the handler gets it."""
+
+    name: str
+    python_type: str
+    required: bool
+    converter: str | None  # wraps the raw value, e.g. "UUID"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What the generator needs to know about one operation."""
+
+    operation_id: str
+    method: str
+    path: str
+    summary: str
+    tag: str
+    group: str  # the handler object, named after the operation's first tag
+    handler: str
+    parameters: tuple[Parameter, ...]
+    body_model: str | None
+    body_required: bool
+    # Success statuses by the type the handler returns with them ("None" for no content).
+    success: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def load_operations(spec: dict[str, Any], *, model_names: dict[str, str]) -> list[Operation]:
+    """Every operation of the document, in document order."""
+    operations = []
+    for path, path_item in spec.get("paths", {}).items():
+        shared_parameters = path_item.get("parameters", [])
+        for method in HTTP_METHODS:
+            if method in path_item:
+                operations.append(
+                    _operation(
+                        spec,
+                        path,
+                        method,
+                        path_item[method],
+                        shared_parameters=shared_parameters,
+                        model_names=model_names,
+                    )
+                )
+    _check_unique(operations)
+    return operations
+
+
+def _operation(
+    spec: dict[str, Any],
+    path: str,
+    method: str,
+    definition: dict[str, Any],
+    *,
+    shared_parameters: list[dict[str, Any]],
+    model_names: dict[str, str],
+) -> Operation:
+    operation_id = definition.get("operationId")
+    where = f"{method.upper()} {path}"
+    if not operation_id:
+        raise SpecError(f"{where} has no operationId")
+    tags = definition.get("tags") or []
+    if not tags:
+        raise SpecError(f"{where} has no tag; the first tag names its handler group")
+    parameters = [
+        _resolve(spec, p) for p in [*shared_parameters, *definition.get("parameters", [])]
+    ]
+    body_model, body_required = _request_body(
+        spec, definition, where=where, model_names=model_names
+    )
+    return Operation(
+        operation_id=operation_id,
+        method=method,
+        path=path,
+        summary=definition.get("summary", ""),
+        tag=tags[0],
+        group=_snake_case(tags[0]),
+        handler=handler_name(operation_id, path=path, method=method),
+        parameters=tuple(
+            _parameter(p, where=where) for p in parameters if p["in"] in ("path", "query")
+        ),
+        body_model=body_model,
+        body_required=body_required,
+        success=_success_responses(spec, definition, where=where, model_names=model_names),
+    )
+
+
+def handler_name(operation_id: str, *, path: str, method: str) -> str:
+    """The operationId without the `_<path>_<method>` suffix FastAPI adds to Prefect's ids."""
+    suffix = re.sub(r"\W", "_", path) + "_" + method
+    if operation_id.endswith(suffix) and len(operation_id) > len(suffix):
+        return operation_id[: -len(suffix)]
+    return operation_id
+
+
+def _snake_case(text: str) -> str:
+    return re.sub(r"\W+", "_", text.strip()).strip("_").lower()
+
+
+def _resolve(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local `$ref` (possibly several in a row)."""
+    while "$ref" in node:
+        reference = node["$ref"]
+        if not reference.startswith("#/"):
+            raise SpecError(f"only local references are supported, not {reference}")
+        target: Any = spec
+        for part in reference[2:].split("/"):
+            target = target[part.replace("~1", "/").replace("~0", "~")]
+        node = target
+    return node
+
+
+def _model_name(schema: dict[str, Any], *, where: str, model_names: dict[str, str]) -> str:
+    reference = schema.get("$ref", "")
+    prefix = "#/components/schemas/"
+    if not reference.startswith(prefix):
+        raise SpecError(f"{where}: a JSON body must be a $ref to {prefix}<Name>")
+    name = reference[len(prefix) :]
+    return f"models.{model_names.get(name, name)}"
+
+
+_SCALAR_TYPES = {"boolean": "bool", "integer": "int", "number": "float", "string": "str"}
+
+
+def _parameter(parameter: dict[str, Any], *, where: str) -> Parameter:
+    name = parameter["name"]
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise SpecError(f"{where}: parameter {name!r} is not a Python identifier")
+    schema = parameter.get("schema", {})
+    kind = schema.get("type")
+    if kind == "string" and schema.get("format") == "uuid":
+        python_type, converter = "UUID", "UUID"
+    elif kind in _SCALAR_TYPES:
+        python_type, converter = _SCALAR_TYPES[kind], None
+    else:
+        raise SpecError(f"{where}: parameter {name!r} has a type the stubs do not support")
+    return Parameter(
+        name=name,
+        python_type=python_type,
+        required=bool(parameter.get("required")),
+        converter=converter,
+    )
+
+
+def _request_body(
+    spec: dict[str, Any], definition: dict[str, Any], *, where: str, model_names: dict[str, str]
+) -> tuple[str | None, bool]:
+    if "requestBody" not in definition:
+        return None, False
+    body = _resolve(spec, definition["requestBody"])
+    content = body.get("content", {})
+    if JSON_MEDIA_TYPE not in content:
+        raise SpecError(f"{where}: the request body must be {JSON_MEDIA_TYPE}")
+    schema = content[JSON_MEDIA_TYPE]["schema"]
+    return _model_name(schema, where=where, model_names=model_names), bool(body.get("required"))
+
+
+def _success_responses(
+    spec: dict[str, Any], definition: dict[str, Any], *, where: str, model_names: dict[str, str]
+) -> dict[str, tuple[int, ...]]:
+    by_type: dict[str, list[int]] = {}
+    for status, response_or_reference in definition.get("responses", {}).items():
+        if not str(status).isdigit() or not 200 <= int(status) < 300:
+            continue
+        content = _resolve(spec, response_or_reference).get("content")
+        if not content:
+            python_type = "None"
+        elif JSON_MEDIA_TYPE in content:
+            schema = content[JSON_MEDIA_TYPE]["schema"]
+            python_type = (
+                _model_name(schema, where=where, model_names=model_names)
+                if "$ref" in schema
+                else _SCALAR_TYPES.get(schema.get("type", ""), "")
+            )
+            if not python_type:
+                raise SpecError(f"{where}: response {status} must be a $ref or a scalar type")
+        else:
+            raise SpecError(f"{where}: response {status} must be {JSON_MEDIA_TYPE} or empty")
+        by_type.setdefault(python_type, []).append(int(status))
+    if not by_type:
+        raise SpecError(f"{where} documents no 2xx response")
+    return {python_type: tuple(sorted(statuses)) for python_type, statuses in by_type.items()}
+
+
+def _check_unique(operations: list[Operation]) -> None:
+    seen: dict[str, str] = {}
+    for operation in operations:
+        key = f"{operation.group}.{operation.handler}"
+        if operation.operation_id in seen.values() or key in seen:
+            raise SpecError(f"two operations share the handler or operationId {key}")
+        seen[key] = operation.operation_id
+
+
+# --- rendering --------------------------------------------------------------------------
+
+_HEADER = '''\
+# generated by app/codegen/routes.py from openapi.yaml: do not edit; run `make generate`.
+"""Route stubs: one method per operationId, each calling its handler with typed arguments."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, Protocol, TypeVar
+from uuid import UUID
+
+from connexion.lifecycle import ConnexionResponse
+from pydantic import BaseModel, ValidationError
+
+from generated import models
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+class InvalidRequestModel(Exception):
+    """A body that passed the JSON Schema check but not its generated model."""
+
+    def __init__(self, errors: list[dict[str, Any]], request_body: Any) -> None:
+        super().__init__(f"{len(errors)} validation error(s)")
+        self.errors = errors
+        self.request_body = request_body
+
+
+def _request_model(model: type[_Model], body: Any) -> _Model:
+    """The body as its generated model; errors are located under "body" like the schema's."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as error:
+        errors = [
+            {"loc": ["body", *item["loc"]], "msg": item["msg"], "type": item["type"]}
+            for item in error.errors(include_url=False, include_input=False, include_context=False)
+        ]
+        raise InvalidRequestModel(errors, body) from error
+
+
+def _response(result: object, status: int) -> ConnexionResponse:
+    """The handler's result as compact JSON with the status it chose (no body for None)."""
+    if result is None:
+        return ConnexionResponse(status_code=status)
+    if isinstance(result, BaseModel):
+        body = result.model_dump_json()
+    else:
+        body = json.dumps(result, separators=(",", ":"))
+    return ConnexionResponse(status_code=status, body=body, content_type="application/json")
+'''
+
+
+def render(operations: list[Operation]) -> str:
+    """The source of generated/routes.py (before formatting)."""
+    groups: dict[str, list[Operation]] = {}
+    for operation in operations:
+        groups.setdefault(operation.group, []).append(operation)
+    parts = [_HEADER]
+    parts.extend(_render_protocol(group, members) for group, members in sorted(groups.items()))
+    parts.append(_render_routes(groups, operations))
+    parts.append(_render_handler_index(operations))
+    return "\n\n".join(parts)
+
+
+def protocol_name(group: str) -> str:
+    """`task_runs` -> `TaskRunsHandlers`."""
+    return "".join(word.capitalize() for word in group.split("_")) + "Handlers"
+
+
+def _return_type(operation: Operation) -> str:
+    alternatives = []
+    for python_type, statuses in operation.success.items():
+        literal = ", ".join(str(status) for status in statuses)
+        alternatives.append(f"tuple[{python_type}, Literal[{literal}]]")
+    return " | ".join(alternatives)
+
+
+def _handler_parameters(operation: Operation) -> list[str]:
+    parameters = [
+        f"{p.name}: {p.python_type}" if p.required else f"{p.name}: {p.python_type} | None = None"
+        for p in operation.parameters
+    ]
+    if operation.body_model:
+        optional = "" if operation.body_required else " | None = None"
+        parameters.append(f"body: {operation.body_model}{optional}")
+    return parameters
+
+
+def _render_protocol(group: str, operations: list[Operation]) -> str:
+    lines = [
+        f"class {protocol_name(group)}(Protocol):",
+        f'    """The handlers of the operations tagged "{operations[0].tag}"."""',
+    ]
+    for operation in operations:
+        signature = ", ".join(["self", "*", *_handler_parameters(operation)])
+        lines += [
+            "",
+            f"    def {operation.handler}({signature}) -> {_return_type(operation)}:",
+            f'        """{operation.method.upper()} {operation.path}: {operation.summary}."""',
+            "        ...",
+        ]
+    return "\n".join(lines)
+
+
+def _stub_parameters(operation: Operation) -> list[str]:
+    # Connexion passes path and query values as it parsed them, and the JSON body as a dict.
+    parameters = [
+        f"{p.name}: {'str' if p.converter else p.python_type}"
+        + ("" if p.required else " | None = None")
+        for p in operation.parameters
+    ]
+    if operation.body_model:
+        parameters.append(
+            "body: dict[str, Any]"
+            if operation.body_required
+            else "body: dict[str, Any] | None = None"
+        )
+    return parameters
+
+
+def _stub_arguments(operation: Operation) -> list[str]:
+    arguments = []
+    for p in operation.parameters:
+        value = p.name
+        if p.converter:
+            value = f"{p.converter}({p.name})"
+            if not p.required:
+                value = f"None if {p.name} is None else {value}"
+        arguments.append(f"{p.name}={value}")
+    if operation.body_model:
+        value = f"_request_model({operation.body_model}, body)"
+        if not operation.body_required:
+            value = f"None if body is None else {value}"
+        arguments.append(f"body={value}")
+    return arguments
+
+
+def _render_routes(groups: dict[str, list[Operation]], operations: list[Operation]) -> str:
+    init_parameters = ", ".join(f"{group}: {protocol_name(group)}" for group in sorted(groups))
+    lines = [
+        "class Routes:",
+        '    """One method per operationId; Connexion dispatches each operation to its method."""',
+        "",
+        f"    def __init__(self, *, {init_parameters}) -> None:",
+        *(f"        self._{group} = {group}" for group in sorted(groups)),
+        "",
+        "    def missing_handlers(self) -> list[str]:",
+        '        """The operations without a handler method, as "operationId: group.method"."""',
+        "        groups: dict[str, object] = {"
+        + ", ".join(f'"{group}": self._{group}' for group in sorted(groups))
+        + "}",
+        "        return [",
+        '            f"{operation_id}: {group}.{method}"',
+        "            for operation_id, (group, method) in HANDLERS.items()",
+        "            if not callable(getattr(groups[group], method, None))",
+        "        ]",
+    ]
+    for operation in operations:
+        signature = ", ".join(["self", *_stub_parameters(operation)])
+        arguments = ", ".join(_stub_arguments(operation))
+        lines += [
+            "",
+            f"    def {operation.operation_id}({signature}) -> ConnexionResponse:",
+            f'        """{operation.method.upper()} {operation.path}: {operation.summary}."""',
+            f"        result, status = self._{operation.group}.{operation.handler}({arguments})",
+            "        return _response(result, status)",
+        ]
+    return "\n".join(lines)
+
+
+def _render_handler_index(operations: list[Operation]) -> str:
+    lines = [
+        "# operationId -> (handler group, handler method), for the check that names a missing one.",
+        "HANDLERS: dict[str, tuple[str, str]] = {",
+        *(f"    {o.operation_id!r}: ({o.group!r}, {o.handler!r})," for o in operations),
+        "}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def format_source(source: str, *, filename: str) -> str:
+    """Format with the project's pinned ruff: the bytes do not depend on the layout above."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--stdin-filename", filename, "-"],
+        input=source,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SpecError(f"ruff could not format the generated stubs:\n{result.stderr}")
+    return result.stdout
+
+
+def model_name_map(pyproject: Path) -> dict[str, str]:
+    """The schema-to-class renames datamodel-code-generator applies (from pyproject.toml)."""
+    settings = tomllib.loads(pyproject.read_text())["tool"]["datamodel-codegen"]
+    names: dict[str, str] = json.loads(settings.get("model-name-map", "{}"))
+    return names
+
+
+def generate(spec_path: Path, *, pyproject: Path, output: Path) -> str:
+    """The formatted source of the route stubs for the document at `spec_path`."""
+    spec = yaml.safe_load(spec_path.read_text())
+    operations = load_operations(spec, model_names=model_name_map(pyproject))
+    return format_source(render(operations), filename=str(output))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the stubs, or with --check report whether the written ones are current."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", type=Path, default=Path("openapi.yaml"))
+    parser.add_argument("--pyproject", type=Path, default=Path("pyproject.toml"))
+    parser.add_argument("--output", type=Path, default=Path("generated/routes.py"))
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    arguments = parser.parse_args(argv)
+    try:
+        source = generate(arguments.spec, pyproject=arguments.pyproject, output=arguments.output)
+    except SpecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    current = arguments.output.read_text() if arguments.output.exists() else ""
+    if arguments.check:
+        if current == source:
+            return 0
+        diff = difflib.unified_diff(
+            current.splitlines(keepends=True),
+            source.splitlines(keepends=True),
+            fromfile=f"{arguments.output} (committed)",
+            tofile=f"{arguments.output} (from {arguments.spec})",
+        )
+        sys.stderr.writelines(diff)
+        print(f"{arguments.output} is out of date: run `make generate`", file=sys.stderr)
+        return 1
+    if current != source:
+        arguments.output.write_text(source)
+        print(f"wrote {arguments.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""Every error -> one HTTP response, always JSON, never a traceback.
+
+Validation failures get 422 with `detail` (a list of {loc, msg, type}) and, for drop-in
+compatibility with Prefect's server, `exception_message`, `exception_detail` and
+`request_body`. Every other error gets `{"detail": "<what went wrong>"}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+from connexion import FlaskApp
+from connexion.exceptions import BadRequestProblem, ProblemException, UnsupportedMediaTypeProblem
+from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from starlette.exceptions import HTTPException
+
+from app.contract.middleware import InvalidApiVersion, RequestTooLarge
+from app.contract.validation import RequestValidationError
+from app.db.database import DatabaseUnavailable
+from app.services.errors import Conflict, NotFound
+from generated.routes import InvalidRequestModel
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_MESSAGE = "Invalid request received."
+RETRY_AFTER_SECONDS = 1
+
+ErrorHandler = Callable[[ConnexionRequest, Any], Awaitable[ConnexionResponse]]
+
+
+def json_response(
+    status: int, content: Any, *, headers: dict[str, str] | None = None
+) -> ConnexionResponse:
+    """A JSON error response."""
+    return ConnexionResponse(
+        status_code=status,
+        mimetype="application/json",
+        content_type="application/json",
+        body=json.dumps(content, separators=(",", ":"), default=_as_text).encode(),
+        headers=headers or {},
+    )
+
+
+def _as_text(value: object) -> str:
+    # An error response must never fail itself: anything JSON cannot hold is shown as text.
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def detail_response(status: int, detail: str, **kwargs: Any) -> ConnexionResponse:
+    """`{"detail": ...}`, the body of every error that is not a validation failure."""
+    return json_response(status, {"detail": detail}, **kwargs)
+
+
+def validation_response(errors: list[dict[str, Any]], request_body: Any) -> ConnexionResponse:
+    """422 with the error list under both names clients look for."""
+    return json_response(
+        422,
+        {
+            "detail": errors,
+            "exception_message": VALIDATION_MESSAGE,
+            "exception_detail": errors,
+            "request_body": request_body,
+        },
+    )
+
+
+async def _request_validation(
+    _request: ConnexionRequest, error: RequestValidationError
+) -> ConnexionResponse:
+    return validation_response(error.errors, error.request_body)
+
+
+async def _invalid_request_model(
+    _request: ConnexionRequest, error: InvalidRequestModel
+) -> ConnexionResponse:
+    return validation_response(error.errors, error.request_body)
+
+
+async def _bad_request(_request: ConnexionRequest, error: BadRequestProblem) -> ConnexionResponse:
+    # Any other complaint of Connexion's about the request; it is a validation failure too.
+    errors = [{"loc": ["body"], "msg": str(error.detail or error.title), "type": "value_error"}]
+    return validation_response(errors, None)
+
+
+async def _invalid_api_version(
+    _request: ConnexionRequest, error: InvalidApiVersion
+) -> ConnexionResponse:
+    return detail_response(400, str(error))
+
+
+async def _too_large(_request: ConnexionRequest, error: RequestTooLarge) -> ConnexionResponse:
+    return detail_response(413, str(error))
+
+
+async def _unsupported_media_type(
+    _request: ConnexionRequest, error: UnsupportedMediaTypeProblem
+) -> ConnexionResponse:
+    return detail_response(415, str(error.detail))
+
+
+async def _not_found(_request: ConnexionRequest, error: NotFound) -> ConnexionResponse:
+    return detail_response(404, error.message)
+
+
+async def _conflict(_request: ConnexionRequest, error: Conflict) -> ConnexionResponse:
+    return detail_response(409, error.message)
+
+
+async def _database_unavailable(
+    _request: ConnexionRequest, error: DatabaseUnavailable
+) -> ConnexionResponse:
+    logger.warning("database unavailable: %s", error)
+    return detail_response(
+        503,
+        "The database is unavailable; nothing was changed. Retry later.",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _http_exception(_request: ConnexionRequest, error: HTTPException) -> ConnexionResponse:
+    # Routing outcomes: unknown path (404), wrong method (405).
+    return detail_response(
+        error.status_code, HTTPStatus(error.status_code).phrase, headers=dict(error.headers or {})
+    )
+
+
+async def _problem(_request: ConnexionRequest, error: ProblemException) -> ConnexionResponse:
+    if error.status >= 500:
+        logger.error("%s: %s", error.title, error.detail)
+    headers = dict(error.headers or {})
+    return detail_response(error.status, str(error.detail or error.title), headers=headers)
+
+
+async def _unexpected(_request: ConnexionRequest, error: Exception) -> ConnexionResponse:
+    logger.error("unhandled error", exc_info=error)
+    return detail_response(500, "Internal Server Error")
+
+
+ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
+    RequestValidationError: _request_validation,
+    InvalidRequestModel: _invalid_request_model,
+    UnsupportedMediaTypeProblem: _unsupported_media_type,
+    BadRequestProblem: _bad_request,
+    InvalidApiVersion: _invalid_api_version,
+    RequestTooLarge: _too_large,
+    NotFound: _not_found,
+    Conflict: _conflict,
+    DatabaseUnavailable: _database_unavailable,
+    HTTPException: _http_exception,
+    ProblemException: _problem,
+    Exception: _unexpected,
+}
+
+
+def register_error_handlers(app: FlaskApp) -> None:
+    """Route every exception class to its handler (the most specific class wins)."""
+    for error_class, handler in ERROR_HANDLERS.items():
+        app.add_error_handler(error_class, handler)

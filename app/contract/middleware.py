@@ -1,0 +1,112 @@
+"""ASGI middleware for checks that apply to every request, ahead of validation."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+API_VERSION_HEADER = "x-prefect-api-version"
+MINIMUM_API_VERSION = (0, 8, 0)
+_VERSION = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)")
+
+
+class InvalidApiVersion(Exception):
+    """The x-prefect-api-version header is malformed or too old; answered with 400."""
+
+
+class RequestTooLarge(Exception):
+    """The request body exceeds the configured limit; answered with 413."""
+
+
+def check_api_version(value: str) -> None:
+    """Accept an absent or empty header, or a version of 0.8.0 or newer, as Prefect does.
+
+    :raises InvalidApiVersion: with the message Prefect's server gives.
+    """
+    if not value:
+        return
+    match = _VERSION.fullmatch(value)
+    if match is None:
+        raise InvalidApiVersion(
+            "Invalid X-PREFECT-API-VERSION header format."
+            f"Expected header in format 'x.y.z' but received {value}"
+        )
+    if tuple(int(part) for part in match.groups()) < MINIMUM_API_VERSION:
+        minimum = ".".join(map(str, MINIMUM_API_VERSION))
+        raise InvalidApiVersion(
+            f"The request specified API version {value} but this server requires version "
+            f"{minimum} or higher."
+        )
+
+
+class ApiVersionMiddleware:
+    """Checks the x-prefect-api-version header before the request is validated."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            check_api_version(Headers(scope=scope).get(API_VERSION_HEADER, ""))
+        await self.app(scope, receive, send)
+
+
+class BodySizeLimitMiddleware:
+    """Refuses request bodies larger than `max_bytes`, by Content-Length or as they stream."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise RequestTooLarge(self._message())
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise RequestTooLarge(self._message())
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _message(self) -> str:
+        return f"The request body is larger than {self.max_bytes} bytes."
+
+
+class LineBreakPathMiddleware:
+    """Answers 404 for paths holding a line break, before any routing.
+
+    Connexion's router does not match such a path (its patterns stop at a newline) while
+    Flask's does, so without this the handler would run without Connexion's validation.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ("\n" in scope["path"] or "\r" in scope["path"]):
+            body = json.dumps({"detail": "Not Found"}, separators=(",", ":")).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,1 @@
+"""Storage: tables, column types, the engine and its sessions, and the migrations."""

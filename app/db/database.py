@@ -1,0 +1,142 @@
+"""Engine and sessions: one session per request, one transaction per write."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm import Session, sessionmaker
+
+# How long a writer waits for SQLite's lock, and for a pooled connection, before giving up.
+LOCK_TIMEOUT_SECONDS = 30
+
+_WRITE_OPTION = "taskrun_write"
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or stayed busy too long; nothing was changed."""
+
+
+def normalise_url(url: str) -> URL:
+    """Accept the usual `postgresql://` URLs and use the psycopg 3 driver for them."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+class Database:
+    """The database the service keeps its data in, SQLite or PostgreSQL."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = normalise_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self.engine = (
+            self._sqlite_engine() if self.is_sqlite else self._postgresql_engine(pool_size)
+        )
+        write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
+        read_engine = (
+            self.engine
+            if self.is_sqlite
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+        self._write_sessions = sessionmaker(write_engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(read_engine, expire_on_commit=False)
+        # SQLite has one writer at a time. Queueing this process's writers on a lock keeps
+        # them out of SQLite's polling busy handler; other processes still wait in it.
+        self._write_lock: AbstractContextManager[Any] = (
+            threading.Lock() if self.is_sqlite else nullcontext()
+        )
+
+    def _sqlite_engine(self) -> Engine:
+        engine = create_engine(
+            self.url,
+            connect_args={"check_same_thread": False, "timeout": LOCK_TIMEOUT_SECONDS},
+            pool_size=10,
+            max_overflow=20,
+            pool_timeout=LOCK_TIMEOUT_SECONDS,
+        )
+        event.listen(engine, "connect", _configure_sqlite_connection)
+        event.listen(engine, "begin", _begin_sqlite_transaction)
+        return engine
+
+    def _postgresql_engine(self, pool_size: int) -> Engine:
+        return create_engine(
+            self.url,
+            connect_args={"options": "-c timezone=UTC", "connect_timeout": 10},
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=LOCK_TIMEOUT_SECONDS,
+        )
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A write transaction: committed when the block ends, rolled back if it raises."""
+        with (
+            _unavailable_on_connection_errors(),
+            self._write_lock,
+            self._write_sessions.begin() as session,
+        ):
+            yield session
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """A session for reads; every statement sees the data committed when it starts."""
+        with _unavailable_on_connection_errors(), self._read_sessions() as session:
+            yield session
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+@contextmanager
+def _unavailable_on_connection_errors() -> Iterator[None]:
+    try:
+        yield
+    except PoolTimeoutError as error:
+        raise DatabaseUnavailable("no database connection became free in time") from error
+    except (OperationalError, InterfaceError) as error:
+        if not _means_unavailable(error):
+            raise
+        raise DatabaseUnavailable(str(error.orig)) from error
+
+
+def _means_unavailable(error: OperationalError | InterfaceError) -> bool:
+    """Whether the error says "try again later" rather than "this statement is wrong"."""
+    if error.connection_invalidated or isinstance(error, InterfaceError):
+        return True
+    # SQLite reports a bad statement as an OperationalError too; only contention and an
+    # unreachable file are worth a retry.
+    message = str(error.orig).lower()
+    return not isinstance(error.orig, sqlite3.Error) or any(
+        reason in message for reason in ("locked", "busy", "unable to open", "disk i/o")
+    )
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    # The driver's own transaction handling is switched off; `_begin_sqlite_transaction`
+    # starts each transaction explicitly instead.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed write survives a power loss, not only a crash of the process.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _begin_sqlite_transaction(connection: Connection) -> None:
+    # A writer takes the write lock up front (and waits for it), so it can never fail
+    # half-way when upgrading a read lock. Readers run each statement on its own.
+    if connection.get_execution_options().get(_WRITE_OPTION):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,56 @@
+"""The application factory, and `app` for ASGI servers (`uvicorn app.main:app`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from connexion import FlaskApp
+
+from app.contract.api import mount_contract
+from app.db.database import Database
+from app.handlers.task_runs import TaskRunHandlers
+from app.settings import Settings
+from generated.routes import Routes
+
+DATABASE_EXTENSION = "taskrun_api.database"
+
+
+def create_routes(database: Database) -> Routes:
+    """The generated route stubs, each group bound to its handlers."""
+    return Routes(task_runs=TaskRunHandlers(database=database))
+
+
+def create_app(settings: Settings | None = None) -> FlaskApp:
+    """A Connexion app serving openapi.yaml from the database `settings` names."""
+    settings = settings or Settings()
+    logging.getLogger("app").setLevel(settings.log_level)
+    database = Database(settings.database_url, pool_size=settings.database_pool_size)
+    app = FlaskApp(__name__)
+    mount_contract(
+        app,
+        create_routes(database),
+        validate_responses=settings.validate_responses,
+        max_request_body_bytes=settings.max_request_body_bytes,
+    )
+    app.app.extensions[DATABASE_EXTENSION] = database
+    return app
+
+
+def database_of(app: FlaskApp) -> Database:
+    """The database an app created by `create_app` uses."""
+    database: Database = app.app.extensions[DATABASE_EXTENSION]
+    return database
+
+
+_app: FlaskApp | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # `app` is built on first access, so importing this module has no side effects.
+    global _app  # noqa: PLW0603
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _app is None:
+        _app = create_app()
+    return _app

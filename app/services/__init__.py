@@ -1,0 +1,1 @@
+"""The domain: task-run creation, reads and state bookkeeping. No HTTP here."""

@@ -1,0 +1,17 @@
+"""Errors the domain raises; app/contract maps each of them to one HTTP status."""
+
+
+class DomainError(Exception):
+    """Base class: the message is safe to show to the client."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(DomainError):
+    """The requested object does not exist."""
+
+
+class Conflict(DomainError):
+    """The request collides with data that already exists."""

@@ -1,0 +1,109 @@
+"""States: building a state row from a request, and the bookkeeping a run gets on entering it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from app.db.tables import TaskRunRow, TaskRunStateRow
+from app.services.clock import to_utc
+from app.services.ids import uuid7
+from generated import models
+
+StateType = models.StateType
+
+TERMINAL_STATE_TYPES = frozenset(
+    {StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED}
+)
+
+
+def new_state_row(
+    *, task_run: TaskRunRow, proposed: models.StateCreate, now: datetime
+) -> TaskRunStateRow:
+    """The row for a proposed state: a new id, the server's timestamp and a default name."""
+    state_type = StateType(proposed.type)
+    return TaskRunStateRow(
+        id=uuid7(),
+        created=now,
+        task_run_id=task_run.id,
+        type=state_type.value,
+        name=proposed.name if proposed.name is not None else state_type.value.title(),
+        timestamp=now,
+        message=proposed.message,
+        data=proposed.data,
+        state_details=_stored_details(
+            proposed.state_details or models.StateDetails(),
+            state_type=state_type,
+            task_run=task_run,
+            now=now,
+        ),
+    )
+
+
+def _stored_details(
+    details: models.StateDetails, *, state_type: StateType, task_run: TaskRunRow, now: datetime
+) -> dict[str, Any]:
+    """The details as stored: the run's own ids, a due time for SCHEDULED, datetimes in UTC."""
+    updates: dict[str, Any] = {
+        name: to_utc(value) for name, value in details if isinstance(value, datetime)
+    }
+    if state_type is StateType.SCHEDULED and details.scheduled_time is None:
+        updates["scheduled_time"] = now
+    updates["task_run_id"] = task_run.id
+    updates["flow_run_id"] = task_run.flow_run_id
+    return details.model_copy(update=updates).model_dump(mode="json")
+
+
+def enter_state(task_run: TaskRunRow, state: TaskRunStateRow) -> None:
+    """Make `state` the run's current state and update the fields derived from its history.
+
+    The previous state is the one `task_run.state_type` and `state_timestamp` still describe
+    (none for a run being created).
+    """
+    new_type = StateType(state.type)
+    previous_type = StateType(task_run.state_type) if task_run.state_type else None
+    timestamp = state.timestamp
+
+    if previous_type is StateType.RUNNING and task_run.state_timestamp is not None:
+        task_run.total_run_time += (timestamp - task_run.state_timestamp).total_seconds()
+    if new_type is StateType.RUNNING:
+        task_run.run_count += 1
+        if task_run.start_time is None:
+            task_run.start_time = timestamp
+    if new_type in TERMINAL_STATE_TYPES:
+        if task_run.end_time is None:
+            task_run.end_time = timestamp
+        if task_run.start_time is None:
+            task_run.start_time = timestamp
+    elif previous_type in TERMINAL_STATE_TYPES:
+        task_run.end_time = None
+
+    scheduled_time = _scheduled_time(state)
+    if task_run.expected_start_time is None:
+        task_run.expected_start_time = scheduled_time or timestamp
+    task_run.next_scheduled_start_time = scheduled_time
+
+    task_run.state_id = state.id
+    task_run.state_type = new_type.value
+    task_run.state_name = state.name
+    task_run.state_timestamp = timestamp
+
+
+def _scheduled_time(state: TaskRunStateRow) -> datetime | None:
+    """When a SCHEDULED state is due; None for every other type."""
+    if state.type != StateType.SCHEDULED:
+        return None
+    return datetime.fromisoformat(state.state_details["scheduled_time"])
+
+
+def state_model(state: TaskRunStateRow) -> models.State:
+    """The API representation of a stored state."""
+    return models.State(
+        id=state.id,
+        type=StateType(state.type),
+        name=state.name,
+        timestamp=state.timestamp,
+        message=state.message,
+        data=state.data,
+        state_details=models.StateDetails.model_validate(state.state_details),
+    )

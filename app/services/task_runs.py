@@ -1,0 +1,192 @@
+"""Task runs: creation, idempotent on (flow_run_id, task_key, dynamic_key), and reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.statements import insert_row, insert_unless_conflicting
+from app.db.tables import TaskRunRow, TaskRunStateRow
+from app.services.clock import to_utc, utcnow
+from app.services.errors import Conflict, NotFound
+from app.services.ids import uuid7
+from app.services.names import random_name
+from app.services.states import TERMINAL_STATE_TYPES, enter_state, new_state_row, state_model
+from generated import models
+
+FLOW_RUN_ID_LABEL = "prefect.flow-run.id"
+NOT_FOUND_MESSAGE = "Task run not found"
+
+
+@dataclass(frozen=True)
+class CreateOutcome:
+    """The run a create returns, and whether this request inserted it."""
+
+    task_run: models.TaskRun
+    created: bool
+
+
+def create_task_run(*, session: Session, task_run: models.TaskRunCreate) -> CreateOutcome:
+    """Insert a task run, or return the run that already has its idempotency key, unchanged.
+
+    The key is (flow_run_id, task_key, dynamic_key), a null flow_run_id included. Unique
+    indexes enforce it, so concurrent identical creates insert exactly one row.
+
+    :raises Conflict: the requested id belongs to a run with a different key.
+    """
+    now = utcnow()
+    row = _new_task_run_row(task_run, now=now)
+    state = new_state_row(
+        task_run=row,
+        proposed=task_run.state or models.StateCreate(type=models.StateType.PENDING),
+        now=now,
+    )
+    enter_state(row, state)
+    if insert_unless_conflicting(session, row):
+        insert_row(session, state)
+        return CreateOutcome(task_run=task_run_model(row, state, now=utcnow()), created=True)
+
+    existing = _find_by_idempotency_key(
+        session,
+        flow_run_id=task_run.flow_run_id,
+        task_key=task_run.task_key,
+        dynamic_key=task_run.dynamic_key,
+    )
+    if existing is None:
+        raise Conflict(f"Task run id {row.id} is already used by another task run.")
+    return CreateOutcome(
+        task_run=task_run_model(existing, existing.state, now=utcnow()), created=False
+    )
+
+
+def read_task_run(*, session: Session, task_run_id: UUID) -> models.TaskRun:
+    """The task run with this id, with its current state.
+
+    :raises NotFound: no task run has this id.
+    """
+    row = session.get(TaskRunRow, task_run_id)
+    if row is None:
+        raise NotFound(NOT_FOUND_MESSAGE)
+    return task_run_model(row, row.state, now=utcnow())
+
+
+def _find_by_idempotency_key(
+    session: Session, *, flow_run_id: UUID | None, task_key: str, dynamic_key: str
+) -> TaskRunRow | None:
+    flow_run_matches = (
+        TaskRunRow.flow_run_id.is_(None)
+        if flow_run_id is None
+        else TaskRunRow.flow_run_id == flow_run_id
+    )
+    query = select(TaskRunRow).where(
+        flow_run_matches, TaskRunRow.task_key == task_key, TaskRunRow.dynamic_key == dynamic_key
+    )
+    return session.scalars(query).unique().one_or_none()
+
+
+def _new_task_run_row(task_run: models.TaskRunCreate, *, now: datetime) -> TaskRunRow:
+    """The row of a new run, before it enters its first state."""
+    return TaskRunRow(
+        id=task_run.id or uuid7(),
+        created=now,
+        updated=now,
+        name=task_run.name or random_name(),
+        flow_run_id=task_run.flow_run_id,
+        task_key=task_run.task_key,
+        dynamic_key=task_run.dynamic_key,
+        cache_key=task_run.cache_key,
+        cache_expiration=to_utc(task_run.cache_expiration) if task_run.cache_expiration else None,
+        task_version=task_run.task_version,
+        empirical_policy=_effective_policy(task_run.empirical_policy),
+        tags=list(task_run.tags or []),
+        labels=_labels(task_run),
+        task_inputs=task_run.model_dump(mode="json", include={"task_inputs"}).get("task_inputs")
+        or {},
+        state_id=None,
+        state_type=None,
+        state_name=None,
+        state_timestamp=None,
+        run_count=0,
+        flow_run_run_count=0,
+        expected_start_time=None,
+        next_scheduled_start_time=None,
+        start_time=None,
+        end_time=None,
+        total_run_time=0.0,
+    )
+
+
+def _effective_policy(policy: models.TaskRunPolicy | None) -> dict[str, Any]:
+    """The policy as stored: the deprecated fields fill `retries` and `retry_delay` when unset."""
+    values = (policy or models.TaskRunPolicy()).model_dump(mode="json")
+    if not values["retries"] and values["max_retries"] != 0:
+        values["retries"] = values["max_retries"]
+    if not values["retry_delay"] and values["retry_delay_seconds"] != 0:
+        values["retry_delay"] = values["retry_delay_seconds"]
+    return values
+
+
+def _labels(task_run: models.TaskRunCreate) -> dict[str, Any]:
+    """The client's labels, on top of the label naming the run's flow run."""
+    system = {FLOW_RUN_ID_LABEL: str(task_run.flow_run_id)} if task_run.flow_run_id else {}
+    return system | (task_run.labels or {})
+
+
+def task_run_model(
+    row: TaskRunRow, state: TaskRunStateRow | None, *, now: datetime
+) -> models.TaskRun:
+    """The API representation of a stored run; the estimates are computed for `now`."""
+    return models.TaskRun(
+        id=row.id,
+        created=row.created,
+        updated=row.updated,
+        name=row.name,
+        flow_run_id=row.flow_run_id,
+        task_key=row.task_key,
+        dynamic_key=row.dynamic_key,
+        cache_key=row.cache_key,
+        cache_expiration=row.cache_expiration,
+        task_version=row.task_version,
+        empirical_policy=row.empirical_policy,
+        tags=row.tags,
+        labels=row.labels,
+        state_id=row.state_id,
+        task_inputs=row.task_inputs,
+        state_type=models.StateType(row.state_type) if row.state_type else None,
+        state_name=row.state_name,
+        run_count=row.run_count,
+        flow_run_run_count=row.flow_run_run_count,
+        expected_start_time=row.expected_start_time,
+        next_scheduled_start_time=row.next_scheduled_start_time,
+        start_time=row.start_time,
+        end_time=row.end_time,
+        total_run_time=row.total_run_time,
+        estimated_run_time=estimated_run_time(row, now=now),
+        estimated_start_time_delta=estimated_start_time_delta(row, now=now),
+        state=state_model(state) if state is not None else None,
+    )
+
+
+def estimated_run_time(row: TaskRunRow, *, now: datetime) -> float:
+    """Seconds run so far: the total, plus the current stretch while the run is RUNNING."""
+    if row.state_type == models.StateType.RUNNING and row.state_timestamp is not None:
+        return row.total_run_time + (now - row.state_timestamp).total_seconds()
+    return row.total_run_time
+
+
+def estimated_start_time_delta(row: TaskRunRow, *, now: datetime) -> float:
+    """Seconds between the expected and the actual start, or how late a pending start is."""
+    expected, started = row.expected_start_time, row.start_time
+    if expected is None:
+        return 0.0
+    if started is not None:
+        return max((started - expected).total_seconds(), 0.0)
+    is_terminal = row.state_type is not None and row.state_type in TERMINAL_STATE_TYPES
+    if expected < now and not is_terminal:
+        return (now - expected).total_seconds()
+    return 0.0

@@ -1,0 +1,41 @@
+"""The service's settings, read once from the environment."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_database_url() -> str:
+    """An SQLite file in the working directory: `make run` needs nothing else."""
+    return f"sqlite:///{Path.cwd() / 'taskrun.db'}"
+
+
+class Settings(BaseSettings):
+    """Configuration from environment variables (see the README for each one)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    database_url: str = Field(default_factory=default_database_url)
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 4200
+    workers: Annotated[int, Field(ge=1)] = 2
+    log_level: str = "INFO"
+    access_log: bool = False
+    # Connections per worker process; Connexion serves Flask from 10 threads per process.
+    database_pool_size: Annotated[int, Field(ge=1)] = 10
+    max_request_body_bytes: Annotated[int, Field(ge=1)] = 10 * 1024 * 1024
+    # Responses are checked against openapi.yaml in the tests; in production that costs CPU.
+    validate_responses: bool = False
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        name = value.upper()
+        if name not in logging.getLevelNamesMapping():
+            raise ValueError(f"unknown log level {value!r}")
+        return name

@@ -1,0 +1,1 @@
+# generated code lives here: written by `make generate`, never edited by hand.

@@ -1,0 +1,67 @@
+"""Fixtures: every database test runs on SQLite and, when TEST_POSTGRES_URL is set, PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from connexion import FlaskApp
+from sqlalchemy import delete
+from starlette.testclient import TestClient
+
+from app.db.database import Database
+from app.db.migrate import upgrade
+from app.db.tables import TaskRunRow
+from app.main import create_app, database_of
+from app.settings import Settings
+from tests.support.databases import POSTGRES_ENV, empty_database, postgres_server_url
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database kind under test."""
+    name: str = request.param
+    if name == "postgresql" and postgres_server_url() is None:
+        pytest.skip(f"{POSTGRES_ENV} is not set")
+    return name
+
+
+@pytest.fixture(scope="session")
+def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated database of the backend under test, shared by the session's tests."""
+    with empty_database(backend, tmp_path_factory.mktemp(backend)) as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def app(database_url: str) -> Iterator[FlaskApp]:
+    """The service, with responses checked against openapi.yaml."""
+    application = create_app(Settings(database_url=database_url, validate_responses=True))
+    yield application
+    database_of(application).dispose()
+
+
+@pytest.fixture
+def database(app: FlaskApp) -> Database:
+    """The app's database, emptied before the test."""
+    db = database_of(app)
+    with db.transaction() as session:
+        session.execute(delete(TaskRunRow))  # the states go with their runs
+    return db
+
+
+@pytest.fixture
+def client(app: FlaskApp, database: Database) -> Iterator[TestClient]:
+    """An HTTP client for the app, over an empty database."""
+    with app.test_client() as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def spec_path() -> Path:
+    """The contract."""
+    return Path(__file__).resolve().parents[1] / "openapi.yaml"
