@@ -11,7 +11,7 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from app.db.database import Database
-from app.db.migrate import check, upgrade
+from app.db.migrate import check, downgrade, upgrade
 from app.main import create_routes
 from app.settings import Settings
 
@@ -20,7 +20,8 @@ def _log_config(level: str) -> dict[str, Any]:
     """uvicorn's logging, plus the service's own `app` loggers at `level`."""
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["app"] = {"handlers": ["default"], "level": level, "propagate": False}
-    config["loggers"]["uvicorn"]["level"] = level
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        config["loggers"][name]["level"] = level
     return config
 
 
@@ -45,6 +46,12 @@ def serve(arguments: argparse.Namespace, settings: Settings) -> int:
 def db_upgrade(arguments: argparse.Namespace, settings: Settings) -> int:
     """Apply the migrations up to a revision (the newest by default)."""
     upgrade(settings.database_url, arguments.revision)
+    return 0
+
+
+def db_downgrade(arguments: argparse.Namespace, settings: Settings) -> int:
+    """Revert the migrations down to a revision ("base" removes every table)."""
+    downgrade(settings.database_url, arguments.revision)
     return 0
 
 
@@ -78,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     upgrade_parser = db_commands.add_parser("upgrade", help=db_upgrade.__doc__)
     upgrade_parser.add_argument("revision", nargs="?", default="head")
     upgrade_parser.set_defaults(handler=db_upgrade)
+    downgrade_parser = db_commands.add_parser("downgrade", help=db_downgrade.__doc__)
+    downgrade_parser.add_argument("revision")
+    downgrade_parser.set_defaults(handler=db_downgrade)
     db_commands.add_parser("check", help=db_check.__doc__).set_defaults(handler=db_check)
 
     commands.add_parser("check-handlers", help=check_handlers.__doc__).set_defaults(

@@ -65,3 +65,15 @@ def client(app: FlaskApp, database: Database) -> Iterator[TestClient]:
 def spec_path() -> Path:
     """The contract."""
     return Path(__file__).resolve().parents[1] / "openapi.yaml"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many requests Schemathesis sent, by operation and status."""
+    from tests.contract.test_schemathesis import TALLY  # noqa: PLC0415 - only when it ran
+
+    if not TALLY:
+        return
+    terminalreporter.section("Schemathesis requests")
+    for line, count in sorted(TALLY.items()):
+        terminalreporter.write_line(f"{count:6d}  {line}")
+    terminalreporter.write_line(f"{sum(TALLY.values()):6d}  in all")

@@ -13,6 +13,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 # How long a writer waits for SQLite's lock, and for a pooled connection, before giving up.
 LOCK_TIMEOUT_SECONDS = 30
@@ -56,12 +57,17 @@ class Database:
         )
 
     def _sqlite_engine(self) -> Engine:
+        in_memory = self.url.database in (None, "", ":memory:")
+        # An in-memory database lives in its one connection, which every thread must share.
+        pooling: dict[str, Any] = (
+            {"poolclass": StaticPool}
+            if in_memory
+            else {"pool_size": 10, "max_overflow": 20, "pool_timeout": LOCK_TIMEOUT_SECONDS}
+        )
         engine = create_engine(
             self.url,
             connect_args={"check_same_thread": False, "timeout": LOCK_TIMEOUT_SECONDS},
-            pool_size=10,
-            max_overflow=20,
-            pool_timeout=LOCK_TIMEOUT_SECONDS,
+            **pooling,
         )
         event.listen(engine, "connect", _configure_sqlite_connection)
         event.listen(engine, "begin", _begin_sqlite_transaction)

@@ -24,6 +24,11 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
+def downgrade(database_url: str, revision: str) -> None:
+    """Take the database's schema back to `revision` ("base": no tables at all)."""
+    command.downgrade(alembic_config(database_url), revision)
+
+
 def check(database_url: str) -> None:
     """Raise if the tables in app/db/tables.py differ from what the migrations create."""
     command.check(alembic_config(database_url))

@@ -1,0 +1,199 @@
+"""The route-stub generator: deterministic, current, and loud about what it cannot do."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from app.codegen import routes as generator
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = ROOT / "openapi.yaml"
+PYPROJECT = ROOT / "pyproject.toml"
+COMMITTED = ROOT / "generated" / "routes.py"
+
+
+def spec() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(SPEC.read_text())
+    return document
+
+
+def write_spec(directory: Path, document: dict[str, Any]) -> Path:
+    path = directory / "openapi.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def import_generated(source: str, directory: Path) -> ModuleType:
+    """Import generated route stubs written to `directory` as a throw-away module."""
+    path = directory / "routes_under_test.py"
+    path.write_text(source)
+    module_spec = importlib.util.spec_from_file_location("routes_under_test", path)
+    assert module_spec is not None
+    assert module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("operation_id", "path", "method", "expected"),
+    [
+        ("create_task_run_task_runs__post", "/task_runs/", "post", "create_task_run"),
+        ("read_task_run_task_runs__id__get", "/task_runs/{id}", "get", "read_task_run"),
+        (
+            "set_state_task_runs__id__set_state_post",
+            "/task_runs/{id}/set_state",
+            "post",
+            "set_state",
+        ),
+        ("plainName", "/things/", "get", "plainName"),
+        ("_task_runs__post", "/task_runs/", "post", "_task_runs__post"),
+    ],
+)
+def test_handler_names_drop_fastapis_suffix(
+    operation_id: str, path: str, method: str, expected: str
+) -> None:
+    assert generator.handler_name(operation_id, path=path, method=method) == expected
+
+
+def test_committed_stubs_are_what_the_contract_generates() -> None:
+    assert generator.generate(SPEC, pyproject=PYPROJECT, output=COMMITTED) == COMMITTED.read_text()
+
+
+def test_generation_is_deterministic(tmp_path: Path) -> None:
+    first = generator.generate(SPEC, pyproject=PYPROJECT, output=COMMITTED)
+    second = generator.generate(write_spec(tmp_path, spec()), pyproject=PYPROJECT, output=COMMITTED)
+
+    assert first == second
+
+
+def test_check_mode_fails_with_a_diff_when_the_contract_changed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    changed = spec()
+    changed["paths"]["/task_runs/{id}"]["get"]["summary"] = "Fetch Task Run"
+    spec_path = write_spec(tmp_path, changed)
+    arguments = [
+        "--spec",
+        str(spec_path),
+        "--pyproject",
+        str(PYPROJECT),
+        "--output",
+        str(COMMITTED),
+    ]
+
+    assert generator.main([*arguments, "--check"]) == 1
+    assert "Fetch Task Run" in capsys.readouterr().err
+    assert generator.main(["--check"]) == 0
+
+
+def test_models_check_fails_when_a_description_changed(tmp_path: Path) -> None:
+    changed = spec()
+    task_key = changed["components"]["schemas"]["TaskRunCreate"]["properties"]["task_key"]
+    task_key["description"] = "Another description."
+    spec_path = write_spec(tmp_path, changed)
+    codegen = Path(sys.executable).parent / "datamodel-codegen"
+
+    result = subprocess.run(
+        [str(codegen), "--check", "--input", str(spec_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert "Another description." in result.stdout + result.stderr
+
+
+def test_a_new_operation_gets_a_stub_and_its_missing_handler_is_named(tmp_path: Path) -> None:
+    changed = spec()
+    read = changed["paths"]["/task_runs/{id}"]["get"]
+    delete = copy.deepcopy(read)
+    delete.update(operationId="delete_task_run_task_runs__id__delete", summary="Delete Task Run")
+    delete["responses"] = {"204": {"description": "Deleted."}}
+    changed["paths"]["/task_runs/{id}"]["delete"] = delete
+    source = generator.generate(
+        write_spec(tmp_path, changed), pyproject=PYPROJECT, output=COMMITTED
+    )
+
+    module = import_generated(source, tmp_path)
+
+    assert "tuple[None, Literal[204]]" in source
+
+    class OnlyCreateAndRead:
+        def create_task_run(self, **_: Any) -> Any: ...
+        def read_task_run(self, **_: Any) -> Any: ...
+
+    routes = module.Routes(task_runs=OnlyCreateAndRead())
+    assert routes.missing_handlers() == [
+        "delete_task_run_task_runs__id__delete: task_runs.delete_task_run"
+    ]
+
+
+def test_stubs_convert_arguments_and_serialise_results(tmp_path: Path) -> None:
+    module = import_generated(COMMITTED.read_text(), tmp_path)
+    received: dict[str, Any] = {}
+
+    class Handlers:
+        def create_task_run(self, *, body: Any) -> Any:
+            received["body"] = body
+            return None, 204
+
+        def read_task_run(self, *, id: Any) -> Any:
+            received["id"] = id
+            return module.models.HTTPError(detail="x"), 200
+
+    routes = module.Routes(task_runs=Handlers())
+    read = routes.read_task_run_task_runs__id__get("6b4fcd44-7f42-4d07-9a7c-5ac6a1f4c1b2")
+    created = routes.create_task_run_task_runs__post({"task_key": "t", "dynamic_key": "d"})
+
+    assert str(received["id"]) == "6b4fcd44-7f42-4d07-9a7c-5ac6a1f4c1b2"
+    assert type(received["id"]).__name__ == "UUID"
+    assert received["body"].task_key == "t"
+    assert (read.status_code, read.body, read.content_type) == (
+        200,
+        '{"detail":"x"}',
+        "application/json",
+    )
+    assert (created.status_code, created.body) == (204, None)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["paths"]["/task_runs/"]["post"].pop("operationId"), "has no operationId"),
+        (lambda d: d["paths"]["/task_runs/"]["post"].pop("tags"), "has no tag"),
+        (
+            lambda d: d["paths"]["/task_runs/"]["post"]["requestBody"]["content"].update(
+                {"application/json": {"schema": {"type": "object"}}}
+            ),
+            r"must be a \$ref",
+        ),
+        (
+            lambda d: d["paths"]["/task_runs/{id}"]["get"]["parameters"][0]["schema"].update(
+                type="array"
+            ),
+            "has a type the stubs do not support",
+        ),
+        (
+            lambda d: d["paths"]["/task_runs/{id}"]["get"]["responses"].pop("200"),
+            "documents no 2xx response",
+        ),
+    ],
+)
+def test_unsupported_contracts_are_named(change: Any, message: str) -> None:
+    document = spec()
+    change(document)
+
+    with pytest.raises(generator.SpecError, match=message):
+        generator.load_operations(document, model_names={})

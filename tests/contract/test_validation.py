@@ -1,0 +1,153 @@
+"""Turning JSON Schema errors into {loc, msg, type} items, and strict JSON parsing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.contract.validation import (
+    MAX_MESSAGE_LENGTH,
+    RequestValidationError,
+    error_items,
+    parse_json_body,
+    validator_for,
+)
+
+NULLABLE_NAME = {
+    "type": "object",
+    "properties": {"name": {"type": ["string", "null"], "pattern": "^[^\\x00]*$"}},
+}
+INPUTS = {
+    "type": "object",
+    "additionalProperties": {
+        "type": "array",
+        "items": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {"input_type": {"const": "task_run"}, "id": {"type": "string"}},
+                    "required": ["id"],
+                },
+                {
+                    "type": "object",
+                    "properties": {
+                        "input_type": {"const": "parameter"},
+                        "name": {"type": "string"},
+                    },
+                    "required": ["name"],
+                },
+            ]
+        },
+    },
+}
+LABELS = {
+    "anyOf": [
+        {
+            "type": "object",
+            "additionalProperties": {
+                "anyOf": [{"type": "boolean"}, {"type": "integer"}, {"type": "string"}]
+            },
+        },
+        {"type": "null"},
+    ]
+}
+CLOSED = {
+    "type": "object",
+    "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+    "required": ["a", "b"],
+    "additionalProperties": False,
+}
+
+
+def items_for(schema: dict[str, Any], instance: Any) -> list[dict[str, Any]]:
+    return error_items(validator_for(schema).iter_errors(instance), prefix=["body"])
+
+
+def test_valid_instances_have_no_items() -> None:
+    assert items_for(NULLABLE_NAME, {"name": None}) == []
+    assert items_for(INPUTS, {"x": [{"input_type": "parameter", "name": "p"}]}) == []
+
+
+def test_a_nullable_field_reports_both_types() -> None:
+    assert items_for(NULLABLE_NAME, {"name": 5}) == [
+        {"loc": ["body", "name"], "msg": "5 is not of type 'string', 'null'", "type": "type"}
+    ]
+
+
+def test_the_branch_the_value_meant_is_reported() -> None:
+    instance = {"x": [{"input_type": "parameter", "name": 7}]}
+
+    assert items_for(INPUTS, instance) == [
+        {"loc": ["body", "x", 0, "name"], "msg": "7 is not of type 'string'", "type": "type"}
+    ]
+
+
+def test_a_value_of_no_allowed_type_lists_the_types() -> None:
+    assert items_for(LABELS, {"a": [1]}) == [
+        {
+            "loc": ["body", "a"],
+            "msg": "[1] is not of type 'boolean', 'integer', 'string'",
+            "type": "type",
+        }
+    ]
+
+
+def test_missing_and_extra_keys_get_one_item_each() -> None:
+    assert items_for(CLOSED, {"c": 1, "d": 2}) == [
+        {"loc": ["body", "a"], "msg": "Field required", "type": "missing"},
+        {"loc": ["body", "b"], "msg": "Field required", "type": "missing"},
+        {"loc": ["body", "c"], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"},
+        {"loc": ["body", "d"], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"},
+    ]
+
+
+def test_long_messages_are_shortened() -> None:
+    [item] = items_for({"type": "integer"}, "x" * 1000)
+
+    assert len(item["msg"]) == MAX_MESSAGE_LENGTH
+    assert item["msg"].endswith("…")
+
+
+def test_validators_are_compiled_once_per_schema() -> None:
+    schema = {"type": "string"}
+
+    assert validator_for(schema) is validator_for(schema)
+    assert validator_for(schema) is not validator_for({"type": "string"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"", None),
+        (b'{"a": [1, 2.5, "\\u00e9", "\\ud83d\\ude00"]}', {"a": [1, 2.5, "é", "😀"]}),
+        (b"123456789012345678901234567890", 123456789012345678901234567890),
+    ],
+)
+def test_json_parsing_keeps_values_exact(raw: bytes, expected: Any) -> None:
+    assert parse_json_body(raw, encoding="utf-8") == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"NaN", "NaN is not valid JSON"),
+        (b"[Infinity]", "Infinity is not valid JSON"),
+        (b"1e400", "too large"),
+        (b'["\\udc00"]', "lone UTF-16 surrogate"),
+        (b'{"a": 1', "Expecting"),
+        (b"\xc3\x28", "not valid utf-8"),
+    ],
+)
+def test_json_parsing_refuses_what_cannot_be_stored(raw: bytes, reason: str) -> None:
+    with pytest.raises(RequestValidationError) as raised:
+        parse_json_body(raw, encoding="utf-8")
+
+    [item] = raised.value.errors
+    assert item["type"] == "json_invalid"
+    assert reason in item["ctx"]["error"]
+
+
+def test_an_unknown_charset_is_a_json_error() -> None:
+    with pytest.raises(RequestValidationError):
+        parse_json_body(b"{}", encoding="no-such-charset")
