@@ -61,9 +61,9 @@ def db_check(_arguments: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def check_handlers(_arguments: argparse.Namespace, _settings: Settings) -> int:
+def check_handlers(_arguments: argparse.Namespace, settings: Settings) -> int:
     """Fail, naming them, when operations of openapi.yaml have no handler method."""
-    missing = create_routes(Database("sqlite://")).missing_handlers()
+    missing = create_routes(Database("sqlite://"), settings).missing_handlers()
     for operation in missing:
         print(f"missing handler: {operation}", file=sys.stderr)
     return 1 if missing else 0

@@ -8,7 +8,9 @@ from typing import Any
 from connexion import FlaskApp
 
 from app.contract.api import mount_contract
+from app.contract.spec import load_spec
 from app.db.database import Database
+from app.handlers.root import AdminHandlers, RootHandlers
 from app.handlers.task_runs import TaskRunHandlers
 from app.settings import Settings
 from generated.routes import Routes
@@ -16,9 +18,13 @@ from generated.routes import Routes
 DATABASE_EXTENSION = "taskrun_api.database"
 
 
-def create_routes(database: Database) -> Routes:
+def create_routes(database: Database, settings: Settings) -> Routes:
     """The generated route stubs, each group bound to its handlers."""
-    return Routes(task_runs=TaskRunHandlers(database=database))
+    return Routes(
+        task_runs=TaskRunHandlers(database=database),
+        root=RootHandlers(api_version=load_spec()["info"]["version"]),
+        admin=AdminHandlers(server_version=settings.prefect_server_version),
+    )
 
 
 def create_app(settings: Settings | None = None) -> FlaskApp:
@@ -27,11 +33,13 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
     logging.getLogger("app").setLevel(settings.log_level)
     database = Database(settings.database_url, pool_size=settings.database_pool_size)
     app = FlaskApp(__name__)
+    auth_string = settings.api_auth_string
     mount_contract(
         app,
-        create_routes(database),
+        create_routes(database, settings),
         validate_responses=settings.validate_responses,
         max_request_body_bytes=settings.max_request_body_bytes,
+        basic_auth=auth_string.get_secret_value() if auth_string else None,
     )
     app.app.extensions[DATABASE_EXTENSION] = database
     return app

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,6 +31,19 @@ class Settings(BaseSettings):
     max_request_body_bytes: Annotated[int, Field(ge=1)] = 10 * 1024 * 1024
     # Responses are checked against openapi.yaml in the tests; in production that costs CPU.
     validate_responses: bool = False
+    # "user:password" for HTTP Basic authentication; unset: no authentication. Prefect's
+    # server reads the same from PREFECT_SERVER_API_AUTH_STRING, which is honoured too.
+    api_auth_string: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING"),
+    )
+    # The Prefect server version whose behaviour is served; clients check its major version.
+    prefect_server_version: Annotated[str, Field(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")] = "3.9.1"
+
+    @field_validator("api_auth_string")
+    @classmethod
+    def _empty_means_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value and value.get_secret_value() else None
 
     @field_validator("log_level")
     @classmethod

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, NoReturn, Protocol, TypeVar
 from uuid import UUID
 
 from connexion.lifecycle import ConnexionResponse
@@ -43,11 +43,39 @@ def _response(result: object, status: int) -> ConnexionResponse:
     if isinstance(result, BaseModel):
         body = result.model_dump_json()
     else:
-        body = json.dumps(result, separators=(",", ":"))
+        body = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
     return ConnexionResponse(status_code=status, body=body, content_type="application/json")
 
 
-class TaskRunsHandlers(Protocol):
+class AdminOperations(Protocol):
+    """The handlers of the operations tagged "Admin"."""
+
+    def read_server_version(self) -> tuple[str, Literal[200]]:
+        """GET /admin/version: Read Server Version."""
+        ...
+
+
+class RootOperations(Protocol):
+    """The handlers of the operations tagged "Root"."""
+
+    def health_check(self) -> tuple[bool, Literal[200]]:
+        """GET /health: Health Check."""
+        ...
+
+    def server_version(self) -> tuple[str, Literal[200]]:
+        """GET /version: Server Version."""
+        ...
+
+    def hello(self) -> tuple[str, Literal[200]]:
+        """GET /hello: Hello."""
+        ...
+
+    def create_csrf_token(self, *, client: str) -> NoReturn:
+        """GET /csrf-token: Create CSRF Token."""
+        ...
+
+
+class TaskRunsOperations(Protocol):
     """The handlers of the operations tagged "Task Runs"."""
 
     def create_task_run(
@@ -64,12 +92,20 @@ class TaskRunsHandlers(Protocol):
 class Routes:
     """One method per operationId; Connexion dispatches each operation to its method."""
 
-    def __init__(self, *, task_runs: TaskRunsHandlers) -> None:
+    def __init__(
+        self, *, admin: AdminOperations, root: RootOperations, task_runs: TaskRunsOperations
+    ) -> None:
+        self._admin = admin
+        self._root = root
         self._task_runs = task_runs
 
     def missing_handlers(self) -> list[str]:
         """The operations without a handler method, as "operationId: group.method"."""
-        groups: dict[str, object] = {"task_runs": self._task_runs}
+        groups: dict[str, object] = {
+            "admin": self._admin,
+            "root": self._root,
+            "task_runs": self._task_runs,
+        }
         return [
             f"{operation_id}: {group}.{method}"
             for operation_id, (group, method) in HANDLERS.items()
@@ -88,9 +124,38 @@ class Routes:
         result, status = self._task_runs.read_task_run(id=UUID(id))
         return _response(result, status)
 
+    def health_check_health_get(self) -> ConnexionResponse:
+        """GET /health: Health Check."""
+        result, status = self._root.health_check()
+        return _response(result, status)
+
+    def server_version_version_get(self) -> ConnexionResponse:
+        """GET /version: Server Version."""
+        result, status = self._root.server_version()
+        return _response(result, status)
+
+    def hello_hello_get(self) -> ConnexionResponse:
+        """GET /hello: Hello."""
+        result, status = self._root.hello()
+        return _response(result, status)
+
+    def create_csrf_token_csrf_token_get(self, client: str) -> ConnexionResponse:
+        """GET /csrf-token: Create CSRF Token."""
+        self._root.create_csrf_token(client=client)  # documents no success: the handler raises
+
+    def read_server_version_admin_version_get(self) -> ConnexionResponse:
+        """GET /admin/version: Read Server Version."""
+        result, status = self._admin.read_server_version()
+        return _response(result, status)
+
 
 # operationId -> (handler group, handler method), for the check that names a missing one.
 HANDLERS: dict[str, tuple[str, str]] = {
     "create_task_run_task_runs__post": ("task_runs", "create_task_run"),
     "read_task_run_task_runs__id__get": ("task_runs", "read_task_run"),
+    "health_check_health_get": ("root", "health_check"),
+    "server_version_version_get": ("root", "server_version"),
+    "hello_hello_get": ("root", "hello"),
+    "create_csrf_token_csrf_token_get": ("root", "create_csrf_token"),
+    "read_server_version_admin_version_get": ("admin", "read_server_version"),
 }

@@ -19,6 +19,7 @@ from tests.support.databases import empty_database
 from tests.support.server import running_server
 
 SPEC = Path(__file__).resolve().parents[1] / "openapi.yaml"
+CONFIG = Path(__file__).resolve().parent / "schemathesis.toml"
 
 
 def main() -> int:
@@ -38,6 +39,7 @@ def main() -> int:
             "run", str(SPEC),
             "--url", server.api_url,
             "--max-examples", str(arguments.examples),
+            "--config-file", str(CONFIG),
         ]  # fmt: skip
         if arguments.seed is not None:
             command += ["--seed", str(arguments.seed)]

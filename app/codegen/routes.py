@@ -58,7 +58,8 @@ class Operation:
     parameters: tuple[Parameter, ...]
     body_model: str | None
     body_required: bool
-    # Success statuses by the type the handler returns with them ("None" for no content).
+    # Success statuses by the type the handler returns with them ("None" for no content);
+    # empty when the operation only ever answers with an error, which its handler raises.
     success: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
@@ -214,8 +215,6 @@ def _success_responses(
         else:
             raise SpecError(f"{where}: response {status} must be {JSON_MEDIA_TYPE} or empty")
         by_type.setdefault(python_type, []).append(int(status))
-    if not by_type:
-        raise SpecError(f"{where} documents no 2xx response")
     return {python_type: tuple(sorted(statuses)) for python_type, statuses in by_type.items()}
 
 
@@ -237,7 +236,7 @@ _HEADER = '''\
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, NoReturn, Protocol, TypeVar
 from uuid import UUID
 
 from connexion.lifecycle import ConnexionResponse
@@ -276,7 +275,7 @@ def _response(result: object, status: int) -> ConnexionResponse:
     if isinstance(result, BaseModel):
         body = result.model_dump_json()
     else:
-        body = json.dumps(result, separators=(",", ":"))
+        body = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
     return ConnexionResponse(status_code=status, body=body, content_type="application/json")
 '''
 
@@ -294,11 +293,13 @@ def render(operations: list[Operation]) -> str:
 
 
 def protocol_name(group: str) -> str:
-    """`task_runs` -> `TaskRunsHandlers`."""
-    return "".join(word.capitalize() for word in group.split("_")) + "Handlers"
+    """`task_runs` -> `TaskRunsOperations`, what a handler class of that group implements."""
+    return "".join(word.capitalize() for word in group.split("_")) + "Operations"
 
 
 def _return_type(operation: Operation) -> str:
+    if not operation.success:
+        return "NoReturn"
     alternatives = []
     for python_type, statuses in operation.success.items():
         literal = ", ".join(str(status) for status in statuses)
@@ -323,7 +324,8 @@ def _render_protocol(group: str, operations: list[Operation]) -> str:
         f'    """The handlers of the operations tagged "{operations[0].tag}"."""',
     ]
     for operation in operations:
-        signature = ", ".join(["self", "*", *_handler_parameters(operation)])
+        parameters = _handler_parameters(operation)
+        signature = ", ".join(["self", "*", *parameters] if parameters else ["self"])
         lines += [
             "",
             f"    def {operation.handler}({signature}) -> {_return_type(operation)}:",
@@ -389,12 +391,17 @@ def _render_routes(groups: dict[str, list[Operation]], operations: list[Operatio
     for operation in operations:
         signature = ", ".join(["self", *_stub_parameters(operation)])
         arguments = ", ".join(_stub_arguments(operation))
+        call = f"self._{operation.group}.{operation.handler}({arguments})"
+        body = (
+            [f"        result, status = {call}", "        return _response(result, status)"]
+            if operation.success
+            else [f"        {call}  # documents no success: the handler raises"]
+        )
         lines += [
             "",
             f"    def {operation.operation_id}({signature}) -> ConnexionResponse:",
             f'        """{operation.method.upper()} {operation.path}: {operation.summary}."""',
-            f"        result, status = self._{operation.group}.{operation.handler}({arguments})",
-            "        return _response(result, status)",
+            *body,
         ]
     return "\n".join(lines)
 

@@ -9,10 +9,12 @@ from connexion.exceptions import ResolverError
 from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
+from connexion.security import AbstractSecurityHandler
 
 from app.contract.errors import register_error_handlers
 from app.contract.middleware import (
     ApiVersionMiddleware,
+    BasicAuthMiddleware,
     BodySizeLimitMiddleware,
     LineBreakPathMiddleware,
 )
@@ -20,9 +22,22 @@ from app.contract.spec import enable_openapi_31, load_spec
 from app.contract.validation import VALIDATOR_MAP
 from generated.routes import Routes
 
+HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
 
 class MissingHandlers(RuntimeError):
     """An operation of openapi.yaml has no handler method."""
+
+
+class BasicAuthCheckedBeforeRouting(AbstractSecurityHandler):  # type: ignore[misc]
+    """Connexion's part in the document's `basicAuth` scheme: none.
+
+    BasicAuthMiddleware has already checked the credentials, or the service runs without
+    them; either way the request may go on, as the document's anonymous alternative allows.
+    """
+
+    def get_fn(self, security_scheme: dict[str, Any], required_scopes: list[str]) -> None:  # noqa: ARG002
+        return None
 
 
 class RoutesResolver(Resolver):  # type: ignore[misc]
@@ -49,22 +64,52 @@ def ensure_every_operation_handled(routes: Routes) -> None:
         raise MissingHandlers("operations without a handler: " + "; ".join(missing))
 
 
+def public_paths(spec: dict[str, Any]) -> frozenset[str]:
+    """The full paths of the operations that need no credentials (`security: []`)."""
+    base_path = spec["servers"][0]["url"].rstrip("/")
+    return frozenset(
+        base_path + path
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+        if method in HTTP_METHODS and operation.get("security") == []
+    )
+
+
 def mount_contract(
-    app: FlaskApp, routes: Routes, *, validate_responses: bool, max_request_body_bytes: int
+    app: FlaskApp,
+    routes: Routes,
+    *,
+    validate_responses: bool,
+    max_request_body_bytes: int,
+    basic_auth: str | None,
 ) -> None:
-    """Serve openapi.yaml's operations on `app`, validated against the document itself."""
+    """Serve openapi.yaml's operations on `app`, validated against the document itself.
+
+    With `basic_auth` ("user:password"), every path but those of the operations whose
+    document says `security: []` needs those credentials.
+    """
     enable_openapi_31()
     ensure_every_operation_handled(routes)
+    spec = load_spec()
     app.add_api(
-        load_spec(),
+        spec,
         resolver=RoutesResolver(routes),
         validator_map=VALIDATOR_MAP,
         validate_responses=validate_responses,
+        security_map={"basic": BasicAuthCheckedBeforeRouting},
         # Connexion's bundled Swagger UI cannot render OpenAPI 3.1; the document is served.
         swagger_ui_options=SwaggerUIOptions(swagger_ui=False, serve_spec=True),
     )
     register_error_handlers(app)
     app.add_middleware(LineBreakPathMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION)
+    if basic_auth:
+        # Before the document is served or any route is matched: all of /api is guarded.
+        app.add_middleware(
+            BasicAuthMiddleware,
+            position=MiddlewarePosition.BEFORE_SWAGGER,
+            credentials=basic_auth,
+            exempt_paths=public_paths(spec),
+        )
     app.add_middleware(ApiVersionMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION)
     app.add_middleware(
         BodySizeLimitMiddleware,

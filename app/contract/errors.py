@@ -18,10 +18,10 @@ from connexion.exceptions import BadRequestProblem, ProblemException, Unsupporte
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from starlette.exceptions import HTTPException
 
-from app.contract.middleware import InvalidApiVersion, RequestTooLarge
+from app.contract.middleware import InvalidApiVersion, RequestTooLarge, Unauthorized
 from app.contract.validation import RequestValidationError
 from app.db.database import DatabaseUnavailable
-from app.services.errors import Conflict, NotFound
+from app.services.errors import Conflict, NotFound, Unprocessable
 from generated.routes import InvalidRequestModel
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,16 @@ async def _invalid_api_version(
     return detail_response(400, str(error))
 
 
+async def _unauthorized(_request: ConnexionRequest, error: Unauthorized) -> ConnexionResponse:
+    return detail_response(
+        401, str(error), headers={"WWW-Authenticate": 'Basic realm="taskrun-api"'}
+    )
+
+
+async def _unprocessable(_request: ConnexionRequest, error: Unprocessable) -> ConnexionResponse:
+    return detail_response(422, error.message)
+
+
 async def _too_large(_request: ConnexionRequest, error: RequestTooLarge) -> ConnexionResponse:
     return detail_response(413, str(error))
 
@@ -148,6 +158,8 @@ ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
     UnsupportedMediaTypeProblem: _unsupported_media_type,
     BadRequestProblem: _bad_request,
     InvalidApiVersion: _invalid_api_version,
+    Unauthorized: _unauthorized,
+    Unprocessable: _unprocessable,
     RequestTooLarge: _too_large,
     NotFound: _not_found,
     Conflict: _conflict,

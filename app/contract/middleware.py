@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 import re
 
@@ -19,6 +21,10 @@ class InvalidApiVersion(Exception):
 
 class RequestTooLarge(Exception):
     """The request body exceeds the configured limit; answered with 413."""
+
+
+class Unauthorized(Exception):
+    """Credentials are required and were missing or wrong; answered with 401."""
 
 
 def check_api_version(value: str) -> None:
@@ -51,6 +57,27 @@ class ApiVersionMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             check_api_version(Headers(scope=scope).get(API_VERSION_HEADER, ""))
+        await self.app(scope, receive, send)
+
+
+class BasicAuthMiddleware:
+    """Requires HTTP Basic credentials equal to `credentials` ("user:password") on every path
+    but `exempt_paths`, as Prefect's server does with PREFECT_SERVER_API_AUTH_STRING.
+    """
+
+    def __init__(self, app: ASGIApp, *, credentials: str, exempt_paths: frozenset[str]) -> None:
+        self.app = app
+        self.expected = b"Basic " + base64.b64encode(credentials.encode())
+        self.exempt_paths = exempt_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self.exempt_paths:
+            supplied = next(
+                (value for name, value in scope["headers"] if name == b"authorization"), b""
+            )
+            # Constant time: how much of a guess matched must not show in the response time.
+            if not hmac.compare_digest(supplied, self.expected):
+                raise Unauthorized("Unauthorized")
         await self.app(scope, receive, send)
 
 

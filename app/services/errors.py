@@ -15,3 +15,7 @@ class NotFound(DomainError):
 
 class Conflict(DomainError):
     """The request collides with data that already exists."""
+
+
+class Unprocessable(DomainError):
+    """The request is well formed but the service will not carry it out."""

@@ -21,6 +21,7 @@ from app.db.tables import TaskRunRow
 from app.main import database_of
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
+CONFIG_PATH = Path(__file__).resolve().parents[1] / "schemathesis.toml"
 EXAMPLES_PER_OPERATION = 100
 STATEFUL_SCENARIOS = 40
 
@@ -45,7 +46,9 @@ class AppUnderTest:
 
 
 APP_UNDER_TEST = AppUnderTest()
-schema = schemathesis.openapi.from_path(SPEC_PATH)
+schema = schemathesis.openapi.from_path(
+    SPEC_PATH, config=schemathesis.config.SchemathesisConfig.from_path(CONFIG_PATH)
+)
 schema.app = APP_UNDER_TEST
 
 

@@ -72,7 +72,7 @@ def _wait_until_serving(server: RunningServer) -> None:
         if server.process.poll() is not None:
             raise RuntimeError(f"the server exited with {server.process.returncode}")
         try:
-            if httpx.get(f"{server.api_url}/openapi.json", timeout=2).status_code == 200:
+            if httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass

@@ -1,0 +1,153 @@
+"""The Root and Admin operations, and HTTP Basic authentication, through HTTP."""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from starlette.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+
+SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "openapi.yaml").read_text())
+CREDENTIALS = "admin:s3cret:with-colon"
+
+
+def basic(credentials: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
+
+
+def every_operation() -> Iterator[tuple[str, str]]:
+    """(method, path under /api) of every operation in the document, ids filled in."""
+    for path, operations in SPEC["paths"].items():
+        for method in operations:
+            yield method.upper(), "/api" + path.replace("{id}", str(uuid.uuid4()))
+
+
+class TestHealthCheck:
+    def test_answers_true(self, client: TestClient) -> None:
+        response = client.get("/api/health")
+
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() is True
+
+
+class TestServerVersion:
+    def test_answers_the_api_version_of_the_document(self, client: TestClient) -> None:
+        assert client.get("/api/version").json() == SPEC["info"]["version"] == "0.8.4"
+
+
+class TestHello:
+    def test_greets(self, client: TestClient) -> None:
+        response = client.get("/api/hello")
+
+        assert response.json() == "👋"
+        assert "👋".encode() in response.content
+
+
+class TestReadServerVersion:
+    def test_answers_a_prefect_3_version(self, client: TestClient) -> None:
+        version = client.get("/api/admin/version").json()
+
+        assert re.fullmatch(r"3\.[0-9]+\.[0-9]+", version)
+
+    def test_the_version_is_configurable(self, tmp_path: Path) -> None:
+        settings = Settings(
+            database_url=f"sqlite:///{tmp_path / 'x.db'}", prefect_server_version="3.10.0"
+        )
+
+        with create_app(settings).test_client() as client:
+            assert client.get("/api/admin/version").json() == "3.10.0"
+
+    def test_a_version_that_is_not_x_y_z_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="prefect_server_version"):
+            Settings(prefect_server_version="three")
+
+
+class TestCreateCsrfToken:
+    def test_answers_that_csrf_protection_is_disabled(self, client: TestClient) -> None:
+        response = client.get("/api/csrf-token", params={"client": str(uuid.uuid4())})
+
+        assert response.status_code == 422
+        assert response.json() == {"detail": "CSRF protection is disabled."}
+
+    def test_without_a_client_it_is_a_validation_error(self, client: TestClient) -> None:
+        response = client.get("/api/csrf-token")
+
+        assert response.status_code == 422
+        assert response.json()["detail"] == [
+            {"loc": ["query", "client"], "msg": "Field required", "type": "missing"}
+        ]
+
+
+class TestBasicAuthentication:
+    @pytest.fixture
+    def guarded(self, tmp_path: Path) -> Iterator[TestClient]:
+        settings = Settings(
+            database_url=f"sqlite:///{tmp_path / 'x.db'}",
+            api_auth_string=CREDENTIALS,
+            validate_responses=True,
+        )
+        with create_app(settings).test_client() as test_client:
+            yield test_client
+
+    @pytest.mark.parametrize(("method", "path"), list(every_operation()))
+    def test_every_operation_but_health_needs_credentials(
+        self, guarded: TestClient, method: str, path: str
+    ) -> None:
+        for headers in ({}, basic("admin:wrong"), {"Authorization": "Bearer token"}):
+            response = guarded.request(method, path, headers=headers)
+
+            if path == "/api/health":
+                assert response.status_code == 200
+            else:
+                assert response.status_code == 401, (method, path, headers)
+                assert response.json() == {"detail": "Unauthorized"}
+                assert response.headers["www-authenticate"] == 'Basic realm="taskrun-api"'
+
+    def test_the_document_and_unknown_paths_are_guarded_too(self, guarded: TestClient) -> None:
+        assert guarded.get("/api/openapi.json").status_code == 401
+        assert guarded.get("/api/no-such-thing").status_code == 401
+
+    def test_the_right_credentials_open_every_operation(
+        self, guarded: TestClient, tmp_path: Path
+    ) -> None:
+        from app.db.migrate import upgrade  # noqa: PLC0415
+
+        upgrade(f"sqlite:///{tmp_path / 'x.db'}")
+        headers = basic(CREDENTIALS)
+
+        created = guarded.post(
+            "/api/task_runs/", json={"task_key": "t", "dynamic_key": "d"}, headers=headers
+        )
+        read = guarded.get(f"/api/task_runs/{created.json()['id']}", headers=headers)
+
+        assert (created.status_code, read.status_code) == (201, 200)
+        assert guarded.get("/api/version", headers=headers).status_code == 200
+        assert guarded.get("/api/openapi.json", headers=headers).status_code == 200
+
+    @pytest.mark.parametrize("variable", ["API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING"])
+    def test_credentials_come_from_either_variable(
+        self, monkeypatch: pytest.MonkeyPatch, variable: str
+    ) -> None:
+        monkeypatch.setenv(variable, CREDENTIALS)
+
+        auth_string = Settings().api_auth_string
+
+        assert auth_string is not None
+        assert auth_string.get_secret_value() == CREDENTIALS
+        assert CREDENTIALS not in repr(Settings())
+
+    def test_an_empty_variable_means_no_authentication(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("API_AUTH_STRING", "")
+
+        assert Settings().api_auth_string is None
