@@ -45,7 +45,7 @@ def import_generated(source: str, directory: Path) -> ModuleType:
 
 
 def complete_handlers(module: ModuleType, **groups: object) -> dict[str, object]:
-    """Handler groups for every group of `module.HANDLERS`: `groups`, then ones with every method."""
+    """A handler object for every group: the given ones, and others that have every method."""
 
     class EveryMethod:
         def __getattr__(self, name: str) -> Any:
