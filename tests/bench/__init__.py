@@ -1,0 +1,9 @@
+"""`make bench`: the service as a real process under wrk, on SQLite and PostgreSQL.
+
+    python -m tests.bench                  # ours only: every operation at concurrency 1, 16, 64
+    python -m tests.bench --quick          # about a minute: concurrency 16, one short repetition
+    python -m tests.bench --prefect        # the same cells against Prefect 3.9.1, side by side
+
+`make bench-prefect` installs Prefect's server into its own virtualenv first
+(`python -m tests.bench.prefect_install`). Results go to `bench-results/` as JSON.
+"""

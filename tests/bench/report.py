@@ -1,0 +1,314 @@
+"""The printed report: a table per server, the two systems side by side, the targets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tests.bench.runner import (
+    CREATE_NEW,
+    DESCRIPTIONS,
+    HEALTH,
+    IMBALANCE_SHARE,
+    READ,
+    Cell,
+    Plan,
+    ServerRun,
+)
+from tests.bench.servers import OURS, PREFECT
+
+DATABASE_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+SYSTEM_NAMES = {OURS: "taskrun-api", PREFECT: "Prefect 3.9.1"}
+
+# The issue's targets, checked against the measured numbers (printed, never asserted).
+TARGET_CONCURRENCY = 16
+TARGET_TIMES_PREFECT_RPS = 15.0
+TARGET_FRACTION_OF_PREFECT_P99 = 0.1
+TARGET_SHARE_OF_HEALTH = {CREATE_NEW: 0.5, READ: 0.7}
+TARGET_PEAK_RSS_MB = 150.0
+
+MET, NOT_MET, UNAVAILABLE = "met", "NOT MET", "unavailable"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell; the first column left-aligned, the rest right."""
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(padded).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([line(headers), rule, *(line(row) for row in rows)])
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def _per_worker(values: Sequence[float | None], digits: int) -> str:
+    return " / ".join(_number(value, digits) for value in values)
+
+
+def _statuses(cell: Cell) -> str:
+    return " ".join(f"{status}:{count}" for status, count in cell.statuses.items())
+
+
+def _errors(non_2xx: int, socket_errors: int) -> str:
+    return f"{non_2xx}" + (f" +{socket_errors} sock" if socket_errors else "")
+
+
+# ---------------------------------------------------------------------------------------
+# Header and per-server tables
+
+
+def header(plan: Plan, context: dict[str, Any]) -> str:
+    """What was run, how, and how to read the numbers."""
+    mode = "QUICK mode" if plan.quick else "full mode"
+    concurrencies = ", ".join(str(c) for c in plan.concurrencies)
+    return "\n".join(
+        [
+            f"taskrun-api bench, {mode}: {plan.seconds} s per cell, {plan.repetitions}"
+            f" repetition(s), each figure the median of the repetitions",
+            "  (non-2xx and socket errors: totals over the repetitions; CPU s: median per"
+            " worker; peak RSS: highest sample, every 0.1 s, per worker)",
+            f"  concurrency {concurrencies} = wrk connections; wrk threads = min(concurrency,"
+            f" {context['wrk_max_threads']}); warm-up {plan.warmup_seconds} s of mix first",
+            f"  machine: {context['cpus']} CPUs shared by wrk and the server, 1-min load"
+            f" average {context['load_average'][0]:.2f} at the start; {context['wrk_version']}",
+            "  other CPU s: the machine's CPU time in a cell that was neither a worker's nor"
+            " wrk's (PostgreSQL, the server's supervisor, anything else running); a cell has"
+            f" {context['cpus']} x {plan.seconds} = {(context['cpus'] or 1) * plan.seconds}"
+            " CPU s in all",
+            f"  commit {context['commit']}{' (working tree modified)' if context['dirty'] else ''}",
+            *(f"  {name:<16} {text}" for name, text in DESCRIPTIONS.items()),
+        ]
+    )
+
+
+def server_table(run: ServerRun) -> str:
+    """Every cell measured against one server."""
+    headers = [
+        "operation", "conc", "req/s", "p50 ms", "p99 ms", "non-2xx", "sock err",
+        "of health", "worker CPU s", "wrk CPU s", "other CPU s",
+        "worker peak RSS MB", "statuses",
+    ]  # fmt: skip
+    rows = [
+        [
+            cell.operation,
+            str(cell.concurrency),
+            _number(cell.requests_per_second),
+            _number(cell.p50_ms, 2),
+            _number(cell.p99_ms, 2),
+            str(cell.non_2xx),
+            str(cell.socket_errors),
+            _percent(run.share_of_health(cell)) if cell.operation != HEALTH else "",
+            _per_worker(cell.worker_cpu_seconds(), 1) + (" !" if cell.imbalanced() else ""),
+            _number(cell.wrk_cpu_seconds),
+            _number(cell.other_cpu_seconds),
+            _per_worker(cell.worker_peak_rss_mb(), 0),
+            _statuses(cell),
+        ]
+        for cell in run.measured_cells
+    ]
+    title = (
+        f"{SYSTEM_NAMES[run.system]} on {DATABASE_NAMES[run.database]}"
+        f" ({len(run.worker_pids)} worker process(es))"
+    )
+    parts = [title, format_table(headers, rows)]
+    if run.log_tracebacks:
+        parts.append(
+            f"  note: the server logged {run.log_tracebacks} traceback(s); the JSON has its"
+            " log's last lines"
+        )
+    if not run.health_available:
+        parts.append("  /api/health did not answer 200: the ceiling is unavailable, no ratios")
+    parts.extend(imbalance_warnings(run))
+    return "\n".join(parts)
+
+
+def imbalance_warnings(run: ServerRun) -> list[str]:
+    """A line for every cell in which one worker got too little of the CPU."""
+    warnings = []
+    for cell in run.measured_cells:
+        lowest = cell.lowest_cpu_share()
+        if cell.imbalanced() and lowest is not None:
+            warnings.append(
+                f"  warning (!): {cell.operation} c={cell.concurrency}: a worker got only"
+                f" {lowest:.0%} of the server CPU of a repetition (< {IMBALANCE_SHARE:.0%});"
+                " uvicorn gave it too few connections, the cell may be up to 2x off"
+            )
+    return warnings
+
+
+# ---------------------------------------------------------------------------------------
+# Side by side
+
+
+def side_by_side(ours: ServerRun, prefect: ServerRun) -> str:
+    """Our cells next to Prefect's on the same database, with the ratios ours/Prefect."""
+    headers = [
+        "operation", "conc", "req/s ours", "req/s Prefect", "ours/Prefect",
+        "p99 ms ours", "p99 ms Prefect", "ours/Prefect", "non-2xx ours", "non-2xx Prefect",
+    ]  # fmt: skip
+    rows = []
+    for cell in ours.measured_cells:
+        theirs = prefect.cell(cell.operation, cell.concurrency)
+        if theirs is None:
+            continue
+        rps_ratio = _ratio(cell.requests_per_second, theirs.requests_per_second)
+        p99_ratio = _ratio(cell.p99_ms, theirs.p99_ms)
+        rows.append(
+            [
+                cell.operation,
+                str(cell.concurrency),
+                _number(cell.requests_per_second),
+                _number(theirs.requests_per_second),
+                "-" if rps_ratio is None else f"{rps_ratio:.1f}x",
+                _number(cell.p99_ms, 2),
+                _number(theirs.p99_ms, 2),
+                "-" if p99_ratio is None else f"{p99_ratio:.3f}",
+                _errors(cell.non_2xx, cell.socket_errors),
+                _errors(theirs.non_2xx, theirs.socket_errors),
+            ]
+        )
+    title = f"{DATABASE_NAMES[ours.database]}: taskrun-api next to Prefect 3.9.1"
+    return "\n".join([title, format_table(headers, rows)])
+
+
+# ---------------------------------------------------------------------------------------
+# Targets
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """One target on one database, and whether the numbers meet it."""
+
+    database: str
+    target: str
+    status: str
+    detail: str
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "database": self.database,
+            "target": self.target,
+            "status": self.status,
+            "detail": self.detail,
+        }
+
+
+def check_targets(ours: ServerRun, prefect: ServerRun | None) -> list[TargetCheck]:
+    """Every target that applies to what was measured on one database."""
+    checks: list[TargetCheck] = []
+    if prefect is not None:
+        checks.extend(_prefect_targets(ours, prefect))
+    checks.append(_no_errors_target(ours))
+    checks.extend(
+        _health_share_target(ours, op, share) for op, share in TARGET_SHARE_OF_HEALTH.items()
+    )
+    checks.append(_memory_target(ours))
+    return checks
+
+
+def _check(database: str, target: str, ok: bool | None, detail: str) -> TargetCheck:
+    status = UNAVAILABLE if ok is None else MET if ok else NOT_MET
+    return TargetCheck(database=database, target=target, status=status, detail=detail)
+
+
+def _prefect_targets(ours: ServerRun, prefect: ServerRun) -> list[TargetCheck]:
+    checks = []
+    for operation in (CREATE_NEW, READ):
+        mine = ours.cell(operation, TARGET_CONCURRENCY)
+        theirs = prefect.cell(operation, TARGET_CONCURRENCY)
+        name = f"{operation} c={TARGET_CONCURRENCY}"
+        if mine is None or theirs is None:
+            for what in ("req/s", "p99"):
+                checks.append(
+                    _check(
+                        ours.database,
+                        f"{name} {what} vs Prefect",
+                        None,
+                        f"c={TARGET_CONCURRENCY} not measured",
+                    )
+                )
+            continue
+        rps = _ratio(mine.requests_per_second, theirs.requests_per_second)
+        p99 = _ratio(mine.p99_ms, theirs.p99_ms)
+        checks.append(
+            _check(
+                ours.database,
+                f"{name} req/s >= {TARGET_TIMES_PREFECT_RPS:.0f}x Prefect's",
+                None if rps is None else rps >= TARGET_TIMES_PREFECT_RPS,
+                f"{mine.requests_per_second:,.1f} vs {theirs.requests_per_second:,.1f}"
+                f" = {_number(rps)}x",
+            )
+        )
+        checks.append(
+            _check(
+                ours.database,
+                f"{name} p99 <= 1/{1 / TARGET_FRACTION_OF_PREFECT_P99:.0f} of Prefect's",
+                None if p99 is None else p99 <= TARGET_FRACTION_OF_PREFECT_P99,
+                f"{mine.p99_ms:,.2f} ms vs {theirs.p99_ms:,.2f} ms = {_number(p99, 3)}",
+            )
+        )
+    return checks
+
+
+def _no_errors_target(ours: ServerRun) -> TargetCheck:
+    failing = [
+        f"{cell.operation} c={cell.concurrency}: {_errors(cell.non_2xx, cell.socket_errors)}"
+        for cell in ours.measured_cells
+        if cell.non_2xx or cell.socket_errors
+    ]
+    detail = "; ".join(failing) if failing else f"0 in {len(ours.measured_cells)} cells"
+    return _check(ours.database, "zero non-2xx (and socket errors) under load", not failing, detail)
+
+
+def _health_share_target(ours: ServerRun, operation: str, share: float) -> TargetCheck:
+    target = f"{operation} >= {share:.0%} of /api/health"
+    if not ours.health_available:
+        return _check(ours.database, target, None, "/api/health unavailable")
+    values = [
+        (cell.concurrency, ours.share_of_health(cell))
+        for cell in ours.measured_cells
+        if cell.operation == operation
+    ]
+    known = [(concurrency, value) for concurrency, value in values if value is not None]
+    if not known:
+        return _check(ours.database, target, None, "not measured")
+    detail = ", ".join(f"c={concurrency} {value:.0%}" for concurrency, value in known)
+    return _check(ours.database, target, all(value >= share for _, value in known), detail)
+
+
+def _memory_target(ours: ServerRun) -> TargetCheck:
+    target = f"peak RSS per worker <= {TARGET_PEAK_RSS_MB:.0f} MB"
+    peaks = [(max(cell.worker_peak_rss_mb(), default=0.0), cell) for cell in ours.measured_cells]
+    if not peaks:
+        return _check(ours.database, target, None, "not measured")
+    highest, cell = max(peaks, key=lambda peak: peak[0])
+    detail = f"highest {highest:.0f} MB ({cell.operation} c={cell.concurrency})"
+    return _check(ours.database, target, highest <= TARGET_PEAK_RSS_MB, detail)
+
+
+def targets_section(checks: list[TargetCheck]) -> str:
+    """The targets, one line each, marked met / NOT MET / unavailable."""
+    lines = ["Targets (printed, not asserted; taskrun-api's numbers)"]
+    for check in checks:
+        lines.append(
+            f"  [{check.status:^11}] {DATABASE_NAMES[check.database]:<10} {check.target}:"
+            f" {check.detail}"
+        )
+    return "\n".join(lines)
