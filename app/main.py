@@ -9,6 +9,7 @@ from connexion import FlaskApp
 
 from app.contract.api import mount_contract
 from app.contract.spec import load_spec
+from app.contract.wsgi import install_wsgi_bridge
 from app.db.database import Database
 from app.handlers.root import AdminHandlers, RootHandlers
 from app.handlers.task_runs import TaskRunHandlers
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
     logging.getLogger("app").setLevel(settings.log_level)
     database = Database(settings.database_url, pool_size=settings.database_pool_size)
     app = FlaskApp(__name__)
+    install_wsgi_bridge(app, threads=settings.threads_per_worker)
     auth_string = settings.api_auth_string
     mount_contract(
         app,

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 from connexion import FlaskApp
-from sqlalchemy import delete
 from starlette.testclient import TestClient
 
 from app.db.database import Database
 from app.db.migrate import upgrade
-from app.db.tables import TaskRunRow
+from app.db.tables import task_run
 from app.main import create_app, database_of
 from app.settings import Settings
 from tests.support.databases import POSTGRES_ENV, empty_database, postgres_server_url
@@ -49,8 +48,8 @@ def app(database_url: str) -> Iterator[FlaskApp]:
 def database(app: FlaskApp) -> Database:
     """The app's database, emptied before the test."""
     db = database_of(app)
-    with db.transaction() as session:
-        session.execute(delete(TaskRunRow))  # the states go with their runs
+    with db.transaction() as connection:
+        connection.execute(task_run.delete())  # the states go with their runs
     return db
 
 

@@ -1,1 +1,1 @@
-"""Storage: tables, column types, the engine and its sessions, and the migrations."""
+"""Storage: tables, rows as records, column types, engine and connections, the migrations."""

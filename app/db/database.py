@@ -1,4 +1,4 @@
-"""Engine and sessions: one session per request, one transaction per write."""
+"""Engine and connections: one connection per request, one transaction per write."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 # How long a writer waits for SQLite's lock, and for a pooled connection, before giving up.
@@ -42,14 +41,12 @@ class Database:
         self.engine = (
             self._sqlite_engine() if self.is_sqlite else self._postgresql_engine(pool_size)
         )
-        write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
-        read_engine = (
+        self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
+        self._read_engine = (
             self.engine
             if self.is_sqlite
             else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
-        self._write_sessions = sessionmaker(write_engine, expire_on_commit=False)
-        self._read_sessions = sessionmaker(read_engine, expire_on_commit=False)
         # SQLite has one writer at a time. Queueing this process's writers on a lock keeps
         # them out of SQLite's polling busy handler; other processes still wait in it.
         self._write_lock: AbstractContextManager[Any] = (
@@ -83,20 +80,20 @@ class Database:
         )
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
+    def transaction(self) -> Iterator[Connection]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
         with (
             _unavailable_on_connection_errors(),
             self._write_lock,
-            self._write_sessions.begin() as session,
+            self._write_engine.begin() as connection,
         ):
-            yield session
+            yield connection
 
     @contextmanager
-    def snapshot(self) -> Iterator[Session]:
-        """A session for reads; every statement sees the data committed when it starts."""
-        with _unavailable_on_connection_errors(), self._read_sessions() as session:
-            yield session
+    def snapshot(self) -> Iterator[Connection]:
+        """A connection for reads; every statement sees the data committed when it starts."""
+        with _unavailable_on_connection_errors(), self._read_engine.connect() as connection:
+            yield connection
 
     def dispose(self) -> None:
         """Close every pooled connection."""

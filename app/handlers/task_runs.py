@@ -20,11 +20,11 @@ class TaskRunHandlers:
         self, *, body: models.TaskRunCreate
     ) -> tuple[models.TaskRun, Literal[200, 201]]:
         """Create a task run: 201 when this request inserted it, 200 when it already existed."""
-        with self._database.transaction() as session:
-            outcome = task_runs.create_task_run(session=session, task_run=body)
+        with self._database.transaction() as connection:
+            outcome = task_runs.create_task_run(connection=connection, task_run=body)
         return outcome.task_run, 201 if outcome.created else 200
 
     def read_task_run(self, *, id: UUID) -> tuple[models.TaskRun, Literal[200]]:
         """Read a task run by id."""
-        with self._database.snapshot() as session:
-            return task_runs.read_task_run(session=session, task_run_id=id), 200
+        with self._database.snapshot() as connection:
+            return task_runs.read_task_run(connection=connection, task_run_id=id), 200

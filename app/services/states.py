@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from app.db.tables import TaskRunRow, TaskRunStateRow
+from app.db.records import TaskRunRecord, TaskRunStateRecord
 from app.services.clock import to_utc
 from app.services.ids import uuid7
 from generated import models
@@ -18,11 +18,11 @@ TERMINAL_STATE_TYPES = frozenset(
 
 
 def new_state_row(
-    *, task_run: TaskRunRow, proposed: models.StateCreate, now: datetime
-) -> TaskRunStateRow:
+    *, task_run: TaskRunRecord, proposed: models.StateCreate, now: datetime
+) -> TaskRunStateRecord:
     """The row for a proposed state: a new id, the server's timestamp and a default name."""
     state_type = StateType(proposed.type)
-    return TaskRunStateRow(
+    return TaskRunStateRecord(
         id=uuid7(),
         created=now,
         task_run_id=task_run.id,
@@ -41,7 +41,7 @@ def new_state_row(
 
 
 def _stored_details(
-    details: models.StateDetails, *, state_type: StateType, task_run: TaskRunRow, now: datetime
+    details: models.StateDetails, *, state_type: StateType, task_run: TaskRunRecord, now: datetime
 ) -> dict[str, Any]:
     """The details as stored: the run's own ids, a due time for SCHEDULED, datetimes in UTC."""
     updates: dict[str, Any] = {
@@ -54,7 +54,7 @@ def _stored_details(
     return details.model_copy(update=updates).model_dump(mode="json")
 
 
-def enter_state(task_run: TaskRunRow, state: TaskRunStateRow) -> None:
+def enter_state(task_run: TaskRunRecord, state: TaskRunStateRecord) -> None:
     """Make `state` the run's current state and update the fields derived from its history.
 
     The previous state is the one `task_run.state_type` and `state_timestamp` still describe
@@ -89,14 +89,14 @@ def enter_state(task_run: TaskRunRow, state: TaskRunStateRow) -> None:
     task_run.state_timestamp = timestamp
 
 
-def _scheduled_time(state: TaskRunStateRow) -> datetime | None:
+def _scheduled_time(state: TaskRunStateRecord) -> datetime | None:
     """When a SCHEDULED state is due; None for every other type."""
     if state.type != StateType.SCHEDULED:
         return None
     return datetime.fromisoformat(state.state_details["scheduled_time"])
 
 
-def state_model(state: TaskRunStateRow) -> models.State:
+def state_model(state: TaskRunStateRecord) -> models.State:
     """The API representation of a stored state."""
     return models.State(
         id=state.id,

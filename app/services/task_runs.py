@@ -7,11 +7,10 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
-from app.db.statements import insert_row, insert_unless_conflicting
-from app.db.tables import TaskRunRow, TaskRunStateRow
+from app.db import task_runs as rows
+from app.db.records import TaskRunRecord, TaskRunStateRecord
 from app.services.clock import to_utc, utcnow
 from app.services.errors import Conflict, NotFound
 from app.services.ids import uuid7
@@ -21,6 +20,7 @@ from generated import models
 
 FLOW_RUN_ID_LABEL = "prefect.flow-run.id"
 NOT_FOUND_MESSAGE = "Task run not found"
+PENDING = models.StateCreate(type=models.StateType.PENDING)
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class CreateOutcome:
     created: bool
 
 
-def create_task_run(*, session: Session, task_run: models.TaskRunCreate) -> CreateOutcome:
+def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -> CreateOutcome:
     """Insert a task run, or return the run that already has its idempotency key, unchanged.
 
     The key is (flow_run_id, task_key, dynamic_key), a null flow_run_id included. Unique
@@ -40,58 +40,40 @@ def create_task_run(*, session: Session, task_run: models.TaskRunCreate) -> Crea
     :raises Conflict: the requested id belongs to a run with a different key.
     """
     now = utcnow()
-    row = _new_task_run_row(task_run, now=now)
-    state = new_state_row(
-        task_run=row,
-        proposed=task_run.state or models.StateCreate(type=models.StateType.PENDING),
-        now=now,
-    )
-    enter_state(row, state)
-    if insert_unless_conflicting(session, row):
-        insert_row(session, state)
-        return CreateOutcome(task_run=task_run_model(row, state, now=utcnow()), created=True)
+    run = _new_task_run(task_run, now=now)
+    state = new_state_row(task_run=run, proposed=task_run.state or PENDING, now=now)
+    enter_state(run, state)
+    if rows.insert_task_run_unless_conflicting(connection, run):
+        rows.insert_state(connection, state)
+        return CreateOutcome(task_run=task_run_model(run, state, now=utcnow()), created=True)
 
-    existing = _find_by_idempotency_key(
-        session,
+    existing = rows.find_task_run_by_key(
+        connection,
         flow_run_id=task_run.flow_run_id,
         task_key=task_run.task_key,
         dynamic_key=task_run.dynamic_key,
     )
     if existing is None:
-        raise Conflict(f"Task run id {row.id} is already used by another task run.")
+        raise Conflict(f"Task run id {run.id} is already used by another task run.")
     return CreateOutcome(
-        task_run=task_run_model(existing, existing.state, now=utcnow()), created=False
+        task_run=task_run_model(existing.run, existing.state, now=utcnow()), created=False
     )
 
 
-def read_task_run(*, session: Session, task_run_id: UUID) -> models.TaskRun:
+def read_task_run(*, connection: Connection, task_run_id: UUID) -> models.TaskRun:
     """The task run with this id, with its current state.
 
     :raises NotFound: no task run has this id.
     """
-    row = session.get(TaskRunRow, task_run_id)
-    if row is None:
+    stored = rows.find_task_run(connection, task_run_id)
+    if stored is None:
         raise NotFound(NOT_FOUND_MESSAGE)
-    return task_run_model(row, row.state, now=utcnow())
+    return task_run_model(stored.run, stored.state, now=utcnow())
 
 
-def _find_by_idempotency_key(
-    session: Session, *, flow_run_id: UUID | None, task_key: str, dynamic_key: str
-) -> TaskRunRow | None:
-    flow_run_matches = (
-        TaskRunRow.flow_run_id.is_(None)
-        if flow_run_id is None
-        else TaskRunRow.flow_run_id == flow_run_id
-    )
-    query = select(TaskRunRow).where(
-        flow_run_matches, TaskRunRow.task_key == task_key, TaskRunRow.dynamic_key == dynamic_key
-    )
-    return session.scalars(query).unique().one_or_none()
-
-
-def _new_task_run_row(task_run: models.TaskRunCreate, *, now: datetime) -> TaskRunRow:
+def _new_task_run(task_run: models.TaskRunCreate, *, now: datetime) -> TaskRunRecord:
     """The row of a new run, before it enters its first state."""
-    return TaskRunRow(
+    return TaskRunRecord(
         id=task_run.id or uuid7(),
         created=now,
         updated=now,
@@ -138,55 +120,55 @@ def _labels(task_run: models.TaskRunCreate) -> dict[str, Any]:
 
 
 def task_run_model(
-    row: TaskRunRow, state: TaskRunStateRow | None, *, now: datetime
+    run: TaskRunRecord, state: TaskRunStateRecord | None, *, now: datetime
 ) -> models.TaskRun:
     """The API representation of a stored run; the estimates are computed for `now`."""
     return models.TaskRun(
-        id=row.id,
-        created=row.created,
-        updated=row.updated,
-        name=row.name,
-        flow_run_id=row.flow_run_id,
-        task_key=row.task_key,
-        dynamic_key=row.dynamic_key,
-        cache_key=row.cache_key,
-        cache_expiration=row.cache_expiration,
-        task_version=row.task_version,
-        empirical_policy=row.empirical_policy,
-        tags=row.tags,
-        labels=row.labels,
-        state_id=row.state_id,
-        task_inputs=row.task_inputs,
-        state_type=models.StateType(row.state_type) if row.state_type else None,
-        state_name=row.state_name,
-        run_count=row.run_count,
-        flow_run_run_count=row.flow_run_run_count,
-        expected_start_time=row.expected_start_time,
-        next_scheduled_start_time=row.next_scheduled_start_time,
-        start_time=row.start_time,
-        end_time=row.end_time,
-        total_run_time=row.total_run_time,
-        estimated_run_time=estimated_run_time(row, now=now),
-        estimated_start_time_delta=estimated_start_time_delta(row, now=now),
+        id=run.id,
+        created=run.created,
+        updated=run.updated,
+        name=run.name,
+        flow_run_id=run.flow_run_id,
+        task_key=run.task_key,
+        dynamic_key=run.dynamic_key,
+        cache_key=run.cache_key,
+        cache_expiration=run.cache_expiration,
+        task_version=run.task_version,
+        empirical_policy=run.empirical_policy,
+        tags=run.tags,
+        labels=run.labels,
+        state_id=run.state_id,
+        task_inputs=run.task_inputs,
+        state_type=models.StateType(run.state_type) if run.state_type else None,
+        state_name=run.state_name,
+        run_count=run.run_count,
+        flow_run_run_count=run.flow_run_run_count,
+        expected_start_time=run.expected_start_time,
+        next_scheduled_start_time=run.next_scheduled_start_time,
+        start_time=run.start_time,
+        end_time=run.end_time,
+        total_run_time=run.total_run_time,
+        estimated_run_time=estimated_run_time(run, now=now),
+        estimated_start_time_delta=estimated_start_time_delta(run, now=now),
         state=state_model(state) if state is not None else None,
     )
 
 
-def estimated_run_time(row: TaskRunRow, *, now: datetime) -> float:
+def estimated_run_time(run: TaskRunRecord, *, now: datetime) -> float:
     """Seconds run so far: the total, plus the current stretch while the run is RUNNING."""
-    if row.state_type == models.StateType.RUNNING and row.state_timestamp is not None:
-        return row.total_run_time + (now - row.state_timestamp).total_seconds()
-    return row.total_run_time
+    if run.state_type == models.StateType.RUNNING and run.state_timestamp is not None:
+        return run.total_run_time + (now - run.state_timestamp).total_seconds()
+    return run.total_run_time
 
 
-def estimated_start_time_delta(row: TaskRunRow, *, now: datetime) -> float:
+def estimated_start_time_delta(run: TaskRunRecord, *, now: datetime) -> float:
     """Seconds between the expected and the actual start, or how late a pending start is."""
-    expected, started = row.expected_start_time, row.start_time
+    expected, started = run.expected_start_time, run.start_time
     if expected is None:
         return 0.0
     if started is not None:
         return max((started - expected).total_seconds(), 0.0)
-    is_terminal = row.state_type is not None and row.state_type in TERMINAL_STATE_TYPES
+    is_terminal = run.state_type is not None and run.state_type in TERMINAL_STATE_TYPES
     if expected < now and not is_terminal:
         return (now - expected).total_seconds()
     return 0.0

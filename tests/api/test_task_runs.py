@@ -466,9 +466,9 @@ class TestReadTaskRun:
     @pytest.fixture
     def stored(self, database: Database) -> models.TaskRun:
         """A run created through the service, as a test's starting point."""
-        with database.transaction() as session:
+        with database.transaction() as connection:
             outcome = task_runs.create_task_run(
-                session=session,
+                connection=connection,
                 task_run=models.TaskRunCreate(task_key="stored", dynamic_key="0", tags=["t"]),
             )
         return outcome.task_run

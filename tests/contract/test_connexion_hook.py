@@ -1,11 +1,13 @@
-"""The OpenAPI 3.1 hook into Connexion fails loudly on a Connexion it was not written for."""
+"""The hooks into Connexion's internals fail loudly on a Connexion they were not written for."""
 
 from __future__ import annotations
 
 from importlib.metadata import version
+from pathlib import Path
 
 import connexion.spec
 import pytest
+from connexion import FlaskApp
 
 from app.contract import spec
 from app.contract.spec import (
@@ -14,6 +16,9 @@ from app.contract.spec import (
     enable_openapi_31,
     load_spec,
 )
+from app.contract.wsgi import BufferedWSGIBridge, UnexpectedConnexionLayout, install_wsgi_bridge
+from app.main import create_app
+from app.settings import Settings
 
 
 def test_the_pinned_connexion_is_installed() -> None:
@@ -43,3 +48,19 @@ def test_an_invalid_document_is_still_refused() -> None:
 
     with pytest.raises(connexion.spec.InvalidSpecification):
         connexion.spec.Specification.load(document)
+
+
+def test_the_wsgi_bridge_replaces_a2wsgi(tmp_path: Path) -> None:
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}"))
+
+    assert isinstance(app._middleware_app.asgi_app, BufferedWSGIBridge)
+    with app.test_client() as client:
+        assert client.get("/api/health").json() is True
+
+
+def test_the_wsgi_bridge_refuses_an_unexpected_layout() -> None:
+    app = FlaskApp(__name__)
+    install_wsgi_bridge(app, threads=1)
+
+    with pytest.raises(UnexpectedConnexionLayout, match="a2wsgi"):
+        install_wsgi_bridge(app, threads=1)

@@ -15,9 +15,8 @@ from typing import Any
 import schemathesis
 from connexion import FlaskApp
 from hypothesis import HealthCheck, settings
-from sqlalchemy import delete
 
-from app.db.tables import TaskRunRow
+from app.db.tables import task_run
 from app.main import database_of
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
@@ -55,8 +54,8 @@ schema.app = APP_UNDER_TEST
 def send_to(app: FlaskApp) -> None:
     """Send the next requests to `app`, over an empty database."""
     APP_UNDER_TEST.app = app
-    with database_of(app).transaction() as session:
-        session.execute(delete(TaskRunRow))
+    with database_of(app).transaction() as connection:
+        connection.execute(task_run.delete())
 
 
 def tally(case: Any, response: Any) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from app.contract.validation import (
     MAX_MESSAGE_LENGTH,
+    CompiledSchema,
     RequestValidationError,
     error_items,
     parse_json_body,
@@ -151,3 +152,35 @@ def test_json_parsing_refuses_what_cannot_be_stored(raw: bytes, reason: str) -> 
 def test_an_unknown_charset_is_a_json_error() -> None:
     with pytest.raises(RequestValidationError):
         parse_json_body(b"{}", encoding="no-such-charset")
+
+
+@pytest.mark.parametrize(
+    ("schema", "instance", "valid"),
+    [
+        ({"type": "string", "format": "uuid"}, "6b4fcd44-7f42-4d07-9a7c-5ac6a1f4c1b2", True),
+        ({"type": "string", "format": "uuid"}, "6B4FCD44-7F42-4D07-9A7C-5AC6A1F4C1B2", True),
+        ({"type": "string", "format": "uuid"}, "6b4fcd447f424d079a7c5ac6a1f4c1b2", False),
+        # Python's jsonschema accepts these two; the contract's reading does not.
+        ({"type": "string", "format": "uuid"}, "\uff16b4fcd44-7f42-4d07-9a7c-5ac6a1f4c1b2", False),
+        ({"type": "string", "format": "uuid"}, "6b4fcd44-7f42-4d07-9a7c-5ac6a1f4c1b\n", False),
+        ({"type": "string", "format": "date-time"}, "2020-01-01T00:00:00+02:00", True),
+        ({"type": "string", "format": "date-time"}, "2020-01-01t00:00:00z", True),
+        ({"type": "string", "format": "date-time"}, "2020-01-01T00:00:00", False),
+        ({"type": "string", "format": "date-time"}, "2019-02-29T00:00:00Z", False),
+        ({"type": "string", "format": "date-time"}, "2020-01-01T00:00:00Z\n", False),
+        ({"type": "string", "pattern": "^[^\\x00]*$"}, "a\x00b", False),
+        ({"type": "string", "pattern": "^[0-9]+$"}, "1\n", False),
+        ({"type": "integer"}, 5.0, True),
+        ({"type": "integer"}, True, False),
+        ({"type": "integer"}, 123456789012345678901234567890, True),
+    ],
+)
+def test_the_deciding_validator_reads_the_contract_strictly(
+    schema: dict[str, Any], instance: Any, valid: bool
+) -> None:
+    errors = CompiledSchema(schema).errors(instance, prefix=["body"])
+
+    assert (errors == []) is valid
+    for item in errors:
+        assert item["loc"][0] == "body"
+        assert item["type"] in ("format", "pattern", "type")

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.db.database import Database
-from app.db.tables import TaskRunRow
+from app.db.tables import task_run
 from tests.support.databases import empty_database
 from tests.support.server import RunningServer, running_server
 
@@ -51,9 +51,9 @@ def create_all_at_once(api_url: str, body: dict[str, Any]) -> list[httpx.Respons
 def rows_with_key(database_url: str, task_key: str) -> int:
     database = Database(database_url)
     try:
-        with database.snapshot() as session:
-            query = select(func.count()).where(TaskRunRow.task_key == task_key)
-            return int(session.scalar(query) or 0)
+        with database.snapshot() as connection:
+            query = select(func.count()).where(task_run.c.task_key == task_key)
+            return int(connection.scalar(query) or 0)
     finally:
         database.dispose()
 

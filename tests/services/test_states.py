@@ -7,16 +7,29 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from app.db.tables import TaskRunRow, TaskRunStateRow
+from app.db.records import TaskRunRecord, TaskRunStateRecord
 from app.services.states import enter_state, new_state_row
 from generated import models
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 
 
-def fresh_run() -> TaskRunRow:
-    return TaskRunRow(
+def fresh_run() -> TaskRunRecord:
+    return TaskRunRecord(
         id=uuid4(),
+        created=START,
+        updated=START,
+        name="a-run",
+        task_key="t",
+        dynamic_key="d",
+        cache_key=None,
+        cache_expiration=None,
+        task_version=None,
+        empirical_policy={},
+        tags=[],
+        labels={},
+        task_inputs={},
+        flow_run_run_count=0,
         flow_run_id=None,
         state_id=None,
         state_type=None,
@@ -31,7 +44,9 @@ def fresh_run() -> TaskRunRow:
     )
 
 
-def enter(run: TaskRunRow, state_type: str, at: datetime, **details: object) -> TaskRunStateRow:
+def enter(
+    run: TaskRunRecord, state_type: str, at: datetime, **details: object
+) -> TaskRunStateRecord:
     proposed = models.StateCreate(
         type=models.StateType(state_type),
         state_details=models.StateDetails.model_validate(details),

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
 from app.db.database import normalise_url
-from app.db.tables import Base
+from app.db.tables import metadata
 from app.settings import Settings
 
 config = context.config
@@ -20,7 +20,7 @@ def _database_url() -> str:
 def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
-        target_metadata=Base.metadata,
+        target_metadata=metadata,
         # SQLite cannot ALTER most things; batch mode rebuilds the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,

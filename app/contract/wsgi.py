@@ -1,0 +1,127 @@
+"""Running the Flask application from the ASGI server: one thread hop per request.
+
+Connexion's FlaskApp serves Flask through a2wsgi, which hands every read of the request body
+and every part of the response between the event loop and the Flask thread separately:
+three to four cross-thread round trips per request, each a wake-up of the loop and a wait of
+the thread. The API only exchanges small JSON documents, so this bridge reads the whole
+request first, runs Flask once in a thread pool, and sends the whole response back: one hop
+there, one back. It also makes the number of Flask threads configurable, which Connexion
+hard-codes to 10 (spec-first/connexion#1979).
+
+It replaces the a2wsgi adapter inside Connexion's FlaskApp (`_middleware_app.asgi_app`),
+the second private part of Connexion this project touches; `install_wsgi_bridge` checks
+that the adapter is where and what it expects, so that an upgrade that moves it fails at
+start-up rather than silently serving through a2wsgi.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import io
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from a2wsgi import WSGIMiddleware
+from a2wsgi.wsgi import build_environ
+from connexion import FlaskApp
+from starlette.types import Message, Receive, Scope, Send
+
+# (status, headers, body) of a finished WSGI response.
+WSGIResult = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+class UnexpectedConnexionLayout(RuntimeError):
+    """Connexion's FlaskApp no longer serves Flask through the adapter this module replaces."""
+
+
+class BufferedWSGIBridge:
+    """An ASGI application that runs a WSGI application in a thread pool, one call per request."""
+
+    def __init__(self, wsgi_app: Any, *, threads: int) -> None:
+        self.wsgi_app = wsgi_app
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flask")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _answer_lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        body = await _read_body(receive)
+        environ = build_environ(scope, io.BytesIO(body))  # type: ignore[arg-type]
+        environ["CONTENT_LENGTH"] = str(len(body))
+        # Connexion's context (the operation being served) lives in context variables.
+        respond = functools.partial(contextvars.copy_context().run, self._respond, environ)
+        loop = asyncio.get_running_loop()
+        status, headers, content = await loop.run_in_executor(self.executor, respond)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+    def _respond(self, environ: Any) -> WSGIResult:
+        """Run the WSGI application to the end and collect its response (in a pool thread)."""
+        started: dict[str, Any] = {}
+        written: list[bytes] = []
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            if exc_info is not None and started:
+                raise exc_info[1].with_traceback(exc_info[2])
+            started["status"] = int(status.split(" ", 1)[0])
+            started["headers"] = [
+                (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers
+            ]
+            return written.append
+
+        iterable = self.wsgi_app(environ, start_response)
+        try:
+            written.extend(iterable)
+        finally:
+            close = getattr(iterable, "close", None)
+            if close is not None:
+                close()
+        return started["status"], started["headers"], b"".join(written)
+
+    def shutdown(self) -> None:
+        """Stop the threads once they finish their requests."""
+        self.executor.shutdown(wait=True)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message: Message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _answer_lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def install_wsgi_bridge(app: FlaskApp, *, threads: int) -> BufferedWSGIBridge:
+    """Serve `app`'s Flask application through a BufferedWSGIBridge instead of a2wsgi."""
+    adapter_holder = getattr(app, "_middleware_app", None)
+    adapter = getattr(adapter_holder, "asgi_app", None)
+    if not isinstance(adapter, WSGIMiddleware) or adapter.app != app.app.wsgi_app:
+        raise UnexpectedConnexionLayout(
+            "app/contract/wsgi.py expects FlaskApp._middleware_app.asgi_app to be a2wsgi's "
+            "WSGIMiddleware around the Flask app; check the Connexion upgrade"
+        )
+    adapter.executor.shutdown(wait=False)
+    bridge = BufferedWSGIBridge(app.app.wsgi_app, threads=threads)
+    adapter_holder.asgi_app = bridge  # type: ignore[union-attr]
+    return bridge
