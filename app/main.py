@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from connexion import FlaskApp
@@ -33,7 +35,13 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
     settings = settings or Settings()
     logging.getLogger("app").setLevel(settings.log_level)
     database = Database(settings.database_url, pool_size=settings.database_pool_size)
-    app = FlaskApp(__name__)
+
+    @asynccontextmanager
+    async def close_database_on_shutdown(_app: Any) -> AsyncIterator[None]:
+        yield
+        database.dispose()
+
+    app = FlaskApp(__name__, lifespan=close_database_on_shutdown)
     install_wsgi_bridge(app, threads=settings.threads_per_worker)
     auth_string = settings.api_auth_string
     mount_contract(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -14,10 +14,14 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import StaticPool
 
+from app.db.writer_lock import WriterLock, WriterLockTimeout
+
 # How long a writer waits for SQLite's lock, and for a pooled connection, before giving up.
 LOCK_TIMEOUT_SECONDS = 30
 
-_WRITE_OPTION = "taskrun_write"
+# Execution option of write transactions: the WriterLock that admits them (SQLite), or True.
+_WRITE_OPTION = "taskrun_writer"
+_HOLDS_WRITER_LOCK = "taskrun_holds_writer_lock"
 
 
 class DatabaseUnavailable(Exception):
@@ -35,23 +39,28 @@ def normalise_url(url: str) -> URL:
 class Database:
     """The database the service keeps its data in, SQLite or PostgreSQL."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, lock_timeout: float = LOCK_TIMEOUT_SECONDS
+    ) -> None:
         self.url = normalise_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self.engine = (
             self._sqlite_engine() if self.is_sqlite else self._postgresql_engine(pool_size)
         )
-        self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
+        self._writer_lock = WriterLock(self._lock_path(), timeout=lock_timeout)
+        writer: WriterLock | bool = self._writer_lock if self.is_sqlite else True
+        self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: writer})
         self._read_engine = (
             self.engine
             if self.is_sqlite
             else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
-        # SQLite has one writer at a time. Queueing this process's writers on a lock keeps
-        # them out of SQLite's polling busy handler; other processes still wait in it.
-        self._write_lock: AbstractContextManager[Any] = (
-            threading.Lock() if self.is_sqlite else nullcontext()
-        )
+
+    def _lock_path(self) -> Path | None:
+        """The file SQLite writers of every process lock (none for a PostgreSQL or memory one)."""
+        if not self.is_sqlite or self.url.database in (None, "", ":memory:"):
+            return None
+        return Path(f"{self.url.database}-write.lock")
 
     def _sqlite_engine(self) -> Engine:
         in_memory = self.url.database in (None, "", ":memory:")
@@ -81,13 +90,21 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A write transaction: committed when the block ends, rolled back if it raises."""
-        with (
-            _unavailable_on_connection_errors(),
-            self._write_lock,
-            self._write_engine.begin() as connection,
-        ):
-            yield connection
+        """A write transaction: committed when the block ends, rolled back if it raises.
+
+        On SQLite the transaction, and the writer's turn, start with its first statement, so
+        that the work before it does not keep other writers waiting.
+        """
+        with _unavailable_on_connection_errors(), self._write_engine.connect() as connection:
+            try:
+                yield connection
+                connection.commit()
+            except BaseException:
+                connection.rollback()
+                raise
+            finally:
+                if connection.info.pop(_HOLDS_WRITER_LOCK, False):
+                    self._writer_lock.release()
 
     @contextmanager
     def snapshot(self) -> Iterator[Connection]:
@@ -98,6 +115,7 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        self._writer_lock.close()
 
 
 @contextmanager
@@ -106,6 +124,8 @@ def _unavailable_on_connection_errors() -> Iterator[None]:
         yield
     except PoolTimeoutError as error:
         raise DatabaseUnavailable("no database connection became free in time") from error
+    except WriterLockTimeout as error:
+        raise DatabaseUnavailable(str(error)) from error
     except (OperationalError, InterfaceError) as error:
         if not _means_unavailable(error):
             raise
@@ -139,7 +159,10 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _begin_sqlite_transaction(connection: Connection) -> None:
-    # A writer takes the write lock up front (and waits for it), so it can never fail
-    # half-way when upgrading a read lock. Readers run each statement on its own.
-    if connection.get_execution_options().get(_WRITE_OPTION):
+    # A writer waits for its turn, then takes SQLite's write lock up front, so it can never
+    # fail half-way when upgrading a read lock. Readers run each statement on its own.
+    writer = connection.get_execution_options().get(_WRITE_OPTION)
+    if isinstance(writer, WriterLock):
+        writer.acquire()
+        connection.info[_HOLDS_WRITER_LOCK] = True
         connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -27,8 +27,17 @@ PENDING = models.StateCreate(type=models.StateType.PENDING)
 class CreateOutcome:
     """The run a create returns, and whether this request inserted it."""
 
-    task_run: models.TaskRun
+    stored: rows.StoredTaskRun
     created: bool
+
+    @property
+    def task_run(self) -> models.TaskRun:
+        """The run as the API shows it, its estimates computed now.
+
+        Built on demand, after the transaction has ended: on SQLite the other writers wait
+        for as long as it lasts.
+        """
+        return task_run_model(self.stored.run, self.stored.state, now=utcnow())
 
 
 def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -> CreateOutcome:
@@ -45,7 +54,7 @@ def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -
     enter_state(run, state)
     if rows.insert_task_run_unless_conflicting(connection, run):
         rows.insert_state(connection, state)
-        return CreateOutcome(task_run=task_run_model(run, state, now=utcnow()), created=True)
+        return CreateOutcome(stored=rows.StoredTaskRun(run, state), created=True)
 
     existing = rows.find_task_run_by_key(
         connection,
@@ -55,9 +64,7 @@ def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -
     )
     if existing is None:
         raise Conflict(f"Task run id {run.id} is already used by another task run.")
-    return CreateOutcome(
-        task_run=task_run_model(existing.run, existing.state, now=utcnow()), created=False
-    )
+    return CreateOutcome(stored=existing, created=False)
 
 
 def read_task_run(*, connection: Connection, task_run_id: UUID) -> models.TaskRun:
