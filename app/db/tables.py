@@ -89,6 +89,9 @@ task_run = Table(
         sqlite_where=text("flow_run_id IS NULL"),
         postgresql_where=text("flow_run_id IS NULL"),
     ),
+    # Without it SQLite scans every run whenever a state row is inserted, to settle the
+    # deferred foreign key above: creates slowed down with the size of the table.
+    Index(None, "state_id"),
 )
 
 # One state a task run entered; the run's history is its states by timestamp.

@@ -12,6 +12,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from app.db.database import normalise_url
 from app.db.migrate import alembic_config, check, downgrade, upgrade
+from app.db.tables import metadata
 from tests.support.databases import empty_database
 
 
@@ -67,3 +68,14 @@ def test_migrations_have_a_single_head() -> None:
     scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
 
     assert len(scripts.get_heads()) == 1
+
+
+def test_every_foreign_key_is_indexed() -> None:
+    """Checking or acting on a foreign key looks up the referring rows by its columns."""
+    for table in metadata.tables.values():
+        indexed = {tuple(index.columns.keys())[: len(index.columns)] for index in table.indexes}
+        for key in table.foreign_key_constraints:
+            columns = tuple(key.column_keys)
+            assert any(index[: len(columns)] == columns for index in indexed), (
+                f"{table.name}.{columns} has no index"
+            )
