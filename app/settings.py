@@ -26,7 +26,8 @@ class Settings(BaseSettings):
     workers: Annotated[int, Field(ge=1)] = 2
     log_level: str = "INFO"
     access_log: bool = False
-    # Threads per worker process that run the handlers, and database connections for them.
+    # Threads per worker process that run the handlers, and database connections for them:
+    # a thread holds one connection at a time, so more connections than threads sit idle.
     threads_per_worker: Annotated[int, Field(ge=1)] = 10
     database_pool_size: Annotated[int, Field(ge=1)] = 10
     max_request_body_bytes: Annotated[int, Field(ge=1)] = 10 * 1024 * 1024

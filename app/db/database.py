@@ -45,7 +45,7 @@ class Database:
         self.url = normalise_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self.engine = (
-            self._sqlite_engine() if self.is_sqlite else self._postgresql_engine(pool_size)
+            self._sqlite_engine(pool_size) if self.is_sqlite else self._postgresql_engine(pool_size)
         )
         self._writer_lock = WriterLock(self._lock_path(), timeout=lock_timeout)
         writer: WriterLock | bool = self._writer_lock if self.is_sqlite else True
@@ -62,13 +62,13 @@ class Database:
             return None
         return Path(f"{self.url.database}-write.lock")
 
-    def _sqlite_engine(self) -> Engine:
+    def _sqlite_engine(self, pool_size: int) -> Engine:
         in_memory = self.url.database in (None, "", ":memory:")
         # An in-memory database lives in its one connection, which every thread must share.
         pooling: dict[str, Any] = (
             {"poolclass": StaticPool}
             if in_memory
-            else {"pool_size": 10, "max_overflow": 20, "pool_timeout": LOCK_TIMEOUT_SECONDS}
+            else {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": LOCK_TIMEOUT_SECONDS}
         )
         engine = create_engine(
             self.url,
