@@ -70,15 +70,10 @@ def validation_response(errors: list[dict[str, Any]], request_body: Any) -> Conn
     )
 
 
-async def _request_validation(
-    _request: ConnexionRequest, error: RequestValidationError
+async def _validation(
+    _request: ConnexionRequest, error: RequestValidationError | InvalidRequestModel
 ) -> ConnexionResponse:
-    return validation_response(error.errors, error.request_body)
-
-
-async def _invalid_request_model(
-    _request: ConnexionRequest, error: InvalidRequestModel
-) -> ConnexionResponse:
+    # The body failed the contract's schema, or (rarely) only its generated model.
     return validation_response(error.errors, error.request_body)
 
 
@@ -88,10 +83,19 @@ async def _bad_request(_request: ConnexionRequest, error: BadRequestProblem) -> 
     return validation_response(errors, None)
 
 
-async def _invalid_api_version(
-    _request: ConnexionRequest, error: InvalidApiVersion
-) -> ConnexionResponse:
-    return detail_response(400, str(error))
+# Errors answered with a fixed status and their own message as the detail.
+DETAIL_STATUSES: dict[type[Exception], int] = {
+    InvalidApiVersion: 400,
+    NotFound: 404,
+    Conflict: 409,
+    RequestTooLarge: 413,
+    Unprocessable: 422,
+}
+
+
+async def _detail(_request: ConnexionRequest, error: Exception) -> ConnexionResponse:
+    status = next(code for kind, code in DETAIL_STATUSES.items() if isinstance(error, kind))
+    return detail_response(status, str(error))
 
 
 async def _unauthorized(_request: ConnexionRequest, error: Unauthorized) -> ConnexionResponse:
@@ -100,26 +104,10 @@ async def _unauthorized(_request: ConnexionRequest, error: Unauthorized) -> Conn
     )
 
 
-async def _unprocessable(_request: ConnexionRequest, error: Unprocessable) -> ConnexionResponse:
-    return detail_response(422, error.message)
-
-
-async def _too_large(_request: ConnexionRequest, error: RequestTooLarge) -> ConnexionResponse:
-    return detail_response(413, str(error))
-
-
 async def _unsupported_media_type(
     _request: ConnexionRequest, error: UnsupportedMediaTypeProblem
 ) -> ConnexionResponse:
     return detail_response(415, str(error.detail))
-
-
-async def _not_found(_request: ConnexionRequest, error: NotFound) -> ConnexionResponse:
-    return detail_response(404, error.message)
-
-
-async def _conflict(_request: ConnexionRequest, error: Conflict) -> ConnexionResponse:
-    return detail_response(409, error.message)
 
 
 async def _database_unavailable(
@@ -153,16 +141,12 @@ async def _unexpected(_request: ConnexionRequest, error: Exception) -> Connexion
 
 
 ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
-    RequestValidationError: _request_validation,
-    InvalidRequestModel: _invalid_request_model,
+    RequestValidationError: _validation,
+    InvalidRequestModel: _validation,
     UnsupportedMediaTypeProblem: _unsupported_media_type,
     BadRequestProblem: _bad_request,
-    InvalidApiVersion: _invalid_api_version,
     Unauthorized: _unauthorized,
-    Unprocessable: _unprocessable,
-    RequestTooLarge: _too_large,
-    NotFound: _not_found,
-    Conflict: _conflict,
+    **dict.fromkeys(DETAIL_STATUSES, _detail),
     DatabaseUnavailable: _database_unavailable,
     HTTPException: _http_exception,
     ProblemException: _problem,

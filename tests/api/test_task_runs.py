@@ -329,6 +329,16 @@ class TestCreateTaskRun:
 
         assert run["cache_expiration"] == "0001-01-01T00:00:00Z"
 
+    def test_a_leap_second_is_valid_rfc_3339_but_not_a_storable_time(
+        self, client: TestClient
+    ) -> None:
+        response = create(client, cache_expiration="2016-12-31T23:59:60Z")
+
+        body = assert_validation_error(
+            response, ["body", "cache_expiration"], "datetime_from_date_parsing"
+        )
+        assert body["request_body"]["cache_expiration"] == "2016-12-31T23:59:60Z"
+
     def test_read_only_fields_are_rejected(self, client: TestClient) -> None:
         assert_validation_error(
             create(client, created="2020-01-01T00:00:00Z"), ["body", "created"], "extra_forbidden"

@@ -251,8 +251,7 @@ def serve_ours(database: str, directory: Path, *, workers: int) -> Iterator[Serv
             command=command,
             new_flow_run_id=_any_flow_run_id,
         )
-        # The document is served by every version of the service; /api/health is newer.
-        wait_until_ready(server, "/api/openapi.json", START_TIMEOUT_SECONDS[OURS])
+        wait_until_ready(server, "/api/health", START_TIMEOUT_SECONDS[OURS])
         wait_for_workers(server, workers)
         yield server
 
