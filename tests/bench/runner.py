@@ -18,7 +18,7 @@ from tests.bench.procstat import (
     measured,
     waited_children_cpu_seconds,
 )
-from tests.bench.servers import Server
+from tests.bench.servers import Server, post_setting_up
 from tests.bench.wrk import WrkResult, run_wrk, write_script
 
 HEALTH = "health"
@@ -299,7 +299,7 @@ def prepare_fixtures(server: Server) -> Fixtures:
             "flow_run_id": server.new_flow_run_id(client),
             "tags": ["bench"],
         }
-        response = client.post("/api/task_runs/", json=body)
+        response = post_setting_up(client, "/api/task_runs/", body)
         if response.status_code != 201:
             raise RuntimeError(
                 f"creating the bench's task run answered {response.status_code}: "

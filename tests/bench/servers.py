@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pydantic import AliasChoices
@@ -205,11 +206,29 @@ def _any_flow_run_id(_client: httpx.Client) -> str:
     return str(uuid.uuid4())
 
 
+SETUP_ATTEMPTS = 5
+
+
+def post_setting_up(client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
+    """POST a request the bench needs before measuring, retrying 503s as Prefect's client does.
+
+    Prefect's server on SQLite answers 503 "database is locked" now and then even to a
+    single request.
+    """
+    response = client.post(path, json=body)
+    for attempt in range(1, SETUP_ATTEMPTS):
+        if response.status_code != 503:
+            break
+        time.sleep(float(response.headers.get("retry-after", 0)) or 0.2 * attempt)
+        response = client.post(path, json=body)
+    return response
+
+
 def _prefect_flow_run_id(client: httpx.Client) -> str:
     """Prefect checks the flow run exists: create a flow and a run of it."""
-    flow = client.post("/api/flows/", json={"name": f"bench-{uuid.uuid4().hex[:8]}"})
+    flow = post_setting_up(client, "/api/flows/", {"name": f"bench-{uuid.uuid4().hex[:8]}"})
     flow.raise_for_status()
-    flow_run = client.post("/api/flow_runs/", json={"flow_id": flow.json()["id"]})
+    flow_run = post_setting_up(client, "/api/flow_runs/", {"flow_id": flow.json()["id"]})
     flow_run.raise_for_status()
     flow_run_id: str = flow_run.json()["id"]
     return flow_run_id
