@@ -44,6 +44,7 @@ class Database:
     ) -> None:
         self.url = normalise_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self.in_memory = self.is_sqlite and self.url.database in (None, "", ":memory:")
         self.engine = (
             self._sqlite_engine(pool_size) if self.is_sqlite else self._postgresql_engine(pool_size)
         )
@@ -58,16 +59,15 @@ class Database:
 
     def _lock_path(self) -> Path | None:
         """The file SQLite writers of every process lock (none for a PostgreSQL or memory one)."""
-        if not self.is_sqlite or self.url.database in (None, "", ":memory:"):
+        if not self.is_sqlite or self.in_memory:
             return None
         return Path(f"{self.url.database}-write.lock")
 
     def _sqlite_engine(self, pool_size: int) -> Engine:
-        in_memory = self.url.database in (None, "", ":memory:")
         # An in-memory database lives in its one connection, which every thread must share.
         pooling: dict[str, Any] = (
             {"poolclass": StaticPool}
-            if in_memory
+            if self.in_memory
             else {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": LOCK_TIMEOUT_SECONDS}
         )
         engine = create_engine(
