@@ -14,6 +14,7 @@ from app.contract.spec import load_spec
 from app.contract.wsgi import install_wsgi_bridge
 from app.db.database import Database
 from app.handlers.root import AdminHandlers, RootHandlers
+from app.handlers.task_run_states import TaskRunStateHandlers
 from app.handlers.task_runs import TaskRunHandlers
 from app.settings import Settings
 from generated.routes import Routes
@@ -25,6 +26,7 @@ def create_routes(database: Database, settings: Settings) -> Routes:
     """The generated route stubs, each group bound to its handlers."""
     return Routes(
         task_runs=TaskRunHandlers(database=database),
+        task_run_states=TaskRunStateHandlers(database=database),
         root=RootHandlers(api_version=load_spec()["info"]["version"]),
         admin=AdminHandlers(server_version=settings.prefect_server_version),
     )

@@ -10,6 +10,99 @@ from uuid import UUID
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel
 
 
+class TaskRunUpdate(BaseModel):
+    """
+    Data used by the Prefect REST API to update a task run
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    name: Annotated[
+        str | None,
+        Field(
+            description="The new name. `null` or an empty string gives a new random two-word name.",
+            examples=["my-task-run"],
+            pattern="^[^\\x00]*$",
+            title="Name",
+        ),
+    ] = None
+
+
+class SetStateStatus(StrEnum):
+    """
+    Enumerates return statuses for setting run states.
+    """
+
+    ACCEPT = "ACCEPT"
+    REJECT = "REJECT"
+    ABORT = "ABORT"
+    WAIT = "WAIT"
+
+
+class StateAcceptDetails(BaseModel):
+    """
+    Details associated with an ACCEPT state transition.
+    """
+
+    type: Annotated[
+        Literal["accept_details"],
+        Field(description="The kind of details; tells the four kinds apart.", title="Type"),
+    ] = "accept_details"
+
+
+class StateRejectDetails(BaseModel):
+    """
+    Details associated with a REJECT state transition.
+    """
+
+    type: Annotated[
+        Literal["reject_details"],
+        Field(description="The kind of details; tells the four kinds apart.", title="Type"),
+    ] = "reject_details"
+    reason: Annotated[
+        str | None,
+        Field(description="The reason why the state transition was rejected.", title="Reason"),
+    ] = None
+
+
+class StateWaitDetails(BaseModel):
+    """
+    Details associated with a WAIT state transition.
+    """
+
+    type: Annotated[
+        Literal["wait_details"],
+        Field(description="The kind of details; tells the four kinds apart.", title="Type"),
+    ] = "wait_details"
+    delay_seconds: Annotated[
+        int,
+        Field(
+            description="The length of time in seconds the client should wait before transitioning states.",
+            title="Delay Seconds",
+        ),
+    ]
+    reason: Annotated[
+        str | None,
+        Field(description="The reason why the state transition should wait.", title="Reason"),
+    ] = None
+
+
+class StateAbortDetails(BaseModel):
+    """
+    Details associated with an ABORT state transition.
+    """
+
+    type: Annotated[
+        Literal["abort_details"],
+        Field(description="The kind of details; tells the four kinds apart.", title="Type"),
+    ] = "abort_details"
+    reason: Annotated[
+        str | None,
+        Field(description="The reason why the state transition was aborted.", title="Reason"),
+    ] = None
+
+
 class HTTPError(BaseModel):
     """
     The body of every error response except validation errors.
@@ -146,7 +239,14 @@ class StateDetails(BaseModel):
     task_run_id: Annotated[UUID | None, Field(title="Task Run Id")] = None
     child_flow_run_id: Annotated[UUID | None, Field(title="Child Flow Run Id")] = None
     scheduled_time: Annotated[AwareDatetime | None, Field(title="Scheduled Time")] = None
-    cache_key: Annotated[str | None, Field(title="Cache Key")] = None
+    cache_key: Annotated[
+        str | None,
+        Field(
+            description="The key a COMPLETED state is cached under, and a RUNNING proposal looks up. At most 2000 characters.",
+            max_length=2000,
+            title="Cache Key",
+        ),
+    ] = None
     cache_expiration: Annotated[AwareDatetime | None, Field(title="Cache Expiration")] = None
     deferred: Annotated[bool | None, Field(title="Deferred")] = False
     untrackable_result: Annotated[bool, Field(title="Untrackable Result")] = False
@@ -243,6 +343,37 @@ class State(BaseModel):
         ),
     ] = None
     state_details: StateDetails | None = None
+
+
+class SetTaskRunStateBody(BaseModel):
+    """
+    A proposed state. Keys other than `state` and `force` are ignored.
+    """
+
+    state: Annotated[StateCreate, Field(description="The intended state.")]
+    force: Annotated[
+        bool,
+        Field(
+            description="If false, orchestration rules will be applied that may alter or prevent the state transition. If True, orchestration rules are not applied (unless the proposed state is deferred).",
+            title="Force",
+        ),
+    ] = False
+
+
+class OrchestrationResult(BaseModel):
+    """
+    A container for the output of state orchestration.
+    """
+
+    state: Annotated[
+        State | None,
+        Field(description="The state that was written, or the run's current state when none was."),
+    ]
+    status: SetStateStatus
+    details: Annotated[
+        StateAcceptDetails | StateWaitDetails | StateRejectDetails | StateAbortDetails,
+        Field(title="Details"),
+    ]
 
 
 class TaskRunCreate(BaseModel):

@@ -36,15 +36,22 @@ def _request_model(model: type[_Model], body: Any) -> _Model:
         raise InvalidRequestModel(errors, body) from error
 
 
+def _json(result: object) -> str:
+    """Compact JSON of a model, a list of models, or a JSON scalar."""
+    if isinstance(result, BaseModel):
+        return result.model_dump_json()
+    if isinstance(result, list):
+        return "[" + ",".join(_json(item) for item in result) + "]"
+    return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
+
+
 def _response(result: object, status: int) -> ConnexionResponse:
     """The handler's result as compact JSON with the status it chose (no body for None)."""
     if result is None:
         return ConnexionResponse(status_code=status)
-    if isinstance(result, BaseModel):
-        body = result.model_dump_json()
-    else:
-        body = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
-    return ConnexionResponse(status_code=status, body=body, content_type="application/json")
+    return ConnexionResponse(
+        status_code=status, body=_json(result), content_type="application/json"
+    )
 
 
 class AdminOperations(Protocol):
@@ -75,6 +82,18 @@ class RootOperations(Protocol):
         ...
 
 
+class TaskRunStatesOperations(Protocol):
+    """The handlers of the operations tagged "Task Run States"."""
+
+    def read_task_run_states(self, *, task_run_id: UUID) -> tuple[list[models.State], Literal[200]]:
+        """GET /task_run_states/: Read Task Run States."""
+        ...
+
+    def read_task_run_state(self, *, id: UUID) -> tuple[models.State, Literal[200]]:
+        """GET /task_run_states/{id}: Read Task Run State."""
+        ...
+
+
 class TaskRunsOperations(Protocol):
     """The handlers of the operations tagged "Task Runs"."""
 
@@ -88,15 +107,35 @@ class TaskRunsOperations(Protocol):
         """GET /task_runs/{id}: Read Task Run."""
         ...
 
+    def delete_task_run(self, *, id: UUID) -> tuple[None, Literal[204]]:
+        """DELETE /task_runs/{id}: Delete Task Run."""
+        ...
+
+    def update_task_run(self, *, id: UUID, body: models.TaskRunUpdate) -> tuple[None, Literal[204]]:
+        """PATCH /task_runs/{id}: Update Task Run."""
+        ...
+
+    def set_task_run_state(
+        self, *, id: UUID, body: models.SetTaskRunStateBody
+    ) -> tuple[models.OrchestrationResult, Literal[200, 201]]:
+        """POST /task_runs/{id}/set_state: Set Task Run State."""
+        ...
+
 
 class Routes:
     """One method per operationId; Connexion dispatches each operation to its method."""
 
     def __init__(
-        self, *, admin: AdminOperations, root: RootOperations, task_runs: TaskRunsOperations
+        self,
+        *,
+        admin: AdminOperations,
+        root: RootOperations,
+        task_run_states: TaskRunStatesOperations,
+        task_runs: TaskRunsOperations,
     ) -> None:
         self._admin = admin
         self._root = root
+        self._task_run_states = task_run_states
         self._task_runs = task_runs
 
     def missing_handlers(self) -> list[str]:
@@ -104,6 +143,7 @@ class Routes:
         groups: dict[str, object] = {
             "admin": self._admin,
             "root": self._root,
+            "task_run_states": self._task_run_states,
             "task_runs": self._task_runs,
         }
         return [
@@ -122,6 +162,39 @@ class Routes:
     def read_task_run_task_runs__id__get(self, id: str) -> ConnexionResponse:
         """GET /task_runs/{id}: Read Task Run."""
         result, status = self._task_runs.read_task_run(id=UUID(id))
+        return _response(result, status)
+
+    def delete_task_run_task_runs__id__delete(self, id: str) -> ConnexionResponse:
+        """DELETE /task_runs/{id}: Delete Task Run."""
+        result, status = self._task_runs.delete_task_run(id=UUID(id))
+        return _response(result, status)
+
+    def update_task_run_task_runs__id__patch(
+        self, id: str, body: dict[str, Any]
+    ) -> ConnexionResponse:
+        """PATCH /task_runs/{id}: Update Task Run."""
+        result, status = self._task_runs.update_task_run(
+            id=UUID(id), body=_request_model(models.TaskRunUpdate, body)
+        )
+        return _response(result, status)
+
+    def set_task_run_state_task_runs__id__set_state_post(
+        self, id: str, body: dict[str, Any]
+    ) -> ConnexionResponse:
+        """POST /task_runs/{id}/set_state: Set Task Run State."""
+        result, status = self._task_runs.set_task_run_state(
+            id=UUID(id), body=_request_model(models.SetTaskRunStateBody, body)
+        )
+        return _response(result, status)
+
+    def read_task_run_states_task_run_states__get(self, task_run_id: str) -> ConnexionResponse:
+        """GET /task_run_states/: Read Task Run States."""
+        result, status = self._task_run_states.read_task_run_states(task_run_id=UUID(task_run_id))
+        return _response(result, status)
+
+    def read_task_run_state_task_run_states__id__get(self, id: str) -> ConnexionResponse:
+        """GET /task_run_states/{id}: Read Task Run State."""
+        result, status = self._task_run_states.read_task_run_state(id=UUID(id))
         return _response(result, status)
 
     def health_check_health_get(self) -> ConnexionResponse:
@@ -153,6 +226,11 @@ class Routes:
 HANDLERS: dict[str, tuple[str, str]] = {
     "create_task_run_task_runs__post": ("task_runs", "create_task_run"),
     "read_task_run_task_runs__id__get": ("task_runs", "read_task_run"),
+    "delete_task_run_task_runs__id__delete": ("task_runs", "delete_task_run"),
+    "update_task_run_task_runs__id__patch": ("task_runs", "update_task_run"),
+    "set_task_run_state_task_runs__id__set_state_post": ("task_runs", "set_task_run_state"),
+    "read_task_run_states_task_run_states__get": ("task_run_states", "read_task_run_states"),
+    "read_task_run_state_task_run_states__id__get": ("task_run_states", "read_task_run_state"),
     "health_check_health_get": ("root", "health_check"),
     "server_version_version_get": ("root", "server_version"),
     "hello_hello_get": ("root", "hello"),

@@ -204,18 +204,26 @@ def _success_responses(
         if not content:
             python_type = "None"
         elif JSON_MEDIA_TYPE in content:
-            schema = content[JSON_MEDIA_TYPE]["schema"]
-            python_type = (
-                _model_name(schema, where=where, model_names=model_names)
-                if "$ref" in schema
-                else _SCALAR_TYPES.get(schema.get("type", ""), "")
+            python_type = _response_type(
+                content[JSON_MEDIA_TYPE]["schema"], where=where, model_names=model_names
             )
             if not python_type:
-                raise SpecError(f"{where}: response {status} must be a $ref or a scalar type")
+                raise SpecError(
+                    f"{where}: response {status} must be a $ref, an array of $refs or a scalar type"
+                )
         else:
             raise SpecError(f"{where}: response {status} must be {JSON_MEDIA_TYPE} or empty")
         by_type.setdefault(python_type, []).append(int(status))
     return {python_type: tuple(sorted(statuses)) for python_type, statuses in by_type.items()}
+
+
+def _response_type(schema: dict[str, Any], *, where: str, model_names: dict[str, str]) -> str:
+    """The Python type of a JSON response body; empty when the stubs cannot return it."""
+    if "$ref" in schema:
+        return _model_name(schema, where=where, model_names=model_names)
+    if schema.get("type") == "array" and "$ref" in schema.get("items", {}):
+        return f"list[{_model_name(schema['items'], where=where, model_names=model_names)}]"
+    return _SCALAR_TYPES.get(schema.get("type", ""), "")
 
 
 def _check_unique(operations: list[Operation]) -> None:
@@ -268,15 +276,22 @@ def _request_model(model: type[_Model], body: Any) -> _Model:
         raise InvalidRequestModel(errors, body) from error
 
 
+def _json(result: object) -> str:
+    """Compact JSON of a model, a list of models, or a JSON scalar."""
+    if isinstance(result, BaseModel):
+        return result.model_dump_json()
+    if isinstance(result, list):
+        return "[" + ",".join(_json(item) for item in result) + "]"
+    return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
+
+
 def _response(result: object, status: int) -> ConnexionResponse:
     """The handler's result as compact JSON with the status it chose (no body for None)."""
     if result is None:
         return ConnexionResponse(status_code=status)
-    if isinstance(result, BaseModel):
-        body = result.model_dump_json()
-    else:
-        body = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
-    return ConnexionResponse(status_code=status, body=body, content_type="application/json")
+    return ConnexionResponse(
+        status_code=status, body=_json(result), content_type="application/json"
+    )
 '''
 
 

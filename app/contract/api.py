@@ -17,6 +17,7 @@ from app.contract.middleware import (
     BasicAuthMiddleware,
     BodySizeLimitMiddleware,
     LineBreakPathMiddleware,
+    MethodNotAllowedMiddleware,
 )
 from app.contract.spec import enable_openapi_31, load_spec
 from app.contract.validation import VALIDATOR_MAP
@@ -75,6 +76,17 @@ def public_paths(spec: dict[str, Any]) -> frozenset[str]:
     )
 
 
+def methods_by_path(spec: dict[str, Any]) -> dict[str, frozenset[str]]:
+    """Each full path template of the document, with the methods it has."""
+    base_path = spec["servers"][0]["url"].rstrip("/")
+    return {
+        base_path + path: frozenset(
+            method.upper() for method in operations if method in HTTP_METHODS
+        )
+        for path, operations in spec["paths"].items()
+    }
+
+
 def mount_contract(
     app: FlaskApp,
     routes: Routes,
@@ -110,6 +122,11 @@ def mount_contract(
             credentials=basic_auth,
             exempt_paths=public_paths(spec),
         )
+    app.add_middleware(
+        MethodNotAllowedMiddleware,
+        position=MiddlewarePosition.BEFORE_ROUTING,
+        methods_by_path=methods_by_path(spec),
+    )
     app.add_middleware(ApiVersionMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION)
     app.add_middleware(
         BodySizeLimitMiddleware,

@@ -18,7 +18,12 @@ from connexion.exceptions import BadRequestProblem, ProblemException, Unsupporte
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from starlette.exceptions import HTTPException
 
-from app.contract.middleware import InvalidApiVersion, RequestTooLarge, Unauthorized
+from app.contract.middleware import (
+    InvalidApiVersion,
+    MethodNotAllowed,
+    RequestTooLarge,
+    Unauthorized,
+)
 from app.contract.validation import RequestValidationError
 from app.db.database import DatabaseUnavailable
 from app.services.errors import Conflict, NotFound, Unprocessable
@@ -104,6 +109,12 @@ async def _unauthorized(_request: ConnexionRequest, error: Unauthorized) -> Conn
     )
 
 
+async def _method_not_allowed(
+    _request: ConnexionRequest, error: MethodNotAllowed
+) -> ConnexionResponse:
+    return detail_response(405, str(error), headers={"Allow": error.allow})
+
+
 async def _unsupported_media_type(
     _request: ConnexionRequest, error: UnsupportedMediaTypeProblem
 ) -> ConnexionResponse:
@@ -146,6 +157,7 @@ ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
     UnsupportedMediaTypeProblem: _unsupported_media_type,
     BadRequestProblem: _bad_request,
     Unauthorized: _unauthorized,
+    MethodNotAllowed: _method_not_allowed,
     **dict.fromkeys(DETAIL_STATUSES, _detail),
     DatabaseUnavailable: _database_unavailable,
     HTTPException: _http_exception,

@@ -137,3 +137,53 @@ class LineBreakPathMiddleware:
             await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)
+
+
+class PathTemplate:
+    """A path of the document (`/api/task_runs/{id}`) as a pattern, with its methods."""
+
+    def __init__(self, template: str, methods: frozenset[str]) -> None:
+        segments = template.split("/")
+        self.pattern = re.compile(
+            "/".join("[^/]+" if _is_parameter(s) else re.escape(s) for s in segments)
+        )
+        # Of two templates that match a path, the one with more literal segments is the
+        # path's own (`/task_runs/filter` rather than `/task_runs/{id}`).
+        self.literal_segments = sum(not _is_parameter(s) for s in segments)
+        self.allow = ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
+        self.methods = frozenset(self.allow.split(", "))
+
+
+def _is_parameter(segment: str) -> bool:
+    return segment.startswith("{") and segment.endswith("}")
+
+
+class MethodNotAllowedMiddleware:
+    """Answers 405 when the document has the request's path but not its method, with every
+    method of that path in `Allow`.
+
+    Connexion routes each operation separately, so its own 405 lists only the methods of one
+    of them.
+    """
+
+    def __init__(self, app: ASGIApp, *, methods_by_path: dict[str, frozenset[str]]) -> None:
+        self.app = app
+        self.templates = sorted(
+            (PathTemplate(path, methods) for path, methods in methods_by_path.items()),
+            key=lambda template: -template.literal_segments,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            template = next((t for t in self.templates if t.pattern.fullmatch(scope["path"])), None)
+            if template is not None and scope["method"] not in template.methods:
+                raise MethodNotAllowed(template.allow)
+        await self.app(scope, receive, send)
+
+
+class MethodNotAllowed(Exception):
+    """The path exists but not with this method; answered with 405 and `Allow`."""
+
+    def __init__(self, allow: str) -> None:
+        super().__init__("Method Not Allowed")
+        self.allow = allow

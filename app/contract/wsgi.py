@@ -30,6 +30,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 # (status, headers, body) of a finished WSGI response.
 WSGIResult = tuple[int, list[tuple[bytes, bytes]], bytes]
+# Statuses that have no content, and so no type of content (Flask gives every response one).
+_WITHOUT_CONTENT = frozenset({204, 304})
 
 
 class UnexpectedConnexionLayout(RuntimeError):
@@ -72,7 +74,9 @@ class BufferedWSGIBridge:
                 raise exc_info[1].with_traceback(exc_info[2])
             started["status"] = int(status.split(" ", 1)[0])
             started["headers"] = [
-                (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers
+                (name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in headers
+                if started["status"] not in _WITHOUT_CONTENT or name.lower() != "content-type"
             ]
             return written.append
 

@@ -62,5 +62,21 @@ class TaskRunStateRecord:
         return {name: getattr(self, name) for name in TASK_RUN_STATE_COLUMNS}
 
 
+@dataclass(slots=True, kw_only=True)
+class CacheEntryRecord:
+    """A row of `task_run_state_cache`."""
+
+    id: UUID
+    created: datetime
+    cache_key: str
+    cache_expiration: datetime | None
+    task_run_state_id: UUID
+
+    def values(self) -> dict[str, Any]:
+        """Column name -> value, as an INSERT takes them."""
+        return {name: getattr(self, name) for name in CACHE_ENTRY_COLUMNS}
+
+
 TASK_RUN_COLUMNS = tuple(field.name for field in fields(TaskRunRecord))
 TASK_RUN_STATE_COLUMNS = tuple(field.name for field in fields(TaskRunStateRecord))
+CACHE_ENTRY_COLUMNS = tuple(field.name for field in fields(CacheEntryRecord))

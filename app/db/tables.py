@@ -109,3 +109,23 @@ task_run_state = Table(
     Column("state_details", JSON, nullable=False),
     Index(None, "task_run_id", "timestamp"),
 )
+
+# COMPLETED states cached under their `state_details.cache_key`; a RUNNING proposal with the
+# same key is answered with the newest entry that has not expired. An entry goes with its
+# state, and so with the state's run.
+task_run_state_cache = Table(
+    "task_run_state_cache",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("created", UTCDateTime, nullable=False),
+    Column("cache_key", Text, nullable=False),
+    Column("cache_expiration", UTCDateTime, nullable=True),
+    Column(
+        "task_run_state_id",
+        Uuid,
+        ForeignKey("task_run_state.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Index(None, "cache_key", "created"),
+    Index(None, "task_run_state_id"),
+)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
-from sqlalchemy import Connection, Row, bindparam, select
+from sqlalchemy import Connection, Row, Text, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.db.records import (
@@ -30,7 +31,40 @@ _INSERT_TASK_RUN_UNLESS_CONFLICTING = {
     name: dialect.insert(task_run).on_conflict_do_nothing().returning(task_run.c.id)
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
 }
-_INSERT_STATE = task_run_state.insert()
+
+# The columns a change of state, or a rename, writes; the run's key and inputs never change.
+_STATE_FIELDS = (
+    "updated",
+    "state_id",
+    "state_type",
+    "state_name",
+    "state_timestamp",
+    "run_count",
+    "flow_run_run_count",
+    "expected_start_time",
+    "next_scheduled_start_time",
+    "start_time",
+    "end_time",
+    "total_run_time",
+)
+_UPDATE_STATE_FIELDS = (
+    task_run.update()
+    .where(task_run.c.id == bindparam("run_id"))
+    .values({name: bindparam(f"new_{name}") for name in _STATE_FIELDS})
+)
+# A null name keeps the current one: the update then only marks the run as updated.
+_RENAME = (
+    task_run.update()
+    .where(task_run.c.id == bindparam("run_id"))
+    .values(
+        name=func.coalesce(bindparam("new_name", type_=Text), task_run.c.name),
+        updated=bindparam("new_updated"),
+    )
+)
+_DELETE = task_run.delete().where(task_run.c.id == bindparam("run_id"))
+# Waits for, then holds until the transaction ends, the run's row: proposals for one run are
+# decided one at a time. (SQLite renders no FOR UPDATE; its writers already take turns.)
+_LOCK = select(task_run.c.id).where(task_run.c.id == bindparam("run_id")).with_for_update()
 
 # A run with its current state, the columns in the order of the records' fields.
 _WITH_CURRENT_STATE = select(
@@ -57,9 +91,33 @@ def insert_task_run_unless_conflicting(connection: Connection, run: TaskRunRecor
     return connection.execute(statement, run.values()).first() is not None
 
 
-def insert_state(connection: Connection, state: TaskRunStateRecord) -> None:
-    """INSERT a state row."""
-    connection.execute(_INSERT_STATE, state.values())
+def lock_task_run(connection: Connection, task_run_id: UUID) -> bool:
+    """Lock the run's row for the rest of the transaction; False if there is no such run.
+
+    Statements after this one see the run as the last writer to hold the lock left it.
+    """
+    return connection.execute(_LOCK, {"run_id": task_run_id}).first() is not None
+
+
+def update_state_fields(connection: Connection, run: TaskRunRecord) -> None:
+    """Write the fields a change of state derives (current state, times, counts)."""
+    values = {f"new_{name}": getattr(run, name) for name in _STATE_FIELDS}
+    connection.execute(_UPDATE_STATE_FIELDS, {"run_id": run.id, **values})
+
+
+def rename_task_run(
+    connection: Connection, *, task_run_id: UUID, name: str | None, updated: datetime
+) -> bool:
+    """Give the run a new name (None: keep it) and mark it updated; False if there is no such
+    run.
+    """
+    parameters = {"run_id": task_run_id, "new_name": name, "new_updated": updated}
+    return connection.execute(_RENAME, parameters).rowcount == 1
+
+
+def delete_task_run(connection: Connection, task_run_id: UUID) -> bool:
+    """Delete the run; its states and their cache entries go with it (ON DELETE CASCADE)."""
+    return connection.execute(_DELETE, {"run_id": task_run_id}).rowcount == 1
 
 
 def find_task_run(connection: Connection, task_run_id: UUID) -> StoredTaskRun | None:

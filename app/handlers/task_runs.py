@@ -6,7 +6,7 @@ from typing import Literal
 from uuid import UUID
 
 from app.db.database import Database
-from app.services import task_runs
+from app.services import task_run_states, task_runs
 from generated import models
 
 
@@ -28,3 +28,25 @@ class TaskRunHandlers:
         """Read a task run by id."""
         with self._database.snapshot() as connection:
             return task_runs.read_task_run(connection=connection, task_run_id=id), 200
+
+    def update_task_run(self, *, id: UUID, body: models.TaskRunUpdate) -> tuple[None, Literal[204]]:
+        """Rename a task run."""
+        with self._database.transaction() as connection:
+            task_runs.rename_task_run(connection=connection, task_run_id=id, update=body)
+        return None, 204
+
+    def delete_task_run(self, *, id: UUID) -> tuple[None, Literal[204]]:
+        """Delete a task run with its states."""
+        with self._database.transaction() as connection:
+            task_runs.delete_task_run(connection=connection, task_run_id=id)
+        return None, 204
+
+    def set_task_run_state(
+        self, *, id: UUID, body: models.SetTaskRunStateBody
+    ) -> tuple[models.OrchestrationResult, Literal[200, 201]]:
+        """Propose a state: 201 when a state was written, 200 when none was."""
+        with self._database.transaction() as connection:
+            outcome = task_run_states.set_task_run_state(
+                connection=connection, task_run_id=id, proposed=body.state, force=body.force
+            )
+        return outcome.result, 201 if outcome.written else 200

@@ -1,12 +1,12 @@
-"""States: building a state row from a request, and the bookkeeping a run gets on entering it."""
+"""States: building state rows, and the bookkeeping a run gets on entering one."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from app.db.records import TaskRunRecord, TaskRunStateRecord
-from app.services.clock import to_utc
+from app.services.clock import to_utc, utcnow
 from app.services.ids import uuid7
 from generated import models
 
@@ -15,28 +15,46 @@ StateType = models.StateType
 TERMINAL_STATE_TYPES = frozenset(
     {StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED}
 )
+# The one `data` value that says a result exists but was not kept anywhere.
+UNPERSISTED = {"type": "unpersisted"}
 
 
 def new_state_row(
     *, task_run: TaskRunRecord, proposed: models.StateCreate, now: datetime
 ) -> TaskRunStateRecord:
     """The row for a proposed state: a new id, the server's timestamp and a default name."""
-    state_type = StateType(proposed.type)
+    return state_row(
+        task_run=task_run,
+        state_type=StateType(proposed.type),
+        name=proposed.name,
+        message=proposed.message,
+        data=proposed.data,
+        details=proposed.state_details or models.StateDetails(),
+        now=now,
+    )
+
+
+def state_row(
+    *,
+    task_run: TaskRunRecord,
+    state_type: StateType,
+    name: str | None,
+    message: str | None,
+    data: Any,
+    details: models.StateDetails,
+    now: datetime,
+) -> TaskRunStateRecord:
+    """A new state of `task_run`, stamped `now`; a missing name is the type in title case."""
     return TaskRunStateRecord(
         id=uuid7(),
         created=now,
         task_run_id=task_run.id,
         type=state_type.value,
-        name=proposed.name if proposed.name is not None else state_type.value.title(),
+        name=name if name is not None else state_type.value.title(),
         timestamp=now,
-        message=proposed.message,
-        data=proposed.data,
-        state_details=_stored_details(
-            proposed.state_details or models.StateDetails(),
-            state_type=state_type,
-            task_run=task_run,
-            now=now,
-        ),
+        message=message,
+        data=data,
+        state_details=_stored_details(details, state_type=state_type, task_run=task_run, now=now),
     )
 
 
@@ -52,6 +70,17 @@ def _stored_details(
     updates["task_run_id"] = task_run.id
     updates["flow_run_id"] = task_run.flow_run_id
     return details.model_copy(update=updates).model_dump(mode="json")
+
+
+def next_state_time(current: TaskRunStateRecord | None) -> datetime:
+    """The timestamp of a run's next state: now, and always later than its current state.
+
+    The clock can step back (NTP, a VM migrating); a run's history stays in order anyway.
+    """
+    now = utcnow()
+    if current is not None and now <= current.timestamp:
+        return current.timestamp + timedelta(microseconds=1)
+    return now
 
 
 def enter_state(task_run: TaskRunRecord, state: TaskRunStateRecord) -> None:
@@ -78,22 +107,28 @@ def enter_state(task_run: TaskRunRecord, state: TaskRunStateRecord) -> None:
     elif previous_type in TERMINAL_STATE_TYPES:
         task_run.end_time = None
 
-    scheduled_time = _scheduled_time(state)
+    # Only a SCHEDULED state says when the run is due; other states may carry a copied time.
+    due = scheduled_time_of(state) if new_type is StateType.SCHEDULED else None
     if task_run.expected_start_time is None:
-        task_run.expected_start_time = scheduled_time or timestamp
-    task_run.next_scheduled_start_time = scheduled_time
+        task_run.expected_start_time = due or timestamp
+    task_run.next_scheduled_start_time = due
 
     task_run.state_id = state.id
     task_run.state_type = new_type.value
     task_run.state_name = state.name
     task_run.state_timestamp = timestamp
+    task_run.updated = timestamp
 
 
-def _scheduled_time(state: TaskRunStateRecord) -> datetime | None:
-    """When a SCHEDULED state is due; None for every other type."""
-    if state.type != StateType.SCHEDULED:
-        return None
-    return datetime.fromisoformat(state.state_details["scheduled_time"])
+def scheduled_time_of(state: TaskRunStateRecord) -> datetime | None:
+    """The `scheduled_time` in the state's details, if it has one."""
+    value = state.state_details.get("scheduled_time")
+    return datetime.fromisoformat(value) if value else None
+
+
+def holds_persisted_data(state: TaskRunStateRecord) -> bool:
+    """Whether the state carries a result that was kept (anything but nothing or "unpersisted")."""
+    return bool(state.data) and state.data != UNPERSISTED
 
 
 def state_model(state: TaskRunStateRecord) -> models.State:

@@ -1,4 +1,6 @@
-"""Task runs: creation, idempotent on (flow_run_id, task_key, dynamic_key), and reads."""
+"""Task runs: creation, idempotent on (flow_run_id, task_key, dynamic_key), reads, renames
+and deletion.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +11,16 @@ from uuid import UUID
 
 from sqlalchemy import Connection
 
+from app.db import task_run_states as state_rows
 from app.db import task_runs as rows
 from app.db.records import TaskRunRecord, TaskRunStateRecord
 from app.services.clock import to_utc, utcnow
 from app.services.errors import Conflict, NotFound
 from app.services.ids import uuid7
 from app.services.names import random_name
+from app.services.orchestration.policies import Orchestration, select_policy
+from app.services.orchestration.transition import Transition
+from app.services.state_cache import DatabaseStateCache
 from app.services.states import TERMINAL_STATE_TYPES, enter_state, new_state_row, state_model
 from generated import models
 
@@ -46,14 +52,31 @@ def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -
     The key is (flow_run_id, task_key, dynamic_key), a null flow_run_id included. Unique
     indexes enforce it, so concurrent identical creates insert exactly one row.
 
+    The first state is written as proposed (a forced transition), except that a deferred
+    one, a background task's, goes through the background-task rules, as in Prefect.
+
     :raises Conflict: the requested id belongs to a run with a different key.
     """
     now = utcnow()
     run = _new_task_run(task_run, now=now)
-    state = new_state_row(task_run=run, proposed=task_run.state or PENDING, now=now)
+    proposed = task_run.state or PENDING
+    transition = Transition(
+        run=run,
+        initial=None,
+        proposed=new_state_row(task_run=run, proposed=proposed, now=now),
+        now=now,
+    )
+    deferred = bool(proposed.state_details and proposed.state_details.deferred)
+    orchestration = Orchestration(
+        select_policy(deferred=deferred, force=True), transition, DatabaseStateCache(connection)
+    )
+    orchestration.decide()
+    # No rule that governs a first state leaves the run without one.
+    state = transition.proposal
     enter_state(run, state)
     if rows.insert_task_run_unless_conflicting(connection, run):
-        rows.insert_state(connection, state)
+        state_rows.insert_state(connection, state)
+        orchestration.written()
         return CreateOutcome(stored=rows.StoredTaskRun(run, state), created=True)
 
     existing = rows.find_task_run_by_key(
@@ -76,6 +99,28 @@ def read_task_run(*, connection: Connection, task_run_id: UUID) -> models.TaskRu
     if stored is None:
         raise NotFound(NOT_FOUND_MESSAGE)
     return task_run_model(stored.run, stored.state, now=utcnow())
+
+
+def rename_task_run(
+    *, connection: Connection, task_run_id: UUID, update: models.TaskRunUpdate
+) -> None:
+    """Apply an update: a new name (a random one for null or ""), or only a new `updated`.
+
+    :raises NotFound: no task run has this id.
+    """
+    renamed = "name" in update.model_fields_set
+    name = (update.name or random_name()) if renamed else None
+    if not rows.rename_task_run(connection, task_run_id=task_run_id, name=name, updated=utcnow()):
+        raise NotFound(NOT_FOUND_MESSAGE)
+
+
+def delete_task_run(*, connection: Connection, task_run_id: UUID) -> None:
+    """Delete a run, its states and their cache entries.
+
+    :raises NotFound: no task run has this id.
+    """
+    if not rows.delete_task_run(connection, task_run_id):
+        raise NotFound(NOT_FOUND_MESSAGE)
 
 
 def _new_task_run(task_run: models.TaskRunCreate, *, now: datetime) -> TaskRunRecord:

@@ -18,38 +18,19 @@ from app.main import create_app
 from app.services import task_runs
 from app.settings import Settings
 from generated import models
+from tests.support.api import (
+    CREATE,
+    assert_validation_error,
+    create,
+    create_run,
+    read_run,
+    set_state,
+    states_of,
+    without_estimates,
+)
 
-CREATE = "/api/task_runs/"
 TWO_WORD_NAME = re.compile(r"^[a-z]+-[a-z]+$")
 TERMINAL = ["COMPLETED", "FAILED", "CANCELLED", "CRASHED"]
-ESTIMATES = {"estimated_run_time", "estimated_start_time_delta"}
-
-
-def create(client: TestClient, **fields: Any) -> Any:
-    """POST a create with task_key and dynamic_key defaulted; return the response."""
-    body = {"task_key": "my-task", "dynamic_key": "0", **fields}
-    return client.post(CREATE, json=body)
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-def without_estimates(task_run: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in task_run.items() if key not in ESTIMATES}
-
-
-def assert_validation_error(response: Any, loc: list[Any], error_type: str) -> dict[str, Any]:
-    """A 422 whose detail names `loc` with `error_type`; returns the body."""
-    assert response.status_code == 422, response.text
-    assert response.headers["content-type"] == "application/json"
-    body: dict[str, Any] = response.json()
-    assert body["exception_message"] == "Invalid request received."
-    assert body["exception_detail"] == body["detail"]
-    assert {"loc": loc, "type": error_type} in [
-        {"loc": item["loc"], "type": item["type"]} for item in body["detail"]
-    ], body["detail"]
-    return body
 
 
 class TestCreateTaskRun:
@@ -639,3 +620,138 @@ class TestApiVersionHeader:
             "detail": "The request specified API version 0.7.9 but this server requires "
             "version 0.8.0 or higher."
         }
+
+
+class TestUpdateTaskRun:
+    def patch(self, client: TestClient, run_id: str, body: Any) -> Any:
+        return client.patch(f"{CREATE}{run_id}", json=body)
+
+    def test_renames_the_run_and_answers_204_without_a_body(self, client: TestClient) -> None:
+        run = create_run(client, name="before")
+
+        response = self.patch(client, run["id"], {"name": "after"})
+
+        assert response.status_code == 204
+        assert response.content == b""
+        assert "content-type" not in response.headers
+        renamed = read_run(client, run["id"])
+        assert renamed["name"] == "after"
+        assert renamed["updated"] > run["updated"]
+        assert without_estimates(renamed) | {"name": "before", "updated": run["updated"]} == (
+            without_estimates(run)
+        )
+
+    @pytest.mark.parametrize("name", [None, ""])
+    def test_null_or_empty_gives_a_new_random_name(
+        self, client: TestClient, name: str | None
+    ) -> None:
+        run = create_run(client, name="not-random")
+
+        assert self.patch(client, run["id"], {"name": name}).status_code == 204
+
+        new_name = read_run(client, run["id"])["name"]
+        assert TWO_WORD_NAME.match(new_name)
+        assert new_name != "not-random"
+
+    def test_an_empty_update_only_marks_the_run_updated(self, client: TestClient) -> None:
+        run = create_run(client, name="kept")
+
+        assert self.patch(client, run["id"], {}).status_code == 204
+
+        read = read_run(client, run["id"])
+        assert read["name"] == "kept"
+        assert read["updated"] > run["updated"]
+
+    def test_the_history_is_unchanged(self, client: TestClient) -> None:
+        run = create_run(client)
+        set_state(client, run["id"], "RUNNING")
+        before = states_of(client, run["id"])
+
+        self.patch(client, run["id"], {"name": "renamed"})
+
+        assert states_of(client, run["id"]) == before
+        assert read_run(client, run["id"])["state_type"] == "RUNNING"
+
+    def test_an_unknown_run_is_404(self, client: TestClient) -> None:
+        response = self.patch(client, str(uuid.uuid4()), {"name": "x"})
+
+        assert response.status_code == 404
+        assert response.json() == {"detail": "Task run not found"}
+
+    @pytest.mark.parametrize(
+        ("body", "loc", "error_type"),
+        [
+            ({"name": "x", "tags": ["a"]}, ["body", "tags"], "extra_forbidden"),
+            ({"name": 5}, ["body", "name"], "type"),
+            ({"name": "a\x00b"}, ["body", "name"], "pattern"),
+            (None, ["body"], "missing"),
+        ],
+    )
+    def test_invalid_updates_are_422(
+        self, client: TestClient, body: Any, loc: list[Any], error_type: str
+    ) -> None:
+        run = create_run(client, name="unchanged")
+
+        assert_validation_error(self.patch(client, run["id"], body), loc, error_type)
+        assert read_run(client, run["id"])["name"] == "unchanged"
+
+    def test_an_id_that_is_not_a_uuid_is_422(self, client: TestClient) -> None:
+        assert_validation_error(self.patch(client, "nope", {"name": "x"}), ["path", "id"], "format")
+
+
+class TestDeleteTaskRun:
+    def test_deletes_the_run_and_its_states(self, client: TestClient) -> None:
+        run = create_run(client)
+        set_state(client, run["id"], "RUNNING")
+        state_ids = [state["id"] for state in states_of(client, run["id"])]
+
+        response = client.delete(f"{CREATE}{run['id']}")
+
+        assert response.status_code == 204
+        assert response.content == b""
+        assert client.get(f"{CREATE}{run['id']}").status_code == 404
+        assert states_of(client, run["id"]) == []
+        for state_id in state_ids:
+            assert client.get(f"/api/task_run_states/{state_id}").status_code == 404
+        assert set_state(client, run["id"], "RUNNING").status_code == 404
+
+    def test_the_cache_entries_of_its_states_go_too(self, client: TestClient) -> None:
+        cached = create_run(client, task_key="cached")
+        set_state(client, cached["id"], "RUNNING")
+        set_state(client, cached["id"], "COMPLETED", state_details={"cache_key": "gone"})
+        client.delete(f"{CREATE}{cached['id']}")
+        other = create_run(client, task_key="other")
+
+        answer = set_state(client, other["id"], "RUNNING", state_details={"cache_key": "gone"})
+
+        assert (answer.status_code, answer.json()["status"]) == (201, "ACCEPT")
+        assert answer.json()["state"]["type"] == "RUNNING"
+
+    def test_other_runs_are_left_alone(self, client: TestClient) -> None:
+        deleted, kept = create_run(client, task_key="a"), create_run(client, task_key="b")
+
+        client.delete(f"{CREATE}{deleted['id']}")
+
+        assert without_estimates(read_run(client, kept["id"])) == without_estimates(kept)
+        assert len(states_of(client, kept["id"])) == 1
+
+    def test_the_same_key_creates_a_new_run_afterwards(self, client: TestClient) -> None:
+        first = create_run(client)
+        client.delete(f"{CREATE}{first['id']}")
+
+        again = create(client)
+
+        assert again.status_code == 201
+        assert again.json()["id"] != first["id"]
+
+    def test_an_unknown_or_already_deleted_run_is_404(self, client: TestClient) -> None:
+        run = create_run(client)
+        client.delete(f"{CREATE}{run['id']}")
+
+        for run_id in (run["id"], str(uuid.uuid4())):
+            response = client.delete(f"{CREATE}{run_id}")
+            assert response.status_code == 404
+            assert response.json() == {"detail": "Task run not found"}
+
+    def test_an_id_that_is_not_a_uuid_is_422(self, client: TestClient) -> None:
+        assert_validation_error(client.delete(f"{CREATE}nope"), ["path", "id"], "format")

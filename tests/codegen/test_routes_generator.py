@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -129,26 +130,44 @@ def test_models_check_fails_when_a_description_changed(tmp_path: Path) -> None:
 def test_a_new_operation_gets_a_stub_and_its_missing_handler_is_named(tmp_path: Path) -> None:
     changed = spec()
     read = changed["paths"]["/task_runs/{id}"]["get"]
-    delete = copy.deepcopy(read)
-    delete.update(operationId="delete_task_run_task_runs__id__delete", summary="Delete Task Run")
-    delete["responses"] = {"204": {"description": "Deleted."}}
-    changed["paths"]["/task_runs/{id}"]["delete"] = delete
+    archive = copy.deepcopy(read)
+    archive.update(operationId="archive_task_run_task_runs__id__put", summary="Archive Task Run")
+    archive["responses"] = {"204": {"description": "Archived."}}
+    changed["paths"]["/task_runs/{id}"]["put"] = archive
     source = generator.generate(
         write_spec(tmp_path, changed), pyproject=PYPROJECT, output=COMMITTED
     )
 
     module = import_generated(source, tmp_path)
 
-    assert "tuple[None, Literal[204]]" in source
+    assert "def archive_task_run(self, *, id: UUID) -> tuple[None, Literal[204]]" in source
 
-    class OnlyCreateAndRead:
-        def create_task_run(self, **_: Any) -> Any: ...
-        def read_task_run(self, **_: Any) -> Any: ...
+    class AllButArchive:
+        def __getattr__(self, name: str) -> Any:
+            if name == "archive_task_run":
+                raise AttributeError(name)
+            return lambda **_: (None, 204)
 
-    routes = module.Routes(**complete_handlers(module, task_runs=OnlyCreateAndRead()))
+    routes = module.Routes(**complete_handlers(module, task_runs=AllButArchive()))
     assert routes.missing_handlers() == [
-        "delete_task_run_task_runs__id__delete: task_runs.delete_task_run"
+        "archive_task_run_task_runs__id__put: task_runs.archive_task_run"
     ]
+
+
+def test_a_list_of_models_is_a_typed_response(tmp_path: Path) -> None:
+    module = import_generated(COMMITTED.read_text(), tmp_path)
+    state = {"id": "0197f5a8-7c2b-7d4e-9a1b-2c3d4e5f6a7b", "type": "PENDING"}
+
+    class States:
+        def read_task_run_states(self, **_: Any) -> Any:
+            return [module.models.State.model_validate(state)] * 2, 200
+
+    routes = module.Routes(**complete_handlers(module, task_run_states=States()))
+    response = routes.read_task_run_states_task_run_states__get(task_run_id=state["id"])
+
+    assert "tuple[list[models.State], Literal[200]]" in COMMITTED.read_text()
+    assert response.status_code == 200
+    assert [item["type"] for item in json.loads(response.body)] == ["PENDING", "PENDING"]
 
 
 def test_stubs_convert_arguments_and_serialise_results(tmp_path: Path) -> None:
@@ -191,10 +210,14 @@ def test_stubs_convert_arguments_and_serialise_results(tmp_path: Path) -> None:
             r"must be a \$ref",
         ),
         (
-            lambda d: d["paths"]["/task_runs/{id}"]["get"]["parameters"][0]["schema"].update(
-                type="array"
-            ),
+            lambda d: d["components"]["parameters"]["TaskRunId"]["schema"].update(type="array"),
             "has a type the stubs do not support",
+        ),
+        (
+            lambda d: d["paths"]["/task_run_states/"]["get"]["responses"]["200"]["content"][
+                "application/json"
+            ]["schema"].update(items={"type": "object"}),
+            r"must be a \$ref, an array of \$refs or a scalar type",
         ),
         (
             lambda d: d["paths"]["/task_runs/{id}"]["get"]["responses"]["200"].update(

@@ -22,7 +22,7 @@ from app.main import database_of
 SPEC_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "schemathesis.toml"
 EXAMPLES_PER_OPERATION = 100
-STATEFUL_SCENARIOS = 40
+STATEFUL_SCENARIOS = 100
 
 # Requests sent, by "METHOD path -> status", reported at the end of the test session.
 TALLY: Counter[str] = Counter()

@@ -15,6 +15,9 @@ from app.db.migrate import alembic_config, check, downgrade, upgrade
 from app.db.tables import metadata
 from tests.support.databases import empty_database
 
+# The revision the state-cache migration builds on.
+BEFORE_THE_STATE_CACHE = "8c41d2e07a95"
+
 
 @pytest.fixture
 def fresh_database_url(backend: str, tmp_path: Path) -> Iterator[str]:
@@ -34,7 +37,12 @@ def table_names(url: str) -> set[str]:
 def test_upgrade_creates_the_schema_with_no_drift(fresh_database_url: str) -> None:
     upgrade(fresh_database_url)
 
-    assert table_names(fresh_database_url) == {"alembic_version", "task_run", "task_run_state"}
+    assert table_names(fresh_database_url) == {
+        "alembic_version",
+        "task_run",
+        "task_run_state",
+        "task_run_state_cache",
+    }
     check(fresh_database_url)  # raises on any difference from the table definitions
 
 
@@ -62,6 +70,19 @@ def test_downgrade_removes_every_table(fresh_database_url: str) -> None:
     downgrade(fresh_database_url, "base")
 
     assert table_names(fresh_database_url) == {"alembic_version"}
+
+
+def test_the_state_cache_migration_goes_down_and_up_again(fresh_database_url: str) -> None:
+    upgrade(fresh_database_url)
+
+    downgrade(fresh_database_url, BEFORE_THE_STATE_CACHE)
+    without_cache = table_names(fresh_database_url)
+    upgrade(fresh_database_url)
+
+    assert "task_run_state_cache" not in without_cache
+    assert {"task_run", "task_run_state"} <= without_cache
+    assert "task_run_state_cache" in table_names(fresh_database_url)
+    check(fresh_database_url)
 
 
 def test_migrations_have_a_single_head() -> None:

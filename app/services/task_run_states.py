@@ -1,0 +1,95 @@
+"""Task-run states: proposing a new one (orchestrated), and reading a run's history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+from sqlalchemy import Connection
+
+from app.db import task_run_states as state_rows
+from app.db import task_runs as run_rows
+from app.db.records import TaskRunRecord, TaskRunStateRecord
+from app.services.errors import NotFound
+from app.services.orchestration.policies import Orchestration, select_policy
+from app.services.orchestration.transition import Transition
+from app.services.state_cache import DatabaseStateCache
+from app.services.states import enter_state, new_state_row, next_state_time, state_model
+from app.services.task_runs import NOT_FOUND_MESSAGE
+from generated import models
+
+STATE_NOT_FOUND_MESSAGE = "Task run state not found"
+
+
+@dataclass(frozen=True)
+class SetStateOutcome:
+    """What orchestration decided, and whether a state was written."""
+
+    result: models.OrchestrationResult
+    written: bool
+
+
+def set_task_run_state(
+    *, connection: Connection, task_run_id: UUID, proposed: models.StateCreate, force: bool
+) -> SetStateOutcome:
+    """Orchestrate a proposed state for a run and write what the rules decide.
+
+    The run's row stays locked until the transaction ends, so proposals for one run are
+    decided one at a time, each against the state the previous one left.
+
+    :raises NotFound: no task run has this id.
+    """
+    if not run_rows.lock_task_run(connection, task_run_id):
+        raise NotFound(NOT_FOUND_MESSAGE)
+    stored = run_rows.find_task_run(connection, task_run_id)
+    if stored is None:  # it was just locked, so it exists; kept for the type checker
+        raise NotFound(NOT_FOUND_MESSAGE)
+    run, current = stored
+    now = next_state_time(current)
+    transition = Transition(
+        run=run,
+        initial=current,
+        proposed=new_state_row(task_run=run, proposed=proposed, now=now),
+        now=now,
+    )
+    deferred = bool(proposed.state_details and proposed.state_details.deferred)
+    orchestration = Orchestration(
+        select_policy(deferred=deferred, force=force), transition, DatabaseStateCache(connection)
+    )
+    orchestration.decide()
+    if transition.proposed is None:
+        return SetStateOutcome(result=_result(transition, current), written=False)
+    write_state(connection, run, transition.proposed)
+    orchestration.written()
+    return SetStateOutcome(result=_result(transition, transition.proposed), written=True)
+
+
+def write_state(connection: Connection, run: TaskRunRecord, state: TaskRunStateRecord) -> None:
+    """Store `state` as the run's new current state, with the run's derived fields."""
+    enter_state(run, state)
+    state_rows.insert_state(connection, state)
+    run_rows.update_state_fields(connection, run)
+
+
+def _result(transition: Transition, state: TaskRunStateRecord | None) -> models.OrchestrationResult:
+    return models.OrchestrationResult(
+        state=state_model(state) if state is not None else None,
+        status=transition.status,
+        details=transition.details,
+    )
+
+
+def read_task_run_states(*, connection: Connection, task_run_id: UUID) -> list[models.State]:
+    """The run's states, oldest first; none for an unknown run."""
+    return [state_model(state) for state in state_rows.find_states_of_run(connection, task_run_id)]
+
+
+def read_task_run_state(*, connection: Connection, state_id: UUID) -> models.State:
+    """The state with this id.
+
+    :raises NotFound: no task-run state has this id.
+    """
+    state = state_rows.find_state(connection, state_id)
+    if state is None:
+        raise NotFound(STATE_NOT_FOUND_MESSAGE)
+    return state_model(state)
