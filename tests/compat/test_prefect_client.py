@@ -25,7 +25,8 @@ import httpx
 import pytest
 from packaging.version import Version
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient, get_client
-from prefect.client.schemas.objects import StateType, TaskRun
+from prefect.client.schemas.objects import State, StateDetails, StateType, TaskRun
+from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import (
     PREFECT_API_AUTH_STRING,
@@ -36,6 +37,7 @@ from prefect.settings import (
     get_current_settings,
     temporary_settings,
 )
+from prefect.states import Completed, Failed, Running
 
 # `prefect.task` and `prefect.Task` are these same objects, but taking them from `prefect`
 # imports prefect.main, which reconfigures logging (a handler on the root logger, the uvicorn
@@ -60,7 +62,12 @@ def add_two_with_retries(number: int) -> int:
     return number + 2
 
 
+def add_three_retried_once(number: int) -> int:
+    return number + 3
+
+
 PLAIN_TASK = task(add_one)
+RETRIED_ONCE_TASK = Task(fn=add_three_retried_once, retries=1, retry_delay_seconds=0)
 RETRIED_TASK = Task(
     fn=add_two_with_retries, tags=["compat", "retried"], retries=2, retry_delay_seconds=[1, 5]
 )
@@ -127,6 +134,16 @@ class ClientCalls(Protocol):
 
     def read_task_run(self, task_run_id: uuid.UUID) -> TaskRun: ...
 
+    def set_task_run_state(
+        self, task_run_id: uuid.UUID, state: State[Any], force: bool = False
+    ) -> OrchestrationResult[Any]: ...
+
+    def read_task_run_states(self, task_run_id: uuid.UUID) -> list[State[Any]]: ...
+
+    def set_task_run_name(self, task_run_id: uuid.UUID, name: str) -> httpx.Response: ...
+
+    def delete_task_run(self, task_run_id: uuid.UUID) -> None: ...
+
 
 class SyncCalls:
     """`SyncPrefectClient`'s methods, as they are."""
@@ -166,6 +183,20 @@ class SyncCalls:
 
     def read_task_run(self, task_run_id: uuid.UUID) -> TaskRun:
         return self._client.read_task_run(task_run_id)
+
+    def set_task_run_state(
+        self, task_run_id: uuid.UUID, state: State[Any], force: bool = False
+    ) -> OrchestrationResult[Any]:
+        return self._client.set_task_run_state(task_run_id, state, force=force)
+
+    def read_task_run_states(self, task_run_id: uuid.UUID) -> list[State[Any]]:
+        return self._client.read_task_run_states(task_run_id)
+
+    def set_task_run_name(self, task_run_id: uuid.UUID, name: str) -> httpx.Response:
+        return self._client.set_task_run_name(task_run_id, name)
+
+    def delete_task_run(self, task_run_id: uuid.UUID) -> None:
+        self._client.delete_task_run(task_run_id)
 
 
 class AsyncCalls:
@@ -211,6 +242,20 @@ class AsyncCalls:
 
     def read_task_run(self, task_run_id: uuid.UUID) -> TaskRun:
         return self._runner.run(self._client.read_task_run(task_run_id))
+
+    def set_task_run_state(
+        self, task_run_id: uuid.UUID, state: State[Any], force: bool = False
+    ) -> OrchestrationResult[Any]:
+        return self._runner.run(self._client.set_task_run_state(task_run_id, state, force=force))
+
+    def read_task_run_states(self, task_run_id: uuid.UUID) -> list[State[Any]]:
+        return self._runner.run(self._client.read_task_run_states(task_run_id))
+
+    def set_task_run_name(self, task_run_id: uuid.UUID, name: str) -> httpx.Response:
+        return self._runner.run(self._client.set_task_run_name(task_run_id, name))
+
+    def delete_task_run(self, task_run_id: uuid.UUID) -> None:
+        self._runner.run(self._client.delete_task_run(task_run_id))
 
 
 @contextmanager
@@ -478,6 +523,87 @@ class TestReadTaskRun:
         assert isinstance(raised.value.http_exc, httpx.HTTPStatusError)
         assert raised.value.http_exc.response.status_code == 404
         assert requests_made(prefect) == [("GET", f"/api/task_runs/{unknown}")]
+
+
+class TestLifecycle:
+    """`set_task_run_state`, `read_task_run_states`, `set_task_run_name`, `delete_task_run`."""
+
+    def test_a_run_fails_retries_and_completes(self, prefect: ClientCalls) -> None:
+        run = prefect.create_task_run(RETRIED_ONCE_TASK, None, unique_key())
+
+        running = prefect.set_task_run_state(run.id, Running())
+        failed = prefect.set_task_run_state(run.id, Failed(message="boom"))
+        retrying = prefect.set_task_run_state(run.id, Running())
+        completed = prefect.set_task_run_state(run.id, Completed())
+
+        assert isinstance(running, OrchestrationResult)
+        assert running.status == SetStateStatus.ACCEPT
+        assert failed.status == SetStateStatus.REJECT
+        assert failed.details.reason == "Retrying"  # type: ignore[union-attr]
+        assert failed.state is not None
+        assert (failed.state.type, failed.state.name) == (StateType.SCHEDULED, "AwaitingRetry")
+        assert failed.state.message == "boom"
+        assert retrying.status == SetStateStatus.ACCEPT
+        assert retrying.state is not None
+        assert retrying.state.name == "Retrying"
+        assert completed.status == SetStateStatus.ACCEPT
+        read = prefect.read_task_run(run.id)
+        assert (read.state_type, read.run_count) == (StateType.COMPLETED, 2)
+        assert read.start_time is not None
+        assert read.end_time is not None
+        statuses = [e.status for e in prefect.exchanges if e.path.endswith("/set_state")]
+        assert statuses == [201] * 4
+
+        history = prefect.read_task_run_states(run.id)
+
+        assert [(state.type, state.name) for state in history] == [
+            (StateType.PENDING, "Pending"),
+            (StateType.RUNNING, "Running"),
+            (StateType.SCHEDULED, "AwaitingRetry"),
+            (StateType.RUNNING, "Retrying"),
+            (StateType.COMPLETED, "Completed"),
+        ]
+        assert history[-1].id == completed.state.id  # type: ignore[union-attr]
+
+    def test_a_second_run_with_the_same_cache_key_gets_the_cached_result(
+        self, prefect: ClientCalls
+    ) -> None:
+        cache_key = f"compat-{unique_key()}"
+        first = prefect.create_task_run(PLAIN_TASK, None, unique_key())
+        prefect.set_task_run_state(first.id, Running())
+        prefect.set_task_run_state(
+            first.id, Completed(state_details=StateDetails(cache_key=cache_key))
+        )
+        second = prefect.create_task_run(PLAIN_TASK, None, unique_key())
+
+        result = prefect.set_task_run_state(
+            second.id, Running(state_details=StateDetails(cache_key=cache_key))
+        )
+
+        assert result.status == SetStateStatus.REJECT
+        assert result.details.reason == "Retrieved state from cache"  # type: ignore[union-attr]
+        assert result.state is not None
+        assert (result.state.type, result.state.name) == (StateType.COMPLETED, "Cached")
+        assert prefect.read_task_run(second.id).state_type == StateType.COMPLETED
+
+    def test_a_run_is_renamed(self, prefect: ClientCalls) -> None:
+        run = prefect.create_task_run(PLAIN_TASK, None, unique_key())
+
+        response = prefect.set_task_run_name(run.id, "renamed-by-prefect")
+
+        assert response.status_code == 204
+        assert prefect.read_task_run(run.id).name == "renamed-by-prefect"
+
+    def test_a_deleted_run_is_not_found(self, prefect: ClientCalls) -> None:
+        run = prefect.create_task_run(PLAIN_TASK, None, unique_key())
+
+        prefect.delete_task_run(run.id)
+
+        with pytest.raises(ObjectNotFound):
+            prefect.read_task_run(run.id)
+        with pytest.raises(ObjectNotFound):
+            prefect.delete_task_run(run.id)
+        assert prefect.read_task_run_states(run.id) == []
 
 
 class TestAuthentication:

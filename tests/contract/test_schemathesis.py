@@ -1,9 +1,10 @@
 """Schemathesis fuzzes the service against openapi.yaml: every check, no exceptions.
 
 Stateless: examples, coverage and fuzzed cases for every operation, positive and negative.
-Stateful: sequences that follow the document's links (create -> read), so that "a created
-run is readable" is checked on real ids. Every example starts from an empty database, so
-that Hypothesis can replay any of them and get the same answers.
+Stateful: sequences that follow the document's links (create -> set_state, states, rename,
+delete, read), so that "a created run is usable" and "a deleted run is gone" are checked on real
+ids. Every example starts from an empty database, so that Hypothesis can replay any of them and
+get the same answers.
 """
 
 from __future__ import annotations
