@@ -12,6 +12,8 @@ from tests.bench.runner import (
     HEALTH,
     IMBALANCE_SHARE,
     READ,
+    SET_STATE_CYCLE,
+    SET_STATE_START,
     Cell,
     Plan,
     ServerRun,
@@ -27,6 +29,8 @@ TARGET_TIMES_PREFECT_RPS = 15.0
 TARGET_FRACTION_OF_PREFECT_P99 = 0.1
 TARGET_SHARE_OF_HEALTH = {CREATE_NEW: 0.5, READ: 0.7}
 TARGET_PEAK_RSS_MB = 150.0
+# set_state: successful (2xx) requests per second, times Prefect's, by database.
+TARGET_SET_STATE_TIMES_PREFECT = {"sqlite": 10.0, "postgresql": 5.0}
 
 MET, NOT_MET, UNAVAILABLE = "met", "NOT MET", "unavailable"
 
@@ -136,6 +140,12 @@ def server_table(run: ServerRun) -> str:
     if not run.health_available:
         parts.append("  /api/health did not answer 200: the ceiling is unavailable, no ratios")
     parts.extend(imbalance_warnings(run))
+    parts.extend(
+        f"  warning: {cell.operation} c={cell.concurrency} ran out of prepared runs:"
+        f" {cell.reused} request(s) proposed for a run a second time"
+        for cell in run.measured_cells
+        if cell.reused
+    )
     return "\n".join(parts)
 
 
@@ -215,6 +225,7 @@ def check_targets(ours: ServerRun, prefect: ServerRun | None) -> list[TargetChec
     checks: list[TargetCheck] = []
     if prefect is not None:
         checks.extend(_prefect_targets(ours, prefect))
+        checks.extend(_set_state_targets(ours, prefect))
     checks.append(_no_errors_target(ours))
     checks.extend(
         _health_share_target(ours, op, share) for op, share in TARGET_SHARE_OF_HEALTH.items()
@@ -262,6 +273,29 @@ def _prefect_targets(ours: ServerRun, prefect: ServerRun) -> list[TargetCheck]:
                 f"{name} p99 <= 1/{1 / TARGET_FRACTION_OF_PREFECT_P99:.0f} of Prefect's",
                 None if p99 is None else p99 <= TARGET_FRACTION_OF_PREFECT_P99,
                 f"{mine.p99_ms:,.2f} ms vs {theirs.p99_ms:,.2f} ms = {_number(p99, 3)}",
+            )
+        )
+    return checks
+
+
+def _set_state_targets(ours: ServerRun, prefect: ServerRun) -> list[TargetCheck]:
+    times = TARGET_SET_STATE_TIMES_PREFECT[ours.database]
+    checks = []
+    for operation in (SET_STATE_START, SET_STATE_CYCLE):
+        mine = ours.cell(operation, TARGET_CONCURRENCY)
+        theirs = prefect.cell(operation, TARGET_CONCURRENCY)
+        target = f"{operation} c={TARGET_CONCURRENCY} 2xx/s >= {times:.0f}x Prefect's"
+        if mine is None or theirs is None:
+            checks.append(_check(ours.database, target, None, "not measured"))
+            continue
+        ratio = _ratio(mine.successful_per_second, theirs.successful_per_second)
+        checks.append(
+            _check(
+                ours.database,
+                target,
+                None if ratio is None else ratio >= times,
+                f"{mine.successful_per_second:,.1f} vs {theirs.successful_per_second:,.1f}"
+                f" = {_number(ratio)}x",
             )
         )
     return checks

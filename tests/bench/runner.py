@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from tests.bench.pools import CYCLE_POOL_RUNS, start_pool_size, write_run_pool
 from tests.bench.procstat import (
     ProcessUsage,
     machine_cpu_seconds,
@@ -19,20 +21,25 @@ from tests.bench.procstat import (
     waited_children_cpu_seconds,
 )
 from tests.bench.servers import Server, post_setting_up
-from tests.bench.wrk import WrkResult, run_wrk, write_script
+from tests.bench.wrk import WrkResult, run_wrk, threads_for, write_script
 
 HEALTH = "health"
 CREATE_NEW = "create_new"
 CREATE_EXISTING = "create_existing"
 READ = "read"
 MIX = "mix"
-OPERATIONS = (HEALTH, CREATE_NEW, CREATE_EXISTING, READ, MIX)
+SET_STATE_START = "set_state_start"
+SET_STATE_CYCLE = "set_state_cycle"
+OPERATIONS = (HEALTH, CREATE_NEW, CREATE_EXISTING, READ, MIX, SET_STATE_START, SET_STATE_CYCLE)
 DESCRIPTIONS = {
     HEALTH: "GET /api/health (the framework's ceiling)",
     CREATE_NEW: "POST /api/task_runs/, a new task_key every request",
     CREATE_EXISTING: "POST /api/task_runs/, the same body every request (exists already)",
     READ: "GET /api/task_runs/{id} of an existing run",
     MIX: "half create_new, half read",
+    SET_STATE_START: "POST .../set_state RUNNING, each request a PENDING run of its own",
+    SET_STATE_CYCLE: f"POST .../set_state, {CYCLE_POOL_RUNS} runs each alternating RUNNING"
+    " and COMPLETED",
 }
 # A worker with less than this share of a run's server CPU got too few connections.
 IMBALANCE_SHARE = 0.25
@@ -134,9 +141,19 @@ class Cell:
         return self._median(lambda repetition: repetition.wrk.latency_ms["p99"])
 
     @property
+    def successful_per_second(self) -> float:
+        """2xx responses per second, the median over the repetitions."""
+        return self._median(lambda repetition: repetition.wrk.successful_per_second)
+
+    @property
     def non_2xx(self) -> int:
         """The total over the repetitions."""
         return sum(repetition.wrk.non_2xx for repetition in self.repetitions)
+
+    @property
+    def reused(self) -> int:
+        """Requests that reused a prepared run, in total over the repetitions."""
+        return sum(repetition.wrk.reused for repetition in self.repetitions)
 
     @property
     def socket_errors(self) -> int:
@@ -199,6 +216,8 @@ class Cell:
             "operation": self.operation,
             "concurrency": self.concurrency,
             "requests_per_second": round(self.requests_per_second, 1),
+            "successful_per_second": round(self.successful_per_second, 1),
+            "reused": self.reused,
             "p50_ms": round(self.p50_ms, 3),
             "p99_ms": round(self.p99_ms, 3),
             "non_2xx": self.non_2xx,
@@ -284,14 +303,18 @@ class ServerRun:
 
 @dataclass(frozen=True)
 class Fixtures:
-    """What the scripts need from the server: a run to read, a body that already exists."""
+    """What the scripts need from the server: a run to read, a body that already exists, the
+    runs the set_state cycle goes round, and where to write the runs of each start cell.
+    """
 
     read_id: str
     existing_body: str
+    cycle_pool: Path
+    directory: Path
 
 
-def prepare_fixtures(server: Server) -> Fixtures:
-    """Create the one task run that `read`, `mix` and `create_existing` use."""
+def prepare_fixtures(server: Server, directory: Path) -> Fixtures:
+    """Create the task run that `read`, `mix` and `create_existing` use, and the cycle's runs."""
     with httpx.Client(base_url=server.base_url, timeout=60) as client:
         body = {
             "task_key": f"bench-existing-{uuid.uuid4().hex[:8]}",
@@ -306,7 +329,13 @@ def prepare_fixtures(server: Server) -> Fixtures:
                 f"{response.text[:500]}"
             )
         read_id: str = response.json()["id"]
-    return Fixtures(read_id=read_id, existing_body=json.dumps(body))
+    cycle_pool = write_run_pool(server, CYCLE_POOL_RUNS, directory / "cycle-pool.txt")
+    return Fixtures(
+        read_id=read_id,
+        existing_body=json.dumps(body),
+        cycle_pool=cycle_pool,
+        directory=directory,
+    )
 
 
 def health_available(server: Server) -> bool:
@@ -317,15 +346,20 @@ def health_available(server: Server) -> bool:
         return False
 
 
-def script_arguments(operation: str, fixtures: Fixtures) -> list[str]:
+def script_arguments(
+    operation: str, fixtures: Fixtures, *, concurrency: int, start_pool: Path | None = None
+) -> list[str]:
     """The arguments of the operation's Lua script; new key prefixes for every wrk run."""
     prefix = f"bench-{uuid.uuid4().hex[:10]}"
+    threads = str(threads_for(concurrency))
     return {
         HEALTH: [],
         READ: [fixtures.read_id],
         CREATE_NEW: [prefix],
         CREATE_EXISTING: [fixtures.existing_body],
         MIX: [fixtures.read_id, prefix],
+        SET_STATE_START: [str(start_pool), threads],
+        SET_STATE_CYCLE: [str(fixtures.cycle_pool), threads],
     }[operation]
 
 
@@ -343,7 +377,7 @@ def measure(
     `run` keeps what was measured when a later cell fails.
     """
     scripts = {operation: write_script(operation, directory) for operation in OPERATIONS}
-    fixtures = prepare_fixtures(server)
+    fixtures = prepare_fixtures(server, directory)
     run.command = server.command
     run.worker_pids = server.worker_pids()
     run.health_available = health_available(server)
@@ -363,8 +397,13 @@ def measure(
                 f"  [{number}/{total}] {server.system} {server.database} {cell.operation}"
                 f" c={cell.concurrency} rep {repetition + 1}/{plan.repetitions}"
             )
+            start_pool = None
+            if cell.operation == SET_STATE_START:
+                start_pool = prepare_start_pool(server, fixtures, plan, label, progress)
             progress(f"{label}: ", end="")
-            result = run_cell(server, scripts[cell.operation], cell, fixtures, plan)
+            result = run_cell(
+                server, scripts[cell.operation], cell, fixtures, plan, start_pool=start_pool
+            )
             cell.repetitions.append(result)
             progress(describe(result))
     run.log_tail = server.log_tail()
@@ -385,12 +424,29 @@ def warm_up(
         script,
         concurrency=concurrency,
         seconds=plan.warmup_seconds,
-        arguments=script_arguments(MIX, fixtures),
+        arguments=script_arguments(MIX, fixtures, concurrency=concurrency),
     )
 
 
+def prepare_start_pool(
+    server: Server, fixtures: Fixtures, plan: Plan, label: str, progress: Progress
+) -> Path:
+    """New PENDING runs for one set_state_start cell, made before it is measured."""
+    count = start_pool_size(server.system, plan.seconds)
+    began = time.monotonic()
+    path = write_run_pool(server, count, fixtures.directory / f"start-pool-{uuid.uuid4().hex}.txt")
+    progress(f"{label}: {count} PENDING runs made in {time.monotonic() - began:.1f} s (not timed)")
+    return path
+
+
 def run_cell(
-    server: Server, script: Path, cell: Cell, fixtures: Fixtures, plan: Plan
+    server: Server,
+    script: Path,
+    cell: Cell,
+    fixtures: Fixtures,
+    plan: Plan,
+    *,
+    start_pool: Path | None = None,
 ) -> Repetition:
     """One wrk run of the cell, with the CPU time and RSS used measured around it."""
     server.check_running()
@@ -402,7 +458,9 @@ def run_cell(
             script,
             concurrency=cell.concurrency,
             seconds=plan.seconds,
-            arguments=script_arguments(cell.operation, fixtures),
+            arguments=script_arguments(
+                cell.operation, fixtures, concurrency=cell.concurrency, start_pool=start_pool
+            ),
         )
     return Repetition(
         wrk=result,
@@ -421,4 +479,6 @@ def describe(repetition: Repetition) -> str:
     )
     if wrk.socket_error_count:
         text += f"  socket errors {wrk.socket_errors}"
+    if wrk.reused:
+        text += f"  ran out of prepared runs: {wrk.reused} reused"
     return text

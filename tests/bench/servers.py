@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,10 @@ import httpx
 from pydantic import AliasChoices
 from sqlalchemy.engine import make_url
 
+from app.db.database import Database
+from app.services import task_runs
 from app.settings import Settings
+from generated import models
 from tests.bench.procstat import children, command_line
 from tests.support.databases import POSTGRES_ENV, empty_database, postgres_server_url
 from tests.support.server import free_port
@@ -53,6 +57,8 @@ class Server:
     command: list[str]
     # Makes a flow run id that the server accepts in a task run's `flow_run_id`.
     new_flow_run_id: Callable[[httpx.Client], str]
+    # Makes this many new PENDING task runs and returns their ids (not measured).
+    create_pending_runs: Callable[[int], list[str]]
 
     def worker_pids(self) -> list[int]:
         """The processes that serve requests: uvicorn's spawned workers, or the server itself."""
@@ -234,6 +240,59 @@ def _prefect_flow_run_id(client: httpx.Client) -> str:
     return flow_run_id
 
 
+def _inserting_runs(database_url: str) -> Callable[[int], list[str]]:
+    """Our runs go straight into the database, through the service's own create, in one
+    transaction: far faster than over HTTP, and the same rows.
+    """
+
+    def create(count: int) -> list[str]:
+        prefix = f"bench-pool-{uuid.uuid4().hex[:10]}"
+        database = Database(database_url)
+        try:
+            with database.transaction() as connection:
+                return [
+                    str(
+                        task_runs.create_task_run(
+                            connection=connection,
+                            task_run=models.TaskRunCreate(
+                                task_key=f"{prefix}-{number}", dynamic_key="0"
+                            ),
+                        ).stored.run.id
+                    )
+                    for number in range(count)
+                ]
+        finally:
+            database.dispose()
+
+    return create
+
+
+# Prefect's server answers concurrent creates on SQLite with 503 now and then: few at once.
+PREFECT_CREATE_THREADS = 4
+
+
+def _creating_runs_over_http(base_url: str) -> Callable[[int], list[str]]:
+    """Prefect's runs are made through its API (its tables are its own)."""
+
+    def create(count: int) -> list[str]:
+        prefix = f"bench-pool-{uuid.uuid4().hex[:10]}"
+        with (
+            httpx.Client(base_url=base_url, timeout=60) as client,
+            ThreadPoolExecutor(max_workers=PREFECT_CREATE_THREADS) as pool,
+        ):
+
+            def one(number: int) -> str:
+                body = {"task_key": f"{prefix}-{number}", "dynamic_key": "0"}
+                response = post_setting_up(client, "/api/task_runs/", body)
+                response.raise_for_status()
+                run_id: str = response.json()["id"]
+                return run_id
+
+            return list(pool.map(one, range(count)))
+
+    return create
+
+
 def our_command(port: int, workers: int) -> list[str]:
     """The production command of the README, from the virtualenv running the bench."""
     executable = Path(sys.executable).parent / "taskrun-api"
@@ -269,6 +328,7 @@ def serve_ours(database: str, directory: Path, *, workers: int) -> Iterator[Serv
             log_path=log_path,
             command=command,
             new_flow_run_id=_any_flow_run_id,
+            create_pending_runs=_inserting_runs(database_url),
         )
         wait_until_ready(server, "/api/health", START_TIMEOUT_SECONDS[OURS])
         wait_for_workers(server, workers)
@@ -324,6 +384,7 @@ def serve_prefect(database: str, directory: Path, *, prefect_venv: Path) -> Iter
             log_path=log_path,
             command=command,
             new_flow_run_id=_prefect_flow_run_id,
+            create_pending_runs=_creating_runs_over_http(f"http://127.0.0.1:{port}"),
         )
         wait_until_ready(server, "/api/health", START_TIMEOUT_SECONDS[PREFECT])
         yield server

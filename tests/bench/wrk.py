@@ -32,6 +32,8 @@ class WrkResult:
     socket_errors: dict[str, int]
     # wrk's own count of responses with a status above 399.
     error_statuses: int
+    # Requests that reused a prepared object because the prepared ones ran out.
+    reused: int = 0
 
     @property
     def requests_per_second(self) -> float:
@@ -46,6 +48,12 @@ class WrkResult:
     def socket_error_count(self) -> int:
         return sum(self.socket_errors.values())
 
+    @property
+    def successful_per_second(self) -> float:
+        """Responses with a 2xx status, per second."""
+        successful = sum(count for status, count in self.statuses.items() if 200 <= status < 300)
+        return successful / self.duration_seconds if self.duration_seconds > 0 else 0.0
+
     def as_json(self) -> dict[str, Any]:
         """The result as a JSON-ready dictionary."""
         return {
@@ -57,6 +65,7 @@ class WrkResult:
             "non_2xx": self.non_2xx,
             "socket_errors": self.socket_errors,
             "wrk_error_statuses": self.error_statuses,
+            "reused": self.reused,
         }
 
 
@@ -142,4 +151,5 @@ def parse_output(stdout: str) -> WrkResult:
         statuses={int(status): count for status, count in data["statuses"].items()},
         socket_errors={name: errors[name] for name in ("connect", "read", "write", "timeout")},
         error_statuses=errors["status"],
+        reused=data.get("reused", 0),
     )

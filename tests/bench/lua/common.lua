@@ -10,6 +10,8 @@ function setup(thread)
 end
 
 statuses = {}
+-- Requests that had to reuse a prepared object (set_state_start.lua); 0 for the others.
+reused = 0
 
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
@@ -34,10 +36,12 @@ end
 
 function done(summary, latency, requests)
   local totals = {}
+  local reused_total = 0
   for _, thread in ipairs(threads) do
     for status, count in pairs(thread:get("statuses")) do
       totals[status] = (totals[status] or 0) + count
     end
+    reused_total = reused_total + thread:get("reused")
   end
   local counts = {}
   for status, count in pairs(totals) do
@@ -48,10 +52,10 @@ function done(summary, latency, requests)
     'BENCH_RESULT {"duration_us":%d,"requests":%d,"bytes":%d,'
       .. '"errors":{"connect":%d,"read":%d,"write":%d,"timeout":%d,"status":%d},'
       .. '"latency_us":{"min":%d,"mean":%.1f,"p50":%d,"p90":%d,"p99":%d,"max":%d},'
-      .. '"statuses":{%s}}\n',
+      .. '"statuses":{%s},"reused":%d}\n',
     summary.duration, summary.requests, summary.bytes,
     errors.connect, errors.read, errors.write, errors.timeout, errors.status,
     latency.min, latency.mean, latency:percentile(50), latency:percentile(90),
     latency:percentile(99), latency.max,
-    table.concat(counts, ",")))
+    table.concat(counts, ","), reused_total))
 end
