@@ -62,8 +62,7 @@ _RENAME = (
     )
 )
 _DELETE = task_run.delete().where(task_run.c.id == bindparam("run_id"))
-# Waits for, then holds until the transaction ends, the run's row: proposals for one run are
-# decided one at a time. (SQLite renders no FOR UPDATE; its writers already take turns.)
+# Waits for, then holds until the transaction ends, the run's row (PostgreSQL).
 _LOCK = select(task_run.c.id).where(task_run.c.id == bindparam("run_id")).with_for_update()
 
 # A run with its current state, the columns in the order of the records' fields.
@@ -91,12 +90,16 @@ def insert_task_run_unless_conflicting(connection: Connection, run: TaskRunRecor
     return connection.execute(statement, run.values()).first() is not None
 
 
-def lock_task_run(connection: Connection, task_run_id: UUID) -> bool:
-    """Lock the run's row for the rest of the transaction; False if there is no such run.
+def find_task_run_to_change(connection: Connection, task_run_id: UUID) -> StoredTaskRun | None:
+    """The run with its current state, which no other transaction changes until this one ends.
 
-    Statements after this one see the run as the last writer to hold the lock left it.
+    On PostgreSQL the run's row is locked first, and then read as the last transaction that
+    held the lock left it. SQLite's write transactions already take turns.
     """
-    return connection.execute(_LOCK, {"run_id": task_run_id}).first() is not None
+    locking = connection.dialect.name == "postgresql"
+    if locking and connection.execute(_LOCK, {"run_id": task_run_id}).first() is None:
+        return None
+    return find_task_run(connection, task_run_id)
 
 
 def update_state_fields(connection: Connection, run: TaskRunRecord) -> None:

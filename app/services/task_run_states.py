@@ -25,8 +25,21 @@ STATE_NOT_FOUND_MESSAGE = "Task run state not found"
 class SetStateOutcome:
     """What orchestration decided, and whether a state was written."""
 
-    result: models.OrchestrationResult
+    transition: Transition
+    # The state written, or the run's current state when none was.
+    state: TaskRunStateRecord | None
     written: bool
+
+    @property
+    def result(self) -> models.OrchestrationResult:
+        """The answer, built on demand after the transaction has ended (on SQLite the other
+        writers wait for as long as it lasts).
+        """
+        return models.OrchestrationResult(
+            state=state_model(self.state) if self.state is not None else None,
+            status=self.transition.status,
+            details=self.transition.details,
+        )
 
 
 def set_task_run_state(
@@ -34,15 +47,13 @@ def set_task_run_state(
 ) -> SetStateOutcome:
     """Orchestrate a proposed state for a run and write what the rules decide.
 
-    The run's row stays locked until the transaction ends, so proposals for one run are
+    No other transaction changes the run until this one ends, so proposals for one run are
     decided one at a time, each against the state the previous one left.
 
     :raises NotFound: no task run has this id.
     """
-    if not run_rows.lock_task_run(connection, task_run_id):
-        raise NotFound(NOT_FOUND_MESSAGE)
-    stored = run_rows.find_task_run(connection, task_run_id)
-    if stored is None:  # it was just locked, so it exists; kept for the type checker
+    stored = run_rows.find_task_run_to_change(connection, task_run_id)
+    if stored is None:
         raise NotFound(NOT_FOUND_MESSAGE)
     run, current = stored
     now = next_state_time(current)
@@ -58,10 +69,10 @@ def set_task_run_state(
     )
     orchestration.decide()
     if transition.proposed is None:
-        return SetStateOutcome(result=_result(transition, current), written=False)
+        return SetStateOutcome(transition=transition, state=current, written=False)
     write_state(connection, run, transition.proposed)
     orchestration.written()
-    return SetStateOutcome(result=_result(transition, transition.proposed), written=True)
+    return SetStateOutcome(transition=transition, state=transition.proposed, written=True)
 
 
 def write_state(connection: Connection, run: TaskRunRecord, state: TaskRunStateRecord) -> None:
@@ -69,14 +80,6 @@ def write_state(connection: Connection, run: TaskRunRecord, state: TaskRunStateR
     enter_state(run, state)
     state_rows.insert_state(connection, state)
     run_rows.update_state_fields(connection, run)
-
-
-def _result(transition: Transition, state: TaskRunStateRecord | None) -> models.OrchestrationResult:
-    return models.OrchestrationResult(
-        state=state_model(state) if state is not None else None,
-        status=transition.status,
-        details=transition.details,
-    )
 
 
 def read_task_run_states(*, connection: Connection, task_run_id: UUID) -> list[models.State]:

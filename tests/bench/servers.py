@@ -212,22 +212,30 @@ def _any_flow_run_id(_client: httpx.Client) -> str:
     return str(uuid.uuid4())
 
 
-SETUP_ATTEMPTS = 5
+SETUP_ATTEMPTS = 10
 
 
 def post_setting_up(client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
     """POST a request the bench needs before measuring, retrying 503s as Prefect's client does.
 
     Prefect's server on SQLite answers 503 "database is locked" now and then even to a
-    single request.
+    single request, and closes the connection after it: a request sent on that connection
+    at the same moment gets no answer at all, and is retried too.
     """
-    response = client.post(path, json=body)
-    for attempt in range(1, SETUP_ATTEMPTS):
-        if response.status_code != 503:
-            break
-        time.sleep(float(response.headers.get("retry-after", 0)) or 0.2 * attempt)
-        response = client.post(path, json=body)
-    return response
+    attempt = 1
+    while True:
+        try:
+            response = client.post(path, json=body)
+        except httpx.TransportError:
+            if attempt >= SETUP_ATTEMPTS:
+                raise
+            delay = 0.2 * attempt
+        else:
+            if response.status_code != 503 or attempt >= SETUP_ATTEMPTS:
+                return response
+            delay = float(response.headers.get("retry-after", 0)) or 0.2 * attempt
+        time.sleep(delay)
+        attempt += 1
 
 
 def _prefect_flow_run_id(client: httpx.Client) -> str:
@@ -268,7 +276,7 @@ def _inserting_runs(database_url: str) -> Callable[[int], list[str]]:
 
 
 # Prefect's server answers concurrent creates on SQLite with 503 now and then: few at once.
-PREFECT_CREATE_THREADS = 4
+PREFECT_CREATE_THREADS = 2
 
 
 def _creating_runs_over_http(base_url: str) -> Callable[[int], list[str]]:
