@@ -11,11 +11,15 @@ from connexion import FlaskApp
 
 from app.contract.api import mount_contract
 from app.contract.spec import load_spec
+from app.contract.websockets import SocketHandler, mount_websockets
 from app.contract.wsgi import install_wsgi_bridge
 from app.db.database import Database
+from app.handlers.events import EventsInHandler, EventsOutHandler
 from app.handlers.root import AdminHandlers, RootHandlers
 from app.handlers.task_run_states import TaskRunStateHandlers
+from app.handlers.task_run_subscriptions import TaskRunSubscriptionHandler
 from app.handlers.task_runs import TaskRunHandlers
+from app.services.event_feed import EventFeed
 from app.settings import Settings
 from generated.routes import Routes
 
@@ -53,8 +57,23 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
         max_request_body_bytes=settings.max_request_body_bytes,
         basic_auth=auth_string.get_secret_value() if auth_string else None,
     )
+    mount_websockets(
+        app,
+        handlers=create_socket_handlers(database),
+        auth_string=auth_string.get_secret_value() if auth_string else None,
+    )
     app.app.extensions[DATABASE_EXTENSION] = database
     return app
+
+
+def create_socket_handlers(database: Database) -> dict[str, SocketHandler]:
+    """The handler of each websocket channel of asyncapi.yaml, by address."""
+    feed = EventFeed(database)
+    return {
+        "/task_runs/subscriptions/scheduled": TaskRunSubscriptionHandler(database=database),
+        "/events/in": EventsInHandler(database=database, feed=feed),
+        "/events/out": EventsOutHandler(database=database, feed=feed),
+    }
 
 
 def database_of(app: FlaskApp) -> Database:

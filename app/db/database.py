@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ LOCK_TIMEOUT_SECONDS = 30
 # Execution option of write transactions: the WriterLock that admits them (SQLite), or True.
 _WRITE_OPTION = "taskrun_writer"
 _HOLDS_WRITER_LOCK = "taskrun_holds_writer_lock"
+# Connection info: what to call once the transaction has committed.
+_AFTER_COMMIT = "taskrun_after_commit"
+
+logger = logging.getLogger(__name__)
 
 
 class DatabaseUnavailable(Exception):
@@ -96,15 +101,20 @@ class Database:
         that the work before it does not keep other writers waiting.
         """
         with _unavailable_on_connection_errors(), self._write_engine.connect() as connection:
+            committed = False
             try:
                 yield connection
                 connection.commit()
+                committed = True
             except BaseException:
                 connection.rollback()
                 raise
             finally:
                 if connection.info.pop(_HOLDS_WRITER_LOCK, False):
                     self._writer_lock.release()
+                callbacks = connection.info.pop(_AFTER_COMMIT, [])
+            if committed:
+                _call_all(callbacks)
 
     @contextmanager
     def snapshot(self) -> Iterator[Connection]:
@@ -116,6 +126,20 @@ class Database:
         """Close every pooled connection."""
         self.engine.dispose()
         self._writer_lock.close()
+
+
+def after_commit(connection: Connection, callback: Callable[[], None]) -> None:
+    """Call `callback` once the transaction of `connection` has committed (not if it does not)."""
+    connection.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+def _call_all(callbacks: list[Callable[[], None]]) -> None:
+    # What was written stays written: a failing callback is logged, not raised.
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            logger.exception("a callback after a commit failed")
 
 
 @contextmanager

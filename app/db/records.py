@@ -77,6 +77,26 @@ class CacheEntryRecord:
         return {name: getattr(self, name) for name in CACHE_ENTRY_COLUMNS}
 
 
+@dataclass(slots=True, kw_only=True)
+class EventRecord:
+    """A row of `event`: an event as a client sent it, and when it was received."""
+
+    id: UUID
+    occurred: datetime
+    event: str
+    resource_id: str
+    resource: dict[str, str]
+    related: list[dict[str, str]]
+    payload: dict[str, Any]
+    follows: UUID | None
+    received: datetime
+
+    def values(self) -> dict[str, Any]:
+        """Column name -> value, as an INSERT takes them."""
+        return {name: getattr(self, name) for name in EVENT_COLUMNS}
+
+
 TASK_RUN_COLUMNS = tuple(field.name for field in fields(TaskRunRecord))
 TASK_RUN_STATE_COLUMNS = tuple(field.name for field in fields(TaskRunStateRecord))
 CACHE_ENTRY_COLUMNS = tuple(field.name for field in fields(CacheEntryRecord))
+EVENT_COLUMNS = tuple(field.name for field in fields(EventRecord))

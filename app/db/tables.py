@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -128,4 +129,43 @@ task_run_state_cache = Table(
     ),
     Index(None, "cache_key", "created"),
     Index(None, "task_run_state_id"),
+)
+
+# Runs waiting to be delivered to a task worker subscribed to their task key: the queue of
+# background tasks. A worker's claim on a run lasts until it acknowledges the delivery, its
+# connection ends, or the claim expires (its service process died).
+task_run_delivery = Table(
+    "task_run_delivery",
+    metadata,
+    Column(
+        "task_run_id",
+        Uuid,
+        ForeignKey("task_run.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("task_key", Text, nullable=False),
+    # Runs scheduled again after a failure, or whose delivery failed, go first.
+    Column("retry", Boolean, nullable=False),
+    Column("enqueued", UTCDateTime, nullable=False),
+    Column("claim_id", Uuid, nullable=True),
+    Column("claimed_until", UTCDateTime, nullable=True),
+    Index(None, "task_key", "retry", "enqueued"),
+)
+
+# Events sent to /api/events/in, each stored once (its id is the client's).
+event = Table(
+    "event",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("occurred", UTCDateTime, nullable=False),
+    Column("event", Text, nullable=False),
+    Column("resource_id", Text, nullable=False),
+    Column("resource", JSON, nullable=False),
+    Column("related", JSON, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("follows", Uuid, nullable=True),
+    Column("received", UTCDateTime, nullable=False),
+    Index(None, "occurred"),
+    Index(None, "received"),
+    Index(None, "resource_id", "occurred"),
 )

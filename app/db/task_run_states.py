@@ -7,11 +7,16 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Connection, Row, bindparam, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from app.db.records import TASK_RUN_STATE_COLUMNS, CacheEntryRecord, TaskRunStateRecord
 from app.db.tables import task_run_state, task_run_state_cache
 
 _INSERT_STATE = task_run_state.insert()
+_INSERT_STATE_UNLESS_PRESENT = {
+    name: dialect.insert(task_run_state).on_conflict_do_nothing().returning(task_run_state.c.id)
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
 _STATE_COLUMNS = tuple(task_run_state.c[name] for name in TASK_RUN_STATE_COLUMNS)
 _STATE_BY_ID = select(*_STATE_COLUMNS).where(task_run_state.c.id == bindparam("state_id"))
 # Oldest first. A run's states never share a timestamp (each is later than the one before);
@@ -45,6 +50,12 @@ _NEWEST_UNEXPIRED_ENTRY = (
 def insert_state(connection: Connection, state: TaskRunStateRecord) -> None:
     """INSERT a state row."""
     connection.execute(_INSERT_STATE, state.values())
+
+
+def insert_state_unless_present(connection: Connection, state: TaskRunStateRecord) -> bool:
+    """INSERT a state row unless one with its id exists; return whether it went in."""
+    statement = _INSERT_STATE_UNLESS_PRESENT[connection.dialect.name]
+    return connection.execute(statement, state.values()).first() is not None
 
 
 def find_state(connection: Connection, state_id: UUID) -> TaskRunStateRecord | None:

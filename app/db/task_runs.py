@@ -53,6 +53,17 @@ _UPDATE_STATE_FIELDS = (
     .values({name: bindparam(f"new_{name}") for name in _STATE_FIELDS})
 )
 # A null name keeps the current one: the update then only marks the run as updated.
+# The columns an event about the run may change: all but its identity and key.
+_REPORTED_COLUMNS = tuple(
+    name
+    for name in TASK_RUN_COLUMNS
+    if name not in ("id", "created", "flow_run_id", "task_key", "dynamic_key")
+)
+_UPDATE_REPORTED = (
+    task_run.update()
+    .where(task_run.c.id == bindparam("run_id"))
+    .values({name: bindparam(f"new_{name}") for name in _REPORTED_COLUMNS})
+)
 _RENAME = (
     task_run.update()
     .where(task_run.c.id == bindparam("run_id"))
@@ -106,6 +117,12 @@ def update_state_fields(connection: Connection, run: TaskRunRecord) -> None:
     """Write the fields a change of state derives (current state, times, counts)."""
     values = {f"new_{name}": getattr(run, name) for name in _STATE_FIELDS}
     connection.execute(_UPDATE_STATE_FIELDS, {"run_id": run.id, **values})
+
+
+def update_reported_fields(connection: Connection, run: TaskRunRecord) -> None:
+    """Write every field of the run an event may report (all but its id, key and creation)."""
+    values = {f"new_{name}": getattr(run, name) for name in _REPORTED_COLUMNS}
+    connection.execute(_UPDATE_REPORTED, {"run_id": run.id, **values})
 
 
 def rename_task_run(

@@ -54,11 +54,11 @@ def state_row(
         timestamp=now,
         message=message,
         data=data,
-        state_details=_stored_details(details, state_type=state_type, task_run=task_run, now=now),
+        state_details=stored_details(details, state_type=state_type, task_run=task_run, now=now),
     )
 
 
-def _stored_details(
+def stored_details(
     details: models.StateDetails, *, state_type: StateType, task_run: TaskRunRecord, now: datetime
 ) -> dict[str, Any]:
     """The details as stored: the run's own ids, a due time for SCHEDULED, datetimes in UTC."""

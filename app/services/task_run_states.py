@@ -13,7 +13,7 @@ from app.db.records import TaskRunRecord, TaskRunStateRecord
 from app.services.errors import NotFound
 from app.services.orchestration.policies import Orchestration, select_policy
 from app.services.orchestration.transition import Transition
-from app.services.state_cache import DatabaseStateCache
+from app.services.orchestration_store import DatabaseOrchestrationStore
 from app.services.states import enter_state, new_state_row, next_state_time, state_model
 from app.services.task_runs import NOT_FOUND_MESSAGE
 from generated import models
@@ -65,7 +65,9 @@ def set_task_run_state(
     )
     deferred = bool(proposed.state_details and proposed.state_details.deferred)
     orchestration = Orchestration(
-        select_policy(deferred=deferred, force=force), transition, DatabaseStateCache(connection)
+        select_policy(deferred=deferred, force=force),
+        transition,
+        DatabaseOrchestrationStore(connection),
     )
     orchestration.decide()
     if transition.proposed is None:

@@ -20,7 +20,7 @@ from app.services.ids import uuid7
 from app.services.names import random_name
 from app.services.orchestration.policies import Orchestration, select_policy
 from app.services.orchestration.transition import Transition
-from app.services.state_cache import DatabaseStateCache
+from app.services.orchestration_store import DatabaseOrchestrationStore
 from app.services.states import TERMINAL_STATE_TYPES, enter_state, new_state_row, state_model
 from generated import models
 
@@ -68,7 +68,9 @@ def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -
     )
     deferred = bool(proposed.state_details and proposed.state_details.deferred)
     orchestration = Orchestration(
-        select_policy(deferred=deferred, force=True), transition, DatabaseStateCache(connection)
+        select_policy(deferred=deferred, force=True),
+        transition,
+        DatabaseOrchestrationStore(connection),
     )
     orchestration.decide()
     # No rule that governs a first state leaves the run without one.
@@ -136,7 +138,7 @@ def _new_task_run(task_run: models.TaskRunCreate, *, now: datetime) -> TaskRunRe
         cache_key=task_run.cache_key,
         cache_expiration=to_utc(task_run.cache_expiration) if task_run.cache_expiration else None,
         task_version=task_run.task_version,
-        empirical_policy=_effective_policy(task_run.empirical_policy),
+        empirical_policy=effective_policy(task_run.empirical_policy),
         tags=list(task_run.tags or []),
         labels=_labels(task_run),
         task_inputs=task_run.model_dump(mode="json", include={"task_inputs"}).get("task_inputs")
@@ -155,7 +157,7 @@ def _new_task_run(task_run: models.TaskRunCreate, *, now: datetime) -> TaskRunRe
     )
 
 
-def _effective_policy(policy: models.TaskRunPolicy | None) -> dict[str, Any]:
+def effective_policy(policy: models.TaskRunPolicy | None) -> dict[str, Any]:
     """The policy as stored: the deprecated fields fill `retries` and `retry_delay` when unset."""
     values = (policy or models.TaskRunPolicy()).model_dump(mode="json")
     if not values["retries"] and values["max_retries"] != 0:

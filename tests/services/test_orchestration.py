@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
+from uuid import UUID
 
 import pytest
 
@@ -26,11 +27,17 @@ StateType = models.StateType
 NOW = START + timedelta(hours=1)
 
 
-class MemoryCache:
-    """The StateCache of a test: a list of (key, expiration, state), newest last."""
+class MemoryStore:
+    """The OrchestrationStore of a test: cache entries (key, expiration, state), newest last,
+    and the runs enqueued (id, retry).
+    """
 
     def __init__(self) -> None:
         self.entries: list[tuple[str, datetime | None, TaskRunStateRecord]] = []
+        self.enqueued: list[tuple[UUID, bool]] = []
+
+    def enqueue(self, run: TaskRunRecord, *, retry: bool) -> None:
+        self.enqueued.append((run.id, retry))
 
     def cached_state(self, cache_key: str, *, now: datetime) -> TaskRunStateRecord | None:
         usable = [
@@ -89,9 +96,9 @@ def transition(
     )
 
 
-def decide(rule: type[rules.Rule], tr: Transition, cache: MemoryCache | None = None) -> Transition:
+def decide(rule: type[rules.Rule], tr: Transition, cache: MemoryStore | None = None) -> Transition:
     """Apply one rule the way a policy would, including its after-write step."""
-    orchestration = Orchestration(Policy("one", (rule,)), tr, cache or MemoryCache())
+    orchestration = Orchestration(Policy("one", (rule,)), tr, cache or MemoryStore())
     orchestration.decide()
     if tr.proposed is not None:
         orchestration.written()
@@ -149,6 +156,7 @@ class TestPolicySelection:
             "RetryFailedTasks",
             "RenameReruns",
             "CacheInsertion",
+            "EnqueueScheduledTasks",
         ]
         assert MINIMAL_TASK_POLICY.rules == ()
 
@@ -166,6 +174,7 @@ class TestGoverns:
             (rules.RetryFailedTasks, ("RUNNING", "FAILED"), ("PENDING", "FAILED")),
             (rules.RenameReruns, ("COMPLETED", "RUNNING"), ("RUNNING", "PENDING")),
             (rules.CacheInsertion, (None, "COMPLETED"), ("RUNNING", "FAILED")),
+            (rules.EnqueueScheduledTasks, (None, "SCHEDULED"), ("SCHEDULED", "PENDING")),
         ],
     )  # fmt: skip
     def test_each_rule_names_its_transitions(
@@ -183,7 +192,7 @@ class TestGoverns:
 
 class TestCacheRetrieval:
     def test_replaces_running_with_a_copy_of_the_cached_state(self) -> None:
-        cache = MemoryCache()
+        cache = MemoryStore()
         source = fresh_run()
         cached = state(source, "COMPLETED", data={"r": 1}, cache_key="k")
         cache.cache(cached)
@@ -202,7 +211,7 @@ class TestCacheRetrieval:
         "details", [{"cache_key": "k", "refresh_cache": True}, {"cache_key": "other"}, {}]
     )
     def test_accepts_when_the_cache_has_nothing_to_give(self, details: dict[str, Any]) -> None:
-        cache = MemoryCache()
+        cache = MemoryStore()
         cache.cache(state(fresh_run(), "COMPLETED", cache_key="k"))
         run = run_in("PENDING")
 
@@ -211,7 +220,7 @@ class TestCacheRetrieval:
         assert outcome(tr) == ("ACCEPT", "RUNNING", "Running")
 
     def test_an_expired_entry_is_not_used(self) -> None:
-        cache = MemoryCache()
+        cache = MemoryStore()
         cache.cache(state(fresh_run(), "COMPLETED", cache_key="k", cache_expiration=NOW))
 
         tr = decide(
@@ -223,7 +232,7 @@ class TestCacheRetrieval:
 
 class TestCacheInsertion:
     def test_caches_the_written_state(self) -> None:
-        cache = MemoryCache()
+        cache = MemoryStore()
         run = run_in("RUNNING")
 
         tr = decide(rules.CacheInsertion, transition(run, None, "COMPLETED", cache_key="k"), cache)
@@ -231,11 +240,32 @@ class TestCacheInsertion:
         assert [(key, s.id) for key, _, s in cache.entries] == [("k", tr.proposal.id)]
 
     def test_nothing_without_a_key(self) -> None:
-        cache = MemoryCache()
+        cache = MemoryStore()
 
         decide(rules.CacheInsertion, transition(run_in("RUNNING"), None, "COMPLETED"), cache)
 
         assert cache.entries == []
+
+
+class TestEnqueueScheduledTasks:
+    @pytest.mark.parametrize(
+        ("name", "deferred", "expected"),
+        [(None, True, [False]), ("AwaitingRetry", True, [True]), (None, False, [])],
+    )
+    def test_queues_a_scheduled_background_run(
+        self, name: str | None, deferred: bool, expected: list[bool]
+    ) -> None:
+        store = MemoryStore()
+        run = run_in("RUNNING")
+
+        tr = decide(
+            rules.EnqueueScheduledTasks,
+            transition(run, None, "SCHEDULED", name=name, deferred=deferred),
+            store,
+        )
+
+        assert store.enqueued == [(run.id, retry) for retry in expected]
+        assert outcome(tr)[0] == "ACCEPT"
 
 
 class TestHandleTaskTerminalStateTransitions:
@@ -471,7 +501,7 @@ class TestOrchestration:
         self.Journal.events.clear()
         run = run_in("PENDING")
         tr = transition(run, None, "RUNNING")
-        orchestration = Orchestration(Policy("test", policy_rules), tr, MemoryCache())
+        orchestration = Orchestration(Policy("test", policy_rules), tr, MemoryStore())
         orchestration.decide()
         if tr.proposed is not None:
             orchestration.written()

@@ -9,6 +9,7 @@ from app.services.orchestration.rules import (
     CacheRetrieval,
     CopyScheduledTime,
     CopyTaskParametersID,
+    EnqueueScheduledTasks,
     HandleTaskTerminalStateTransitions,
     PreventPendingTransitions,
     RenameReruns,
@@ -16,7 +17,7 @@ from app.services.orchestration.rules import (
     Rule,
     WaitForScheduledTime,
 )
-from app.services.orchestration.transition import StateCache, StateType, Transition
+from app.services.orchestration.transition import OrchestrationStore, StateType, Transition
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ BACKGROUND_TASK_POLICY = Policy(
         RetryFailedTasks,
         RenameReruns,
         CacheInsertion,
+        EnqueueScheduledTasks,
     ),
 )
 # A forced proposal is written as it is.
@@ -78,10 +80,10 @@ class Orchestration:
     stands act on the written state.
     """
 
-    def __init__(self, policy: Policy, transition: Transition, cache: StateCache) -> None:
+    def __init__(self, policy: Policy, transition: Transition, store: OrchestrationStore) -> None:
         self.policy = policy
         self.transition = transition
-        self.cache = cache
+        self.store = store
         # Each rule that decided, with the state type it let through.
         self._decided: list[tuple[Rule, StateType | None]] = []
 
@@ -94,7 +96,7 @@ class Orchestration:
             if not (still_intended and rule_type.governs(transition.initial_type, intended)):
                 continue
             rule = rule_type()
-            rule.before(transition, self.cache)
+            rule.before(transition, self.store)
             self._decided.append((rule, transition.proposed_type))
         for rule, let_through in reversed(self._decided):
             if transition.proposed_type != let_through:
@@ -105,4 +107,4 @@ class Orchestration:
         written_type = self.transition.proposed_type
         for rule, let_through in reversed(self._decided):
             if written_type is not None and written_type == let_through:
-                rule.after(self.transition, self.cache)
+                rule.after(self.transition, self.store)

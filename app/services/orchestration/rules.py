@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from app.db.records import TaskRunStateRecord
 from app.services.clock import EARLIEST, LATEST
-from app.services.orchestration.transition import StateCache, Transition
+from app.services.orchestration.transition import OrchestrationStore, Transition
 from app.services.states import (
     TERMINAL_STATE_TYPES,
     holds_persisted_data,
@@ -41,10 +41,10 @@ class Rule:
         """Whether the rule applies to a transition from `initial` to `proposed`."""
         return initial in cls.from_types and proposed in cls.to_types
 
-    def before(self, transition: Transition, cache: StateCache) -> None:
+    def before(self, transition: Transition, store: OrchestrationStore) -> None:
         """Decide, before anything is written."""
 
-    def after(self, transition: Transition, cache: StateCache) -> None:
+    def after(self, transition: Transition, store: OrchestrationStore) -> None:
         """Act on the state that was written, when it is the one this rule let through."""
 
     def undo(self, transition: Transition) -> None:
@@ -59,12 +59,12 @@ class CacheRetrieval(Rule):
     from_types = ANY_STATE
     to_types = frozenset({StateType.RUNNING})
 
-    def before(self, transition: Transition, cache: StateCache) -> None:
+    def before(self, transition: Transition, store: OrchestrationStore) -> None:
         proposed = transition.proposal
         cache_key = proposed.state_details.get("cache_key")
         if not cache_key or proposed.state_details.get("refresh_cache"):
             return
-        cached = cache.cached_state(cache_key, now=transition.now)
+        cached = store.cached_state(cache_key, now=transition.now)
         if cached is not None:
             transition.reject(
                 "Retrieved state from cache", replacement=_cached_copy(transition, cached)
@@ -95,7 +95,7 @@ class HandleTaskTerminalStateTransitions(Rule):
     def __init__(self) -> None:
         self._run_count_before: int | None = None
 
-    def before(self, transition: Transition, cache: StateCache) -> None:  # noqa: ARG002
+    def before(self, transition: Transition, store: OrchestrationStore) -> None:  # noqa: ARG002
         initial, proposed = transition.current, transition.proposal
         if proposed.type in (StateType.CANCELLING, StateType.PAUSED, StateType.CRASHED):
             transition.abort(f"Run is already {initial.type}.")
@@ -121,7 +121,7 @@ class PreventPendingTransitions(Rule):
     )
     to_types = frozenset({StateType.PENDING})
 
-    def before(self, transition: Transition, cache: StateCache) -> None:  # noqa: ARG002
+    def before(self, transition: Transition, store: OrchestrationStore) -> None:  # noqa: ARG002
         initial, proposed = transition.current, transition.proposal
         if initial.type == StateType.PENDING and proposed.name not in (initial.name, "Pending"):
             proposed.state_details["scheduled_time"] = initial.state_details.get("scheduled_time")
@@ -137,7 +137,7 @@ class CopyScheduledTime(Rule):
     from_types = frozenset({StateType.SCHEDULED})
     to_types = frozenset({StateType.PENDING})
 
-    def before(self, transition: Transition, cache: StateCache) -> None:  # noqa: ARG002
+    def before(self, transition: Transition, store: OrchestrationStore) -> None:  # noqa: ARG002
         _copy_missing_detail(transition, "scheduled_time")
 
 
@@ -147,7 +147,7 @@ class CopyTaskParametersID(Rule):
     from_types = frozenset({StateType.SCHEDULED, StateType.PENDING})
     to_types = frozenset({StateType.PENDING, StateType.RUNNING})
 
-    def before(self, transition: Transition, cache: StateCache) -> None:  # noqa: ARG002
+    def before(self, transition: Transition, store: OrchestrationStore) -> None:  # noqa: ARG002
         _copy_missing_detail(transition, "task_parameters_id")
 
 
@@ -163,7 +163,7 @@ class WaitForScheduledTime(Rule):
     from_types = frozenset({StateType.SCHEDULED, StateType.PENDING})
     to_types = frozenset({StateType.RUNNING})
 
-    def before(self, transition: Transition, cache: StateCache) -> None:  # noqa: ARG002
+    def before(self, transition: Transition, store: OrchestrationStore) -> None:  # noqa: ARG002
         scheduled_time = scheduled_time_of(transition.current)
         if scheduled_time is None:
             return
@@ -185,7 +185,7 @@ class RetryFailedTasks(Rule):
     from_types = frozenset({StateType.RUNNING})
     to_types = frozenset({StateType.FAILED})
 
-    def before(self, transition: Transition, cache: StateCache) -> None:  # noqa: ARG002
+    def before(self, transition: Transition, store: OrchestrationStore) -> None:  # noqa: ARG002
         proposed, run = transition.proposal, transition.run
         retries = run.empirical_policy.get("retries")
         if proposed.state_details.get("retriable") is False:
@@ -258,7 +258,7 @@ class RenameReruns(Rule):
     from_types = ANY_STATE
     to_types = frozenset({StateType.RUNNING})
 
-    def before(self, transition: Transition, cache: StateCache) -> None:  # noqa: ARG002
+    def before(self, transition: Transition, store: OrchestrationStore) -> None:  # noqa: ARG002
         if transition.initial is None or transition.run.run_count == 0:
             return
         if transition.initial.name == "AwaitingRetry":
@@ -267,13 +267,27 @@ class RenameReruns(Rule):
             transition.rename("Rerunning")
 
 
+class EnqueueScheduledTasks(Rule):
+    """A background task's run, once SCHEDULED, waits on the queue of its task key for a task
+    worker; one scheduled again after a failure ("AwaitingRetry") goes first.
+    """
+
+    from_types = ANY_STATE
+    to_types = frozenset({StateType.SCHEDULED})
+
+    def after(self, transition: Transition, store: OrchestrationStore) -> None:
+        written = transition.proposal
+        if written.state_details.get("deferred"):
+            store.enqueue(transition.run, retry=written.name == "AwaitingRetry")
+
+
 class CacheInsertion(Rule):
     """A COMPLETED state with a cache key is cached under it once written."""
 
     from_types = ANY_STATE
     to_types = frozenset({StateType.COMPLETED})
 
-    def after(self, transition: Transition, cache: StateCache) -> None:
+    def after(self, transition: Transition, store: OrchestrationStore) -> None:
         written = transition.proposal
         if written.state_details.get("cache_key"):
-            cache.cache(written)
+            store.cache(written)

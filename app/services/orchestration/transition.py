@@ -22,8 +22,10 @@ class TransitionError(RuntimeError):
     """A rule read a state the transition does not have: the rule governs the wrong types."""
 
 
-class StateCache(Protocol):
-    """Where COMPLETED states are cached under their cache key."""
+class OrchestrationStore(Protocol):
+    """What the rules read and write beyond the run: the cache of COMPLETED states, and the
+    queue of background tasks.
+    """
 
     def cached_state(self, cache_key: str, *, now: datetime) -> TaskRunStateRecord | None:
         """The newest state cached under `cache_key` that has not expired at `now`."""
@@ -31,6 +33,10 @@ class StateCache(Protocol):
 
     def cache(self, state: TaskRunStateRecord) -> None:
         """Cache a written COMPLETED state under its `state_details.cache_key`."""
+        ...
+
+    def enqueue(self, run: TaskRunRecord, *, retry: bool) -> None:
+        """Put a background task's run on the queue of its task key for a task worker."""
         ...
 
 

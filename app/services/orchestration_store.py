@@ -1,4 +1,6 @@
-"""The cache of COMPLETED states, kept in the database."""
+"""What orchestration keeps beyond the run, in the database: the cache of COMPLETED states,
+the queue of background tasks.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +8,15 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
+from app.db import deliveries
 from app.db import task_run_states as rows
-from app.db.records import CacheEntryRecord, TaskRunStateRecord
+from app.db.records import CacheEntryRecord, TaskRunRecord, TaskRunStateRecord
+from app.services.clock import utcnow
 from app.services.ids import uuid7
 
 
-class DatabaseStateCache:
-    """The orchestration rules' StateCache, over the connection of the current transaction."""
+class DatabaseOrchestrationStore:
+    """The rules' OrchestrationStore, over the connection of the current transaction."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
@@ -32,3 +36,9 @@ class DatabaseStateCache:
             task_run_state_id=state.id,
         )
         rows.insert_cache_entry(self._connection, entry)
+
+    def enqueue(self, run: TaskRunRecord, *, retry: bool) -> None:
+        """Put the run on its task key's queue; waiting task workers learn of it at commit."""
+        deliveries.enqueue(
+            self._connection, task_run_id=run.id, task_key=run.task_key, retry=retry, now=utcnow()
+        )

@@ -1,0 +1,191 @@
+"""The API's websocket channels (asyncapi.yaml), served beside Connexion on the same port.
+
+`WebSocketChannels` is an ASGI middleware in front of Connexion's stack: a websocket request
+for one of the channels goes to its handler, everything else on to Connexion. Each socket
+starts with Prefect's handshake (the `prefect` subprotocol and an `auth` frame); frames are
+JSON and are checked against asyncapi.yaml before a handler acts on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from connexion import FlaskApp
+from connexion.middleware import MiddlewarePosition
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from app.contract.asyncapi import Channel, frame_validator
+from app.handlers.sockets import POLICY_VIOLATION, Disconnected, Frame, Socket
+
+logger = logging.getLogger(__name__)
+
+PREFECT_SUBPROTOCOL = "prefect"
+PROTOCOL_ERROR = 1002
+MAX_REASON_BYTES = 123
+BASE_PATH = "/api"
+
+# What the handlers receive and send on each channel: asyncapi.yaml must say the same
+# (`make check` compares them).
+SERVED_CHANNELS = {
+    channel.address: channel
+    for channel in (
+        Channel(
+            "/task_runs/subscriptions/scheduled",
+            received=frozenset({"auth", "subscribe", "ack", "quit"}),
+            sent=frozenset({"auth_success", "scheduled_task_run"}),
+        ),
+        Channel(
+            "/events/in", received=frozenset({"auth", "event"}), sent=frozenset({"auth_success"})
+        ),
+        Channel(
+            "/events/out",
+            received=frozenset({"auth", "filter"}),
+            sent=frozenset({"auth_success", "received_event"}),
+        ),
+    )
+}
+
+SocketHandler = Callable[[Socket], Awaitable[None]]
+
+
+class PrefectSocket:
+    """A Starlette websocket as the handlers' Socket: JSON frames, checked against the
+    contract on request, and disconnects reported as Disconnected.
+    """
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+        self._validator = frame_validator()
+
+    async def receive(self) -> Frame:
+        try:
+            message = await self._websocket.receive()
+        except (WebSocketDisconnect, RuntimeError) as gone:
+            raise Disconnected from gone
+        if message["type"] == "websocket.disconnect":
+            raise Disconnected
+        raw: bytes = message.get("bytes") or message.get("text", "").encode()
+        try:
+            return Frame(data=json.loads(raw), size=len(raw))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return Frame(data=None, size=len(raw))
+
+    def problems(self, message: str, frame: Any) -> list[str]:
+        return [
+            f"{'/'.join(str(part) for part in item['loc'][1:]) or '(frame)'}: {item['msg']}"
+            for item in self._validator.errors(message, frame)
+        ]
+
+    async def send(self, frame: Any) -> None:
+        try:
+            await self._websocket.send_text(json.dumps(frame, separators=(",", ":")))
+        except (WebSocketDisconnect, RuntimeError, OSError) as gone:
+            raise Disconnected from gone
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self._websocket.application_state == WebSocketState.DISCONNECTED:
+            return
+        # A close frame holds at most 123 bytes of reason. The client may have closed first.
+        reason = reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
+        with contextlib.suppress(RuntimeError, OSError):
+            await self._websocket.close(code=code, reason=reason)
+
+
+async def open_prefect_socket(
+    websocket: WebSocket, *, auth_string: str | None
+) -> PrefectSocket | None:
+    """Accept the websocket and authenticate it as Prefect's clients expect; None when it was
+    refused (and closed).
+
+    A client offering the `prefect` subprotocol sends `auth` first and gets `auth_success`;
+    with credentials configured its token must be them. A client offering none skips the
+    exchange, unless credentials are required.
+    """
+    offered = [
+        protocol.strip()
+        for value in websocket.headers.getlist("sec-websocket-protocol")
+        for protocol in value.split(",")
+    ]
+    if PREFECT_SUBPROTOCOL not in offered:
+        if auth_string:
+            await websocket.close(
+                PROTOCOL_ERROR, reason="'prefect' subprotocol required when auth is configured"
+            )
+            return None
+        await websocket.accept()
+        return PrefectSocket(websocket)
+    await websocket.accept(subprotocol=PREFECT_SUBPROTOCOL)
+    socket = PrefectSocket(websocket)
+    try:
+        frame = await socket.receive()
+    except Disconnected:
+        return None
+    refusal = _refusal(frame.data, auth_string)
+    if refusal is not None:
+        await socket.close(POLICY_VIOLATION, refusal)
+        return None
+    try:
+        await socket.send({"type": "auth_success"})
+    except Disconnected:
+        return None
+    return socket
+
+
+def _refusal(frame: Any, auth_string: str | None) -> str | None:
+    """Why an `auth` frame is refused; None when it is accepted."""
+    if not isinstance(frame, dict) or frame.get("type") != "auth":
+        return "Expected 'auth' message"
+    if not auth_string:
+        return None
+    token = frame.get("token")
+    if not isinstance(token, str) or not token:
+        return "Auth required but no token provided"
+    if not hmac.compare_digest(token.encode(), auth_string.encode()):
+        return "Invalid token"
+    return None
+
+
+def mount_websockets(
+    app: FlaskApp, *, handlers: dict[str, SocketHandler], auth_string: str | None
+) -> None:
+    """Serve the websocket channels on `app`, ahead of everything Connexion does."""
+    mismatched = set(SERVED_CHANNELS) ^ set(handlers)
+    if mismatched:
+        raise ValueError(f"websocket channels without a handler, or unknown: {sorted(mismatched)}")
+    app.add_middleware(
+        WebSocketChannels,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        handlers=handlers,
+        auth_string=auth_string,
+    )
+
+
+class WebSocketChannels:
+    """Serves the API's websocket channels; passes every other request on."""
+
+    def __init__(
+        self, app: ASGIApp, *, handlers: dict[str, SocketHandler], auth_string: str | None
+    ) -> None:
+        self.app = app
+        self.handlers = {BASE_PATH + address: handler for address, handler in handlers.items()}
+        self.auth_string = auth_string
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        websocket = WebSocket(scope, receive, send)
+        handler = self.handlers.get(scope["path"])
+        if handler is None:
+            # Closing before accepting refuses the upgrade (HTTP 403).
+            await websocket.close(POLICY_VIOLATION)
+            return
+        socket = await open_prefect_socket(websocket, auth_string=self.auth_string)
+        if socket is not None:
+            await handler(socket)

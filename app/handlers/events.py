@@ -1,0 +1,136 @@
+"""The events channels: events in (stored, and task runs recorded from them) and events out
+(followed by filter), as asyncapi.yaml describes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from app.db import events as event_rows
+from app.db.database import Database
+from app.db.records import EventRecord
+from app.handlers.inbox import Inbox
+from app.handlers.sockets import POLICY_VIOLATION, Disconnected, Frame, Socket
+from app.services.clock import utcnow
+from app.services.event_feed import EventFeed, FollowerTooSlow
+from app.services.event_filters import EventFilter, UnsupportedFilter, parse_filter
+from app.services.events import event_json, event_record, receive_event
+
+logger = logging.getLogger(__name__)
+
+# The largest event stored, as Prefect's server has it.
+MAX_EVENT_BYTES = 1_500_000
+BACKFILL_PAGE = 250
+# Closes a follower that fell too far behind: Prefect's clients reconnect and catch up.
+INTERNAL_ERROR = 1011
+_BEFORE_EVERY_ID = UUID(int=0)
+
+
+class EventsInHandler:
+    """Stores the events a client sends, one frame each, and records task runs from them."""
+
+    def __init__(self, *, database: Database, feed: EventFeed) -> None:
+        self._database = database
+        self._feed = feed
+
+    async def __call__(self, socket: Socket) -> None:
+        """Serve one client's socket until it goes."""
+        try:
+            while True:
+                await self._receive(socket, await socket.receive())
+        except Disconnected:
+            return
+
+    async def _receive(self, socket: Socket, frame: Frame) -> None:
+        problems = _event_problems(socket, frame)
+        if problems:
+            logger.warning("an event was not stored: %s", "; ".join(problems))
+            return
+        record = event_record(frame.data, received=utcnow())
+        if await asyncio.to_thread(self._store, record):
+            self._feed.publish([record])
+
+    def _store(self, record: EventRecord) -> bool:
+        with self._database.transaction() as connection:
+            return receive_event(connection=connection, record=record)
+
+
+def _event_problems(socket: Socket, frame: Frame) -> list[str]:
+    if frame.size > MAX_EVENT_BYTES:
+        return [f"the event is {frame.size} bytes, more than {MAX_EVENT_BYTES}"]
+    if frame.data is None:
+        return ["the frame is not JSON"]
+    return socket.problems("event", frame.data)
+
+
+class EventsOutHandler:
+    """Sends a client the events that match its filter: the stored ones, then new ones."""
+
+    def __init__(self, *, database: Database, feed: EventFeed) -> None:
+        self._database = database
+        self._feed = feed
+
+    async def __call__(self, socket: Socket) -> None:
+        """Serve one follower's socket until it goes."""
+        try:
+            event_filter = await _filter(socket)
+            if event_filter is None:
+                return
+            async with self._feed.follow() as follower, Inbox(socket) as inbox:
+                sent = await self._backfill(socket, event_filter)
+                while True:
+                    arrived = await inbox.race(follower.next())
+                    # A follower has nothing to say after its filter: only events count.
+                    if isinstance(arrived, EventRecord) and _new_match(arrived, event_filter, sent):
+                        await socket.send(_frame(arrived))
+        except Disconnected:
+            return
+        except FollowerTooSlow:
+            await socket.close(INTERNAL_ERROR, "too far behind; reconnect to catch up")
+
+    async def _backfill(self, socket: Socket, event_filter: EventFilter) -> set[UUID]:
+        """Send the stored events that match, oldest first; return their ids."""
+        sent: set[UUID] = set()
+        after, after_id = event_filter.backfill_since(utcnow()), _BEFORE_EVERY_ID
+        while True:
+            page = await asyncio.to_thread(self._page, event_filter.until, after, after_id)
+            for record in page:
+                if event_filter.matches(record):
+                    await socket.send(_frame(record))
+                    sent.add(record.id)
+            if len(page) < BACKFILL_PAGE:
+                return sent
+            after, after_id = page[-1].occurred, page[-1].id
+
+    def _page(self, until: datetime, after: datetime, after_id: UUID) -> list[EventRecord]:
+        with self._database.snapshot() as connection:
+            return event_rows.events_occurred_after(
+                connection, after=after, after_id=after_id, until=until, page=BACKFILL_PAGE
+            )
+
+
+def _new_match(record: EventRecord, event_filter: EventFilter, sent: set[UUID]) -> bool:
+    """A live event the follower wants and was not sent among the stored ones."""
+    return record.id not in sent and event_filter.matches(record)
+
+
+def _frame(record: EventRecord) -> dict[str, Any]:
+    return {"type": "event", "event": event_json(record)}
+
+
+async def _filter(socket: Socket) -> EventFilter | None:
+    """The follower's filter; None when the socket was closed instead."""
+    frame = (await socket.receive()).data
+    problems = socket.problems("filter", frame) if frame is not None else ["not JSON"]
+    if problems:
+        await socket.close(POLICY_VIOLATION, f"invalid filter: {'; '.join(problems)}")
+        return None
+    try:
+        return parse_filter(frame["filter"])
+    except UnsupportedFilter as unsupported:
+        await socket.close(POLICY_VIOLATION, str(unsupported))
+        return None

@@ -1,0 +1,130 @@
+"""The task workers' channel: background task runs delivered one at a time (asyncapi.yaml)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+from uuid import UUID
+
+from app.db.database import Database
+from app.db.deliveries import ENQUEUED
+from app.handlers.inbox import Inbox
+from app.handlers.sockets import NORMAL_CLOSURE, PROTOCOL_VIOLATION, Disconnected, Socket
+from app.services import deliveries
+from app.services.ids import uuid7
+
+logger = logging.getLogger(__name__)
+
+_Result = TypeVar("_Result")
+
+# How often an idle worker's socket looks at the queue for runs another process enqueued
+# (runs this process enqueues wake it at once).
+IDLE_POLL_SECONDS = 0.5
+# A delivery's claim is renewed this often while its worker has not answered.
+RENEW_SECONDS = deliveries.CLAIM_SECONDS / 3
+
+
+class TaskRunSubscriptionHandler:
+    """Delivers scheduled background runs to a task worker subscribed to their task keys."""
+
+    def __init__(self, *, database: Database) -> None:
+        self._database = database
+
+    async def __call__(self, socket: Socket) -> None:
+        """Serve one worker's socket: its subscription, then one run at a time until it goes."""
+        task_keys = await _subscription(socket)
+        if task_keys is None:
+            return
+        async with Inbox(socket) as inbox:
+            try:
+                while await self._deliver_next(socket, inbox, task_keys):
+                    pass
+            except Disconnected:
+                return
+
+    async def _deliver_next(self, socket: Socket, inbox: Inbox, task_keys: list[str]) -> bool:
+        """Deliver the next run, or wait a while for one; False when the socket is done."""
+        seen = ENQUEUED.generation
+        claim_id = uuid7()
+        run = await self._in_thread(
+            deliveries.claim_next_delivery, task_keys=task_keys, claim_id=claim_id
+        )
+        if run is None:
+            # Frames from an idle worker mean nothing; only its leaving does.
+            await inbox.race(ENQUEUED.wait(seen=seen, timeout=IDLE_POLL_SECONDS))
+            return True
+        try:
+            await socket.send(run.model_dump(mode="json"))
+            reply = await self._reply(inbox, run.id, claim_id)
+        except Disconnected:
+            await self._in_thread(deliveries.return_delivery, task_run_id=run.id, claim_id=claim_id)
+            raise
+        return await self._settle(socket, reply, run.id, claim_id)
+
+    async def _reply(self, inbox: Inbox, task_run_id: UUID, claim_id: UUID) -> Any:
+        """The worker's answer to a delivery, the claim kept alive while it comes."""
+        while True:
+            frame = await inbox.next(timeout=RENEW_SECONDS)
+            if frame is not None:
+                return frame.data
+            await self._in_thread(
+                deliveries.renew_claim, task_run_id=task_run_id, claim_id=claim_id
+            )
+
+    async def _settle(self, socket: Socket, reply: Any, task_run_id: UUID, claim_id: UUID) -> bool:
+        """Act on the worker's answer; False when the socket is done."""
+        kind = reply.get("type") if isinstance(reply, dict) else None
+        if kind == "ack":
+            await self._in_thread(
+                deliveries.acknowledge_delivery, task_run_id=task_run_id, claim_id=claim_id
+            )
+            return True
+        if kind == "quit":
+            await self._in_thread(
+                deliveries.abandon_delivery, task_run_id=task_run_id, claim_id=claim_id
+            )
+            await socket.close(NORMAL_CLOSURE)
+            return False
+        await self._in_thread(
+            deliveries.return_delivery, task_run_id=task_run_id, claim_id=claim_id
+        )
+        await socket.close(PROTOCOL_VIOLATION, "Protocol violation: expected 'ack' message")
+        return False
+
+    async def _in_thread(self, service: Callable[..., _Result], **arguments: Any) -> _Result:
+        """Run one service call in its own transaction, off the event loop."""
+
+        def call() -> _Result:
+            with self._database.transaction() as connection:
+                return service(connection=connection, **arguments)
+
+        return await asyncio.to_thread(call)
+
+
+async def _subscription(socket: Socket) -> list[str] | None:
+    """The task keys of the worker's `subscribe` frame; None when the socket was closed."""
+    try:
+        frame = (await socket.receive()).data
+    except Disconnected:
+        return None
+    refusal = _subscribe_refusal(socket, frame)
+    if refusal is not None:
+        await socket.close(PROTOCOL_VIOLATION, f"Protocol violation: {refusal}")
+        return None
+    logger.info("task worker %r subscribed to %s", frame["client_id"], frame["keys"])
+    keys: list[str] = frame["keys"]
+    return keys
+
+
+def _subscribe_refusal(socket: Socket, frame: Any) -> str | None:
+    """Why a `subscribe` frame is refused, in Prefect's words; None when it is accepted."""
+    if not isinstance(frame, dict) or frame.get("type") != "subscribe":
+        return "expected 'subscribe' message"
+    if not frame.get("keys"):
+        return "expected 'keys' in subscribe message"
+    if not frame.get("client_id"):
+        return "expected 'client_id' in subscribe message"
+    problems = socket.problems("subscribe", frame)
+    return f"invalid 'subscribe' message: {'; '.join(problems)}" if problems else None

@@ -1,0 +1,122 @@
+"""The stream of events the /api/events/out followers of this process receive.
+
+Events stored by this process are handed over at once. Events stored by the service's other
+processes (other workers, other machines on one PostgreSQL) are found by reading the newest
+rows of the event table a few times a second, while anyone follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from app.db import events as rows
+from app.db.database import Database
+from app.db.records import EventRecord
+from app.services.clock import utcnow
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.25
+# Rows are read again this far back: another process's transaction may commit an event a
+# little after a later one, and ids already handed over are skipped.
+OVERLAP = timedelta(seconds=2)
+POLL_PAGE = 500
+# A follower this far behind is dropped (it reconnects and catches up from the table).
+FOLLOWER_BACKLOG = 10_000
+
+
+class FollowerTooSlow(Exception):
+    """A follower fell FOLLOWER_BACKLOG events behind and was dropped."""
+
+
+class Follower:
+    """One follower's queue of events, in arrival order."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[EventRecord | None] = asyncio.Queue(maxsize=FOLLOWER_BACKLOG)
+        self.dropped = False
+
+    def offer(self, record: EventRecord) -> None:
+        if self.dropped:
+            return
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self.dropped = True
+            self._queue = asyncio.Queue(maxsize=1)
+            self._queue.put_nowait(None)
+
+    async def next(self) -> EventRecord:
+        """The next event.
+
+        :raises FollowerTooSlow: the follower was dropped.
+        """
+        record = await self._queue.get()
+        if record is None:
+            raise FollowerTooSlow
+        return record
+
+
+class EventFeed:
+    """Hands every event stored anywhere to this process's followers, each event once."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._followers: set[Follower] = set()
+        self._handed_over: dict[UUID, datetime] = {}
+        self._watermark = utcnow()
+        self._poller: asyncio.Task[None] | None = None
+
+    def publish(self, records: list[EventRecord]) -> None:
+        """Hand over events this process has just stored (on the event loop)."""
+        for record in records:
+            self._hand_over(record)
+
+    @contextlib.asynccontextmanager
+    async def follow(self) -> AsyncIterator[Follower]:
+        """A new follower for as long as the block lasts."""
+        follower = Follower()
+        if not self._followers:
+            self._watermark = utcnow() - OVERLAP
+            self._poller = asyncio.create_task(self._poll())
+        self._followers.add(follower)
+        try:
+            yield follower
+        finally:
+            self._followers.discard(follower)
+            if not self._followers and self._poller is not None:
+                self._poller.cancel()
+                self._poller = None
+
+    def _hand_over(self, record: EventRecord) -> None:
+        if record.id in self._handed_over:
+            return
+        self._handed_over[record.id] = record.received
+        for follower in self._followers:
+            follower.offer(record)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                records = await asyncio.to_thread(self._read_since, self._watermark - OVERLAP)
+            except Exception:
+                logger.exception("reading new events failed; trying again")
+                continue
+            for record in records:
+                self._hand_over(record)
+                self._watermark = max(self._watermark, record.received)
+            self._forget_before(self._watermark - 2 * OVERLAP)
+
+    def _read_since(self, since: datetime) -> list[EventRecord]:
+        with self._database.snapshot() as connection:
+            return rows.events_received_since(connection, since=since, page=POLL_PAGE)
+
+    def _forget_before(self, moment: datetime) -> None:
+        """Forget the ids of events too old to be read again."""
+        self._handed_over = {i: at for i, at in self._handed_over.items() if at >= moment}

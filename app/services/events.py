@@ -1,0 +1,70 @@
+"""Events clients send: each stored once, and a task run's state recorded from it."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Connection
+
+from app.db import events as rows
+from app.db.records import EventRecord
+from app.services.clock import to_utc
+from app.services.task_run_recorder import (
+    UnrecordableEvent,
+    is_client_task_run_event,
+    record_task_run_event,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def event_record(event: dict[str, Any], *, received: datetime) -> EventRecord:
+    """The stored form of an event as it arrived (already checked against the contract)."""
+    follows = event.get("follows")
+    return EventRecord(
+        id=UUID(event["id"]),
+        occurred=to_utc(datetime.fromisoformat(event["occurred"])),
+        event=event["event"],
+        resource_id=event["resource"]["prefect.resource.id"],
+        resource=event["resource"],
+        related=event.get("related", []),
+        payload=event.get("payload", {}),
+        follows=UUID(follows) if follows else None,
+        received=received,
+    )
+
+
+def receive_event(*, connection: Connection, record: EventRecord) -> bool:
+    """Store the event, and record the task-run state it reports; False if it was stored
+    before (clients send an event again when they are not sure it arrived).
+
+    An event that reports a task run it cannot be recorded for is stored anyway, and said so
+    in the log.
+    """
+    if not rows.insert_event_unless_present(connection, record):
+        return False
+    if is_client_task_run_event(record):
+        try:
+            record_task_run_event(connection, record)
+        except UnrecordableEvent as problem:
+            logger.warning(
+                "event %s (%s) stored, not recorded: %s", record.id, record.event, problem
+            )
+    return True
+
+
+def event_json(record: EventRecord) -> dict[str, Any]:
+    """The event as /api/events/out sends it: as it was sent, plus when it was received."""
+    return {
+        "occurred": record.occurred.isoformat(),
+        "event": record.event,
+        "resource": record.resource,
+        "related": record.related,
+        "payload": record.payload,
+        "id": str(record.id),
+        "follows": str(record.follows) if record.follows else None,
+        "received": record.received.isoformat(),
+    }
