@@ -7,7 +7,8 @@ RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test generate check check-generated check-handlers lint typecheck fuzz clean \
+.PHONY: help install run test generate check check-generated check-handlers check-asyncapi lint \
+	typecheck fuzz clean \
 	bench bench-prefect bench-wrk
 
 help: ## list the targets
@@ -46,6 +47,22 @@ check-generated: $(DEV)
 check-handlers: $(DEV)
 	@$(BIN)/taskrun-api check-handlers
 
+# asyncapi.yaml is checked against the AsyncAPI 3.0 JSON Schema of the official package.
+ASYNCAPI_SPECS := @asyncapi/specs@6.11.1
+ASYNCAPI_TOOLS := .tools/asyncapi-specs-6.11.1
+ASYNCAPI_SCHEMA := $(ASYNCAPI_TOOLS)/schemas/3.0.0.json
+
+$(ASYNCAPI_SCHEMA):
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "make check needs npm (Node.js) to fetch $(ASYNCAPI_SPECS)" >&2; exit 1; }
+	@mkdir -p $(ASYNCAPI_TOOLS)
+	cd $(ASYNCAPI_TOOLS) && npm pack --silent $(ASYNCAPI_SPECS) > package.txt
+	tar -xzf $(ASYNCAPI_TOOLS)/$$(cat $(ASYNCAPI_TOOLS)/package.txt) -C $(ASYNCAPI_TOOLS) \
+	  --strip-components=1 package/schemas/3.0.0.json
+
+check-asyncapi: $(DEV) $(ASYNCAPI_SCHEMA)
+	@$(BIN)/python -m app.contract.asyncapi --check $(ASYNCAPI_SCHEMA)
+
 lint: $(DEV) ## ruff, ruff format --check and the import-linter layers
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
@@ -54,14 +71,15 @@ lint: $(DEV) ## ruff, ruff format --check and the import-linter layers
 typecheck: $(DEV) ## mypy (strict)
 	@$(BIN)/mypy
 
-check: check-generated check-handlers lint typecheck ## generated/ current, every operation handled, lint, types
+check: check-generated check-handlers check-asyncapi lint typecheck ## generated/ current, every operation handled, asyncapi.yaml, lint, types
 	@echo "check: all clean"
 
 fuzz: $(DEV) ## Schemathesis against a running server (EXAMPLES=1000 per operation)
 	$(BIN)/python -m tests.fuzz --examples $(or $(EXAMPLES),1000)
 
 clean: ## remove the virtualenv and caches
-	rm -rf $(VENV) $(PREFECT_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .schemathesis
+	rm -rf $(VENV) $(PREFECT_VENV) .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis \
+	  .schemathesis
 
 # ---------------------------------------------------------------------------------------
 # Benchmarks (tests/bench): wrk against the service as a real process, on SQLite and on

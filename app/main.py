@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,7 +14,8 @@ from app.contract.api import mount_contract
 from app.contract.spec import load_spec
 from app.contract.websockets import SocketHandler, mount_websockets
 from app.contract.wsgi import install_wsgi_bridge
-from app.db.database import Database
+from app.db.database import LOCK_TIMEOUT_SECONDS, Database
+from app.db.threads import DatabaseThreads
 from app.handlers.events import EventsInHandler, EventsOutHandler
 from app.handlers.root import AdminHandlers, RootHandlers
 from app.handlers.task_run_states import TaskRunStateHandlers
@@ -42,9 +44,14 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
     logging.getLogger("app").setLevel(settings.log_level)
     database = Database(settings.database_url, pool_size=settings.database_pool_size)
 
+    # The websocket channels' database work runs here, off the event loop.
+    socket_work = DatabaseThreads(threads=settings.threads_per_worker)
+
     @asynccontextmanager
     async def close_database_on_shutdown(_app: Any) -> AsyncIterator[None]:
         yield
+        # What the sockets were doing ends first: it may still be using a connection.
+        socket_work.drain(timeout=LOCK_TIMEOUT_SECONDS)
         database.dispose()
 
     app = FlaskApp(__name__, lifespan=close_database_on_shutdown)
@@ -59,20 +66,24 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
     )
     mount_websockets(
         app,
-        handlers=create_socket_handlers(database),
+        handlers=create_socket_handlers(database, socket_work),
         auth_string=auth_string.get_secret_value() if auth_string else None,
     )
     app.app.extensions[DATABASE_EXTENSION] = database
     return app
 
 
-def create_socket_handlers(database: Database) -> dict[str, SocketHandler]:
-    """The handler of each websocket channel of asyncapi.yaml, by address."""
-    feed = EventFeed(database)
+def create_socket_handlers(database: Database, executor: Executor) -> dict[str, SocketHandler]:
+    """The handler of each websocket channel of asyncapi.yaml, by address; their database
+    work runs on `executor`.
+    """
+    feed = EventFeed(database, executor=executor)
     return {
-        "/task_runs/subscriptions/scheduled": TaskRunSubscriptionHandler(database=database),
-        "/events/in": EventsInHandler(database=database, feed=feed),
-        "/events/out": EventsOutHandler(database=database, feed=feed),
+        "/task_runs/subscriptions/scheduled": TaskRunSubscriptionHandler(
+            database=database, executor=executor
+        ),
+        "/events/in": EventsInHandler(database=database, feed=feed, executor=executor),
+        "/events/out": EventsOutHandler(database=database, feed=feed, executor=executor),
     }
 
 

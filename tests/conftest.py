@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 
 from app.db.database import Database
 from app.db.migrate import upgrade
-from app.db.tables import task_run
+from app.db.tables import event, task_run
 from app.main import create_app, database_of
 from app.settings import Settings
 from tests.support.databases import POSTGRES_ENV, empty_database, postgres_server_url
@@ -49,7 +49,9 @@ def database(app: FlaskApp) -> Database:
     """The app's database, emptied before the test."""
     db = database_of(app)
     with db.transaction() as connection:
-        connection.execute(task_run.delete())  # the states go with their runs
+        # The states, cache entries and deliveries go with their runs.
+        connection.execute(task_run.delete())
+        connection.execute(event.delete())
     return db
 
 

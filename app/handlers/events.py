@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import Executor
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -33,9 +34,10 @@ _BEFORE_EVERY_ID = UUID(int=0)
 class EventsInHandler:
     """Stores the events a client sends, one frame each, and records task runs from them."""
 
-    def __init__(self, *, database: Database, feed: EventFeed) -> None:
+    def __init__(self, *, database: Database, feed: EventFeed, executor: Executor) -> None:
         self._database = database
         self._feed = feed
+        self._executor = executor
 
     async def __call__(self, socket: Socket) -> None:
         """Serve one client's socket until it goes."""
@@ -51,7 +53,8 @@ class EventsInHandler:
             logger.warning("an event was not stored: %s", "; ".join(problems))
             return
         record = event_record(frame.data, received=utcnow())
-        if await asyncio.to_thread(self._store, record):
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(self._executor, self._store, record):
             self._feed.publish([record])
 
     def _store(self, record: EventRecord) -> bool:
@@ -70,9 +73,10 @@ def _event_problems(socket: Socket, frame: Frame) -> list[str]:
 class EventsOutHandler:
     """Sends a client the events that match its filter: the stored ones, then new ones."""
 
-    def __init__(self, *, database: Database, feed: EventFeed) -> None:
+    def __init__(self, *, database: Database, feed: EventFeed, executor: Executor) -> None:
         self._database = database
         self._feed = feed
+        self._executor = executor
 
     async def __call__(self, socket: Socket) -> None:
         """Serve one follower's socket until it goes."""
@@ -97,7 +101,9 @@ class EventsOutHandler:
         sent: set[UUID] = set()
         after, after_id = event_filter.backfill_since(utcnow()), _BEFORE_EVERY_ID
         while True:
-            page = await asyncio.to_thread(self._page, event_filter.until, after, after_id)
+            page = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._page, event_filter.until, after, after_id
+            )
             for record in page:
                 if event_filter.matches(record):
                     await socket.send(_frame(record))

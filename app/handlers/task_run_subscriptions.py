@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -29,8 +30,9 @@ RENEW_SECONDS = deliveries.CLAIM_SECONDS / 3
 class TaskRunSubscriptionHandler:
     """Delivers scheduled background runs to a task worker subscribed to their task keys."""
 
-    def __init__(self, *, database: Database) -> None:
+    def __init__(self, *, database: Database, executor: Executor) -> None:
         self._database = database
+        self._executor = executor
 
     async def __call__(self, socket: Socket) -> None:
         """Serve one worker's socket: its subscription, then one run at a time until it goes."""
@@ -58,10 +60,25 @@ class TaskRunSubscriptionHandler:
         try:
             await socket.send(run.model_dump(mode="json"))
             reply = await self._reply(inbox, run.id, claim_id)
-        except Disconnected:
-            await self._in_thread(deliveries.return_delivery, task_run_id=run.id, claim_id=claim_id)
+        except BaseException:
+            # The worker left, or the service is stopping this socket: the run goes back.
+            # Not awaited, so that it happens even while this task is being cancelled.
+            self._return_soon(run.id, claim_id)
             raise
         return await self._settle(socket, reply, run.id, claim_id)
+
+    def _return_soon(self, task_run_id: UUID, claim_id: UUID) -> None:
+        def give_back() -> None:
+            try:
+                with self._database.transaction() as connection:
+                    deliveries.return_delivery(
+                        connection=connection, task_run_id=task_run_id, claim_id=claim_id
+                    )
+            except Exception:
+                # The claim expires by itself; the run is delivered again then.
+                logger.exception("giving back the delivery of task run %s failed", task_run_id)
+
+        asyncio.get_running_loop().run_in_executor(self._executor, give_back)
 
     async def _reply(self, inbox: Inbox, task_run_id: UUID, claim_id: UUID) -> Any:
         """The worker's answer to a delivery, the claim kept alive while it comes."""
@@ -100,7 +117,7 @@ class TaskRunSubscriptionHandler:
             with self._database.transaction() as connection:
                 return service(connection=connection, **arguments)
 
-        return await asyncio.to_thread(call)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
 
 async def _subscription(socket: Socket) -> list[str] | None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -65,8 +66,9 @@ class Follower:
 class EventFeed:
     """Hands every event stored anywhere to this process's followers, each event once."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, executor: Executor) -> None:
         self._database = database
+        self._executor = executor
         self._followers: set[Follower] = set()
         self._handed_over: dict[UUID, datetime] = {}
         self._watermark = utcnow()
@@ -104,7 +106,9 @@ class EventFeed:
         while True:
             await asyncio.sleep(POLL_SECONDS)
             try:
-                records = await asyncio.to_thread(self._read_since, self._watermark - OVERLAP)
+                records = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._read_since, self._watermark - OVERLAP
+                )
             except Exception:
                 logger.exception("reading new events failed; trying again")
                 continue

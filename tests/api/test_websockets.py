@@ -1,0 +1,598 @@
+"""The websocket channels of asyncapi.yaml, through a Starlette TestClient, on every backend:
+the handshake, the delivery of background tasks, events in and out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from connexion import FlaskApp
+from sqlalchemy import select
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from app.contract.asyncapi import frame_validator
+from app.db.database import Database
+from app.db.migrate import upgrade
+from app.db.tables import event, task_run_delivery
+from app.main import create_app, database_of
+from app.settings import Settings
+from tests.support.api import read_run, set_state, states_of, without_estimates
+from tests.support.sockets import (
+    EVENTS_IN,
+    EVENTS_OUT,
+    SUBSCRIPTION,
+    authenticated,
+    closed,
+    deferred_run,
+    eventually,
+    subscribed,
+    task_run_event,
+)
+
+CHANNELS = [SUBSCRIPTION, EVENTS_IN, EVENTS_OUT]
+CREDENTIALS = "admin:secret"
+
+
+def deliveries(database: Database) -> dict[str, dict[str, Any]]:
+    """The queue, by run id: whether each run is claimed and a retry."""
+    with database.snapshot() as connection:
+        rows = connection.execute(select(task_run_delivery)).mappings()
+        return {
+            str(row["task_run_id"]): {"claimed": row["claim_id"] is not None, "retry": row["retry"]}
+            for row in rows
+        }
+
+
+def send_events(client: TestClient, *events: dict[str, Any]) -> None:
+    """Send events, and wait until the service has handled them: a last event of its own
+    is stored.
+    """
+    database = database_of(client.app)
+    marker = {**task_run_event(str(uuid.uuid4()), "PENDING"), "event": "test.marker"}
+    with authenticated(client, EVENTS_IN) as socket:
+        for sent in events:
+            socket.send_json(sent)
+        socket.send_json(marker)
+        eventually(lambda: is_stored(database, marker["id"]))
+
+
+def is_stored(database: Database, event_id: str) -> bool:
+    with database.snapshot() as connection:
+        query = select(event.c.id).where(event.c.id == uuid.UUID(event_id))
+        return connection.scalar(query) is not None
+
+
+def stored_event_ids(database: Database) -> list[str]:
+    """The ids of the stored events, but those `send_events` adds to wait."""
+    with database.snapshot() as connection:
+        query = select(event.c.id).where(event.c.event != "test.marker")
+        return [str(i) for i in connection.scalars(query)]
+
+
+@pytest.fixture
+def app_with_auth(tmp_path: Path) -> Iterator[FlaskApp]:
+    """The service requiring credentials, over a database of its own."""
+    url = f"sqlite:///{tmp_path / 'auth.db'}"
+    upgrade(url)
+    application = create_app(Settings(database_url=url, api_auth_string=CREDENTIALS))
+    yield application
+    database_of(application).dispose()
+
+
+class TestHandshake:
+    @pytest.mark.parametrize("path", CHANNELS)
+    def test_auth_then_auth_success(self, client: TestClient, path: str) -> None:
+        with client.websocket_connect(path, subprotocols=["prefect"]) as socket:
+            assert socket.accepted_subprotocol == "prefect"
+            socket.send_json({"type": "auth", "token": "anything without credentials"})
+            assert socket.receive_json() == {"type": "auth_success"}
+
+    @pytest.mark.parametrize("path", CHANNELS)
+    @pytest.mark.parametrize("first", [{"type": "subscribe"}, "not json", ["auth"]])
+    def test_a_first_frame_other_than_auth_is_refused(
+        self, client: TestClient, path: str, first: Any
+    ) -> None:
+        with client.websocket_connect(path, subprotocols=["prefect"]) as socket:
+            if isinstance(first, str):
+                socket.send_text(first)
+            else:
+                socket.send_json(first)
+            assert closed(socket) == (1008, "Expected 'auth' message")
+
+    @pytest.mark.parametrize("path", CHANNELS)
+    @pytest.mark.parametrize(
+        ("token", "reason"),
+        [(None, "Auth required but no token provided"), ("admin:wrong", "Invalid token")],
+    )
+    def test_credentials_are_required_when_configured(
+        self, app_with_auth: FlaskApp, path: str, token: str | None, reason: str
+    ) -> None:
+        with (
+            app_with_auth.test_client() as client,
+            client.websocket_connect(path, subprotocols=["prefect"]) as socket,
+        ):
+            socket.send_json({"type": "auth", "token": token})
+            assert closed(socket) == (1008, reason)
+
+    @pytest.mark.parametrize("path", CHANNELS)
+    def test_the_right_credentials_pass(self, app_with_auth: FlaskApp, path: str) -> None:
+        with app_with_auth.test_client() as client, authenticated(client, path, token=CREDENTIALS):
+            pass
+
+    def test_without_the_subprotocol_there_is_no_exchange(self, client: TestClient) -> None:
+        run = deferred_run(client)
+
+        with client.websocket_connect(SUBSCRIPTION) as socket:
+            socket.send_json({"type": "subscribe", "keys": ["add-1"], "client_id": "legacy"})
+            assert socket.receive_json()["id"] == run["id"]
+
+    def test_without_the_subprotocol_credentials_cannot_be_given(
+        self, app_with_auth: FlaskApp
+    ) -> None:
+        with (
+            app_with_auth.test_client() as client,
+            pytest.raises(WebSocketDisconnect) as refused,
+            client.websocket_connect(SUBSCRIPTION),
+        ):
+            pass
+
+        assert refused.value.code == 1002
+
+    def test_an_unknown_channel_is_refused(self, client: TestClient) -> None:
+        with pytest.raises(WebSocketDisconnect), client.websocket_connect("/api/events/sideways"):
+            pass
+
+
+class TestScheduledTaskRuns:
+    def test_a_background_run_is_delivered_whole(self, client: TestClient) -> None:
+        run = deferred_run(client)
+
+        with subscribed(client, "add-1") as socket:
+            delivered = socket.receive_json()
+            socket.send_json({"type": "ack"})
+
+        assert frame_validator().errors("scheduled_task_run", delivered) == []
+        assert without_estimates(delivered) == without_estimates(read_run(client, run["id"]))
+        assert delivered["state"]["state_details"]["deferred"] is True
+
+    def test_one_run_at_a_time_the_next_after_the_ack(
+        self, client: TestClient, database: Database
+    ) -> None:
+        first, second = deferred_run(client), deferred_run(client)
+
+        with subscribed(client, "add-1") as socket:
+            assert socket.receive_json()["id"] == first["id"]
+            queue = deliveries(database)
+            socket.send_json({"type": "ack"})
+            assert socket.receive_json()["id"] == second["id"]
+            socket.send_json({"type": "ack"})
+            eventually(lambda: deliveries(database) == {})
+
+        assert queue == {
+            first["id"]: {"claimed": True, "retry": False},
+            second["id"]: {"claimed": False, "retry": False},
+        }
+        assert deliveries(database) == {}
+
+    def test_only_the_subscribed_task_keys(self, client: TestClient, database: Database) -> None:
+        other = deferred_run(client, "other-1")
+        mine = deferred_run(client, "mine-1")
+
+        with subscribed(client, "mine-1", "third-1") as socket:
+            assert socket.receive_json()["id"] == mine["id"]
+            socket.send_json({"type": "ack"})
+            eventually(lambda: mine["id"] not in deliveries(database))
+
+        assert deliveries(database) == {other["id"]: {"claimed": False, "retry": False}}
+
+    def test_runs_that_are_not_background_tasks_are_not_delivered(
+        self, client: TestClient, database: Database
+    ) -> None:
+        client.post("/api/task_runs/", json={"task_key": "add-1", "dynamic_key": "plain"})
+        client.post(
+            "/api/task_runs/",
+            json={"task_key": "add-1", "dynamic_key": "due", "state": {"type": "SCHEDULED"}},
+        )
+
+        assert deliveries(database) == {}
+
+    def test_a_retry_goes_first(self, client: TestClient) -> None:
+        waiting = deferred_run(client)
+        retried = deferred_run(client)
+        set_state(client, retried["id"], "RUNNING", state_details={"deferred": True})
+        set_state(
+            client,
+            retried["id"],
+            "SCHEDULED",
+            name="AwaitingRetry",
+            state_details={"deferred": True},
+        )
+
+        with subscribed(client, "add-1") as socket:
+            assert socket.receive_json()["id"] == retried["id"]
+            socket.send_json({"type": "ack"})
+            assert socket.receive_json()["id"] == waiting["id"]
+            socket.send_json({"type": "ack"})
+
+    def test_set_state_to_a_deferred_scheduled_state_queues_the_run(
+        self, client: TestClient
+    ) -> None:
+        run = client.post("/api/task_runs/", json={"task_key": "add-1", "dynamic_key": "x"}).json()
+
+        set_state(client, run["id"], "SCHEDULED", state_details={"deferred": True})
+
+        with subscribed(client, "add-1") as socket:
+            assert socket.receive_json()["id"] == run["id"]
+            socket.send_json({"type": "ack"})
+
+    def test_a_run_whose_worker_left_before_the_ack_is_delivered_again(
+        self, client: TestClient, database: Database
+    ) -> None:
+        run = deferred_run(client)
+        with subscribed(client, "add-1") as socket:
+            assert socket.receive_json()["id"] == run["id"]
+
+        eventually(lambda: deliveries(database) == {run["id"]: {"claimed": False, "retry": True}})
+        with subscribed(client, "add-1") as socket:
+            assert socket.receive_json()["id"] == run["id"]
+            socket.send_json({"type": "ack"})
+
+    def test_an_answer_other_than_ack_closes_and_the_run_is_delivered_again(
+        self, client: TestClient, database: Database
+    ) -> None:
+        run = deferred_run(client)
+        with subscribed(client, "add-1") as socket:
+            socket.receive_json()
+            socket.send_json({"type": "nack"})
+            assert closed(socket) == (4001, "Protocol violation: expected 'ack' message")
+            eventually(lambda: not deliveries(database)[run["id"]]["claimed"])
+
+        with subscribed(client, "add-1") as socket:
+            assert socket.receive_json()["id"] == run["id"]
+            socket.send_json({"type": "ack"})
+
+    def test_quit_drops_the_run_and_closes_normally(
+        self, client: TestClient, database: Database
+    ) -> None:
+        run = deferred_run(client)
+
+        with subscribed(client, "add-1") as socket:
+            socket.receive_json()
+            socket.send_json({"type": "quit"})
+            assert closed(socket) == (1000, "")
+            eventually(lambda: deliveries(database) == {})
+        assert read_run(client, run["id"])["state_type"] == "SCHEDULED"
+
+    def test_a_deleted_run_leaves_the_queue(self, client: TestClient, database: Database) -> None:
+        run = deferred_run(client)
+
+        client.delete(f"/api/task_runs/{run['id']}")
+
+        assert deliveries(database) == {}
+
+    def test_a_run_that_moved_on_is_not_delivered(
+        self, client: TestClient, database: Database
+    ) -> None:
+        moved, waiting = deferred_run(client), deferred_run(client)
+        set_state(client, moved["id"], "RUNNING", force=True)
+
+        with subscribed(client, "add-1") as socket:
+            assert socket.receive_json()["id"] == waiting["id"]
+            socket.send_json({"type": "ack"})
+            eventually(lambda: deliveries(database) == {})
+
+    def test_the_queue_outlives_the_service(self, database_url: str, client: TestClient) -> None:
+        run = deferred_run(client)
+        restarted = create_app(Settings(database_url=database_url))
+        try:
+            with restarted.test_client() as fresh, subscribed(fresh, "add-1") as socket:
+                assert socket.receive_json()["id"] == run["id"]
+                socket.send_json({"type": "ack"})
+                eventually(lambda: deliveries(database_of(restarted)) == {})
+        finally:
+            database_of(restarted).dispose()
+
+    @pytest.mark.parametrize(
+        ("subscribe", "reason"),
+        [
+            ({"type": "listen", "keys": ["a"], "client_id": "w"}, "expected 'subscribe' message"),
+            ({"type": "subscribe", "client_id": "w"}, "expected 'keys' in subscribe message"),
+            (
+                {"type": "subscribe", "keys": [], "client_id": "w"},
+                "expected 'keys' in subscribe message",
+            ),
+            ({"type": "subscribe", "keys": ["a"]}, "expected 'client_id' in subscribe message"),
+            ({"type": "subscribe", "keys": [1], "client_id": "w"}, "invalid 'subscribe' message"),
+        ],
+    )  # fmt: skip
+    def test_a_bad_subscription_is_closed_with_4001(
+        self, client: TestClient, subscribe: dict[str, Any], reason: str
+    ) -> None:
+        with authenticated(client, SUBSCRIPTION) as socket:
+            socket.send_json(subscribe)
+            code, said = closed(socket)
+
+        assert code == 4001
+        assert said.startswith(f"Protocol violation: {reason}")
+
+
+class TestEventsIn:
+    def test_a_task_run_event_records_a_new_run_and_its_state(self, client: TestClient) -> None:
+        run_id = str(uuid.uuid4())
+        fields = {
+            "name": "inc-329",
+            "task_key": "inc-d77817ed",
+            "dynamic_key": "32915063",
+            "tags": ["t"],
+            "run_count": 1,
+            "start_time": "2026-11-30T06:47:59.409977Z",
+            "empirical_policy": {"retries": 2, "retry_delay": 1},
+        }
+        running = task_run_event(run_id, "RUNNING", task_run=fields, message="go")
+
+        send_events(client, running)
+
+        run = read_run(client, run_id)
+        assert (run["name"], run["task_key"], run["dynamic_key"]) == (
+            "inc-329",
+            "inc-d77817ed",
+            "32915063",
+        )
+        assert (run["state_type"], run["state_name"], run["run_count"]) == ("RUNNING", "Running", 1)
+        assert run["state_id"] == running["id"]
+        assert run["state"]["timestamp"] == running["occurred"].replace("+00:00", "Z")
+        assert run["state"]["message"] == "go"
+        assert run["tags"] == ["t"]
+        assert run["empirical_policy"]["retries"] == 2
+        assert run["start_time"] == "2026-11-30T06:47:59.409977Z"
+        assert run["flow_run_id"] is None
+
+    def test_a_whole_life_in_order(self, client: TestClient) -> None:
+        run = deferred_run(client)
+        start = datetime.now(UTC)
+        life = [
+            task_run_event(run["id"], "PENDING", occurred=start),
+            task_run_event(run["id"], "RUNNING", occurred=start + timedelta(seconds=1)),
+            task_run_event(
+                run["id"],
+                "COMPLETED",
+                occurred=start + timedelta(seconds=2),
+                data={"storage_key": "k"},
+            ),
+        ]
+
+        send_events(client, *life)
+
+        assert [s["name"] for s in states_of(client, run["id"])] == [
+            "Scheduled", "Pending", "Running", "Completed",
+        ]  # fmt: skip
+        read = read_run(client, run["id"])
+        assert read["state"]["data"] == {"storage_key": "k"}
+        assert read["state"]["state_details"]["task_run_id"] == run["id"]
+
+    def test_an_older_event_joins_the_history_without_moving_the_run_back(
+        self, client: TestClient
+    ) -> None:
+        run = deferred_run(client)
+        now = datetime.now(UTC)
+        completed = task_run_event(run["id"], "COMPLETED", occurred=now + timedelta(seconds=2))
+        running = task_run_event(run["id"], "RUNNING", occurred=now + timedelta(seconds=1))
+
+        send_events(client, completed, running)
+
+        assert read_run(client, run["id"])["state_type"] == "COMPLETED"
+        assert [s["type"] for s in states_of(client, run["id"])] == [
+            "SCHEDULED", "RUNNING", "COMPLETED",
+        ]  # fmt: skip
+
+    def test_a_run_in_a_flow_run_is_found_by_its_key(self, client: TestClient) -> None:
+        flow_run_id = str(uuid.uuid4())
+        created = client.post(
+            "/api/task_runs/",
+            json={"task_key": "k", "dynamic_key": "d", "flow_run_id": flow_run_id},
+        ).json()
+        other_id = str(uuid.uuid4())
+        running = task_run_event(
+            other_id,
+            "RUNNING",
+            flow_run_id=flow_run_id,
+            task_run={"task_key": "k", "dynamic_key": "d"},
+        )
+
+        send_events(client, running)
+
+        assert read_run(client, created["id"])["state_type"] == "RUNNING"
+        assert client.get(f"/api/task_runs/{other_id}").status_code == 404
+        assert states_of(client, created["id"])[-1]["id"] == running["id"]
+
+    def test_a_new_run_of_a_flow_run_keeps_it(self, client: TestClient) -> None:
+        flow_run_id, run_id = str(uuid.uuid4()), str(uuid.uuid4())
+
+        send_events(
+            client,
+            task_run_event(
+                run_id,
+                "PENDING",
+                flow_run_id=flow_run_id,
+                task_run={"task_key": "k", "dynamic_key": "d"},
+            ),
+        )
+
+        run = read_run(client, run_id)
+        assert run["flow_run_id"] == flow_run_id
+        assert run["state"]["state_details"]["flow_run_id"] == flow_run_id
+
+    def test_an_event_sent_again_changes_nothing(
+        self, client: TestClient, database: Database
+    ) -> None:
+        run = deferred_run(client)
+        running = task_run_event(run["id"], "RUNNING")
+
+        send_events(client, running, running)
+        send_events(client, running)
+
+        assert stored_event_ids(database).count(running["id"]) == 1
+        assert len(states_of(client, run["id"])) == 2
+
+    def test_the_delay_sides_scheduled_event_changes_nothing(self, client: TestClient) -> None:
+        run = deferred_run(client)
+        echo = task_run_event(
+            run["id"],
+            "SCHEDULED",
+            event_id=run["state_id"],
+            occurred=datetime.fromisoformat(run["state"]["timestamp"]),
+        )
+
+        send_events(client, echo)
+
+        assert without_estimates(read_run(client, run["id"])) == without_estimates(run)
+        assert len(states_of(client, run["id"])) == 1
+
+    def test_events_not_orchestrated_by_a_client_are_stored_only(
+        self, client: TestClient, database: Database
+    ) -> None:
+        run = deferred_run(client)
+        server_side = task_run_event(run["id"], "RUNNING", orchestration=None)
+        other = {**task_run_event(run["id"], "RUNNING"), "event": "prefect.flow-run.Running"}
+
+        send_events(client, server_side, other)
+
+        assert read_run(client, run["id"])["state_type"] == "SCHEDULED"
+        assert set(stored_event_ids(database)) == {server_side["id"], other["id"]}
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            lambda e: e["resource"].pop("prefect.resource.id"),
+            lambda e: e["related"].append({"prefect.resource.id": "prefect.flow.x"}),
+            lambda e: e.update(id="not-a-uuid"),
+            lambda e: e.update(occurred="yesterday"),
+            lambda e: e["payload"].update(padding="x" * 1_500_000),
+        ],
+        ids=["no-resource-id", "related-without-role", "bad-id", "bad-time", "too-large"],
+    )
+    def test_an_invalid_event_is_not_stored_and_the_socket_stays_open(
+        self, client: TestClient, database: Database, change: Any
+    ) -> None:
+        run = deferred_run(client)
+        invalid = task_run_event(run["id"], "PENDING")
+        change(invalid)
+        valid = task_run_event(run["id"], "RUNNING")
+
+        with authenticated(client, EVENTS_IN) as socket:
+            socket.send_json(invalid)
+            socket.send_text("not json")
+            socket.send_json(valid)
+            eventually(lambda: stored_event_ids(database) == [valid["id"]])
+
+        assert read_run(client, run["id"])["state_type"] == "RUNNING"
+
+    def test_an_event_about_no_task_run_is_stored_not_recorded(
+        self, client: TestClient, database: Database
+    ) -> None:
+        broken = task_run_event("not-a-uuid", "RUNNING")
+
+        send_events(client, broken)
+
+        assert stored_event_ids(database) == [broken["id"]]
+
+
+class TestEventsOut:
+    def follow(self, socket: Any, **criteria: Any) -> None:
+        since = criteria.pop("since", datetime.now(UTC) - timedelta(minutes=1))
+        socket.send_json(
+            {
+                "type": "filter",
+                "filter": {
+                    "occurred": {"since": since.isoformat(), "until": "2099-01-01T00:00:00Z"},
+                    "event": None,
+                    "resource": None,
+                    "related": None,
+                    "any_resource": None,
+                    "id": {"id": []},
+                    "text": None,
+                    "order": "DESC",
+                    **criteria,
+                },
+            }
+        )
+
+    def test_stored_events_first_oldest_first_then_new_ones(self, client: TestClient) -> None:
+        run_id = str(uuid.uuid4())
+        now = datetime.now(UTC)
+        older = task_run_event(run_id, "PENDING", occurred=now - timedelta(seconds=20))
+        newer = task_run_event(run_id, "RUNNING", occurred=now - timedelta(seconds=10))
+        send_events(client, newer, older)
+        live = task_run_event(run_id, "COMPLETED")
+
+        with authenticated(client, EVENTS_OUT) as follower:
+            self.follow(follower, event={"exclude_prefix": ["test."]})
+            first, second = follower.receive_json(), follower.receive_json()
+            send_events(client, live)
+            third = follower.receive_json()
+
+        assert [frame["type"] for frame in (first, second, third)] == ["event"] * 3
+        assert [frame["event"]["id"] for frame in (first, second, third)] == [
+            older["id"], newer["id"], live["id"],
+        ]  # fmt: skip
+        assert frame_validator().errors("received_event", third) == []
+        assert third["event"]["payload"] == live["payload"]
+        assert "received" in third["event"]
+
+    def test_only_matching_events(self, client: TestClient) -> None:
+        mine, other = str(uuid.uuid4()), str(uuid.uuid4())
+        send_events(
+            client,
+            task_run_event(other, "COMPLETED"),
+            task_run_event(mine, "RUNNING"),
+            wanted := task_run_event(mine, "COMPLETED"),
+        )
+
+        with authenticated(client, EVENTS_OUT) as follower:
+            self.follow(
+                follower,
+                event={"name": ["prefect.task-run.Completed", "prefect.task-run.Failed"]},
+                resource={"id": [f"prefect.task-run.{mine}"]},
+            )
+            send_events(client, last := task_run_event(mine, "FAILED"))
+            received = [follower.receive_json()["event"]["id"] for _ in range(2)]
+
+        assert received == [wanted["id"], last["id"]]
+
+    def test_at_most_fifteen_minutes_back(self, client: TestClient) -> None:
+        run_id = str(uuid.uuid4())
+        old = task_run_event(run_id, "PENDING", occurred=datetime.now(UTC) - timedelta(minutes=20))
+        recent = task_run_event(
+            run_id, "RUNNING", occurred=datetime.now(UTC) - timedelta(minutes=10)
+        )
+        send_events(client, old, recent)
+
+        with authenticated(client, EVENTS_OUT) as follower:
+            self.follow(follower, since=datetime.now(UTC) - timedelta(hours=1))
+            received = follower.receive_json()
+
+        assert received["event"]["id"] == recent["id"]
+
+    @pytest.mark.parametrize(
+        ("criteria", "reason"),
+        [
+            ({"text": {"query": "x"}}, "filtering by 'text' is not supported"),
+            ({"resource": {"labels": {"a": "b"}}}, "filtering by resource.labels is not supported"),
+            ({"event": {"name": "one"}}, "invalid filter"),
+        ],
+    )
+    def test_a_filter_that_cannot_be_applied_is_closed_with_1008(
+        self, client: TestClient, criteria: dict[str, Any], reason: str
+    ) -> None:
+        with authenticated(client, EVENTS_OUT) as follower:
+            self.follow(follower, **criteria)
+            code, said = closed(follower)
+
+        assert code == 1008
+        assert said.startswith(reason)

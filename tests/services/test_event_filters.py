@@ -1,0 +1,110 @@
+"""The event filter of /api/events/out, on plain records."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from app.db.records import EventRecord
+from app.services.event_filters import BACKFILL_LIMIT, UnsupportedFilter, parse_filter
+
+NOW = datetime.now(UTC)
+
+
+def record(name: str = "prefect.task-run.Completed", **overrides: Any) -> EventRecord:
+    values: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "occurred": NOW,
+        "event": name,
+        "resource_id": "prefect.task-run.1",
+        "resource": {"prefect.resource.id": "prefect.task-run.1"},
+        "related": [
+            {"prefect.resource.id": "prefect.flow-run.9", "prefect.resource.role": "flow-run"}
+        ],
+        "payload": {},
+        "follows": None,
+        "received": NOW,
+        **overrides,
+    }
+    return EventRecord(**values)
+
+
+@pytest.mark.parametrize(
+    ("given", "matching", "not_matching"),
+    [
+        ({"event": {"name": ["a.b"]}}, record("a.b"), record("a.bc")),
+        ({"event": {"prefix": ["a."]}}, record("a.x"), record("b.x")),
+        ({"event": {"exclude_prefix": ["a."]}}, record("b.x"), record("a.x")),
+        ({"event": {"exclude_name": ["a.b"]}}, record("a.c"), record("a.b")),
+        (
+            {"resource": {"id": ["prefect.task-run.1"]}},
+            record(),
+            record(resource_id="prefect.task-run.2"),
+        ),
+        (
+            {"resource": {"id_prefix": ["prefect.task-run."]}},
+            record(),
+            record(resource_id="prefect.flow-run.1"),
+        ),
+        ({"related": {"role": ["flow-run"]}}, record(), record(related=[])),
+        ({"related": {"id": ["prefect.flow-run.9"]}}, record(), record(related=[])),
+        ({"any_resource": {"id": ["prefect.flow-run.9"]}}, record(), record(related=[])),
+        (
+            {"occurred": {"since": (NOW - timedelta(seconds=1)).isoformat()}},
+            record(),
+            record(occurred=NOW - timedelta(seconds=2)),
+        ),
+        (
+            {"occurred": {"until": (NOW + timedelta(seconds=1)).isoformat()}},
+            record(),
+            record(occurred=NOW + timedelta(seconds=2)),
+        ),
+    ],
+)  # fmt: skip
+def test_each_criterion(
+    given: dict[str, Any], matching: EventRecord, not_matching: EventRecord
+) -> None:
+    event_filter = parse_filter(given)
+
+    assert event_filter.matches(matching)
+    assert not event_filter.matches(not_matching)
+
+
+def test_ids_and_empty_lists() -> None:
+    wanted = record()
+
+    assert parse_filter({"id": {"id": [str(wanted.id)]}}).matches(wanted)
+    assert not parse_filter({"id": {"id": [str(uuid.uuid4())]}}).matches(wanted)
+    assert parse_filter({"id": {"id": []}, "event": {"name": []}}).matches(wanted)
+
+
+def test_every_part_must_match() -> None:
+    event_filter = parse_filter({"event": {"prefix": ["prefect."]}, "related": {"role": ["flow"]}})
+
+    assert not event_filter.matches(record())
+
+
+def test_backfill_goes_back_at_most_fifteen_minutes() -> None:
+    long_ago = parse_filter({"occurred": {"since": "2020-01-01T00:00:00Z"}})
+    recent = parse_filter({"occurred": {"since": (NOW - timedelta(minutes=1)).isoformat()}})
+
+    assert long_ago.backfill_since(NOW) == NOW - BACKFILL_LIMIT
+    assert recent.backfill_since(NOW) == NOW - timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [{"text": {"query": "x"}}, {"resource": {"labels": {"a": "b"}}}, {"something": 1}],
+)
+def test_what_cannot_be_applied_is_refused(given: dict[str, Any]) -> None:
+    with pytest.raises(UnsupportedFilter):
+        parse_filter(given)
+
+
+def test_nulls_are_no_criteria() -> None:
+    assert parse_filter({"text": None, "related": None, "resource": {"labels": None}}).matches(
+        record()
+    )
