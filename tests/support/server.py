@@ -38,10 +38,16 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(
-    database_url: str, *, workers: int = 2, environment: dict[str, str] | None = None
+    database_url: str,
+    *,
+    workers: int = 2,
+    environment: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> Iterator[RunningServer]:
-    """Migrate `database_url`, serve it, wait until it answers; stop it afterwards."""
-    port = free_port()
+    """Migrate `database_url`, serve it (on `port`, or a free one), wait until it answers;
+    stop it afterwards.
+    """
+    port = port or free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
