@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tests.bench.background import BackgroundRun
 from tests.bench.runner import (
     CREATE_NEW,
     DESCRIPTIONS,
@@ -31,6 +32,7 @@ TARGET_SHARE_OF_HEALTH = {CREATE_NEW: 0.5, READ: 0.7}
 TARGET_PEAK_RSS_MB = 150.0
 # set_state: successful (2xx) requests per second, times Prefect's, by database.
 TARGET_SET_STATE_TIMES_PREFECT = {"sqlite": 10.0, "postgresql": 5.0}
+TARGET_BACKGROUND_TIMES_PREFECT = 3.0
 
 MET, NOT_MET, UNAVAILABLE = "met", "NOT MET", "unavailable"
 
@@ -140,6 +142,8 @@ def server_table(run: ServerRun) -> str:
     if not run.health_available:
         parts.append("  /api/health did not answer 200: the ceiling is unavailable, no ratios")
     parts.extend(imbalance_warnings(run))
+    if run.background is not None:
+        parts.append(background_line(run.background))
     parts.extend(
         f"  warning: {cell.operation} c={cell.concurrency} ran out of prepared runs:"
         f" {cell.reused} request(s) proposed for a run a second time"
@@ -147,6 +151,20 @@ def server_table(run: ServerRun) -> str:
         if cell.reused
     )
     return "\n".join(parts)
+
+
+def background_line(background: BackgroundRun) -> str:
+    """The background-task cell, with where its time went."""
+    if background.error is not None:
+        return f"  background: FAILED: {background.error}"
+    return (
+        f"  background: {background.completed}/{background.tasks} results back in"
+        f" {background.total_seconds:.1f} s = {background.tasks_per_second:.1f} tasks/s"
+        f" ({background.lost} lost); delaying them took {background.delay_seconds:.1f} s"
+        f" ({background.delay_cpu_seconds:.1f} CPU s in the delay side); CPU s: task worker"
+        f" {_per_worker(background.worker_cpu_seconds, 1)},"
+        f" server {_per_worker(background.server_cpu_seconds, 1)}"
+    )
 
 
 def imbalance_warnings(run: ServerRun) -> list[str]:
@@ -195,7 +213,17 @@ def side_by_side(ours: ServerRun, prefect: ServerRun) -> str:
             ]
         )
     title = f"{DATABASE_NAMES[ours.database]}: taskrun-api next to Prefect 3.9.1"
-    return "\n".join([title, format_table(headers, rows)])
+    lines = [title, format_table(headers, rows)]
+    if ours.background is not None and prefect.background is not None:
+        ratio = _ratio(ours.background.tasks_per_second, prefect.background.tasks_per_second)
+        lines.append(
+            f"background tasks: {ours.background.tasks_per_second:.1f} vs"
+            f" {prefect.background.tasks_per_second:.1f} tasks/s"
+            f" = {'-' if ratio is None else f'{ratio:.1f}x'}"
+            f" ({ours.background.tasks} vs {prefect.background.tasks} tasks; lost"
+            f" {ours.background.lost} vs {prefect.background.lost})"
+        )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------
@@ -226,6 +254,7 @@ def check_targets(ours: ServerRun, prefect: ServerRun | None) -> list[TargetChec
     if prefect is not None:
         checks.extend(_prefect_targets(ours, prefect))
         checks.extend(_set_state_targets(ours, prefect))
+        checks.append(_background_target(ours, prefect))
     checks.append(_no_errors_target(ours))
     checks.extend(
         _health_share_target(ours, op, share) for op, share in TARGET_SHARE_OF_HEALTH.items()
@@ -299,6 +328,20 @@ def _set_state_targets(ours: ServerRun, prefect: ServerRun) -> list[TargetCheck]
             )
         )
     return checks
+
+
+def _background_target(ours: ServerRun, prefect: ServerRun) -> TargetCheck:
+    target = f"background tasks/s >= {TARGET_BACKGROUND_TIMES_PREFECT:.0f}x Prefect's, none lost"
+    mine, theirs = ours.background, prefect.background
+    if mine is None or theirs is None or mine.error or theirs.error:
+        return _check(ours.database, target, None, "not measured")
+    ratio = _ratio(mine.tasks_per_second, theirs.tasks_per_second)
+    met = ratio is not None and ratio >= TARGET_BACKGROUND_TIMES_PREFECT and mine.lost == 0
+    detail = (
+        f"{mine.tasks_per_second:.1f} vs {theirs.tasks_per_second:.1f} = {_number(ratio)}x,"
+        f" {mine.lost} lost"
+    )
+    return _check(ours.database, target, met, detail)
 
 
 def _no_errors_target(ours: ServerRun) -> TargetCheck:

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from tests.bench.background import BackgroundRun, run_background, tasks_for
+from tests.bench.background import describe as describe_background
 from tests.bench.pools import CYCLE_POOL_RUNS, start_pool_size, write_run_pool
 from tests.bench.procstat import (
     ProcessUsage,
@@ -30,7 +32,10 @@ READ = "read"
 MIX = "mix"
 SET_STATE_START = "set_state_start"
 SET_STATE_CYCLE = "set_state_cycle"
-OPERATIONS = (HEALTH, CREATE_NEW, CREATE_EXISTING, READ, MIX, SET_STATE_START, SET_STATE_CYCLE)
+BACKGROUND = "background"
+# The cells wrk drives; the background-task cell runs Prefect's own client instead.
+WRK_OPERATIONS = (HEALTH, CREATE_NEW, CREATE_EXISTING, READ, MIX, SET_STATE_START, SET_STATE_CYCLE)
+OPERATIONS = (*WRK_OPERATIONS, BACKGROUND)
 DESCRIPTIONS = {
     HEALTH: "GET /api/health (the framework's ceiling)",
     CREATE_NEW: "POST /api/task_runs/, a new task_key every request",
@@ -40,6 +45,8 @@ DESCRIPTIONS = {
     SET_STATE_START: "POST .../set_state RUNNING, each request a PENDING run of its own",
     SET_STATE_CYCLE: f"POST .../set_state, {CYCLE_POOL_RUNS} runs each alternating RUNNING"
     " and COMPLETED",
+    BACKGROUND: "Task.delay() of N additions in one process, a task worker in another:"
+    " results back per second",
 }
 # A worker with less than this share of a run's server CPU got too few connections.
 IMBALANCE_SHARE = 0.25
@@ -57,7 +64,8 @@ class Plan:
     quick: bool = False
 
     def cells_per_server(self) -> int:
-        return len(self.operations) * len(self.concurrencies) * self.repetitions
+        wrk_operations = [op for op in self.operations if op in WRK_OPERATIONS]
+        return len(wrk_operations) * len(self.concurrencies) * self.repetitions
 
     def load_seconds_per_server(self) -> int:
         """Seconds of load each server gets, warm-up included."""
@@ -256,6 +264,7 @@ class ServerRun:
     worker_pids: list[int] = field(default_factory=list)
     health_available: bool = False
     cells: list[Cell] = field(default_factory=list)
+    background: BackgroundRun | None = None
     log_tail: str = ""
     log_tracebacks: int = 0
     error: str | None = None
@@ -292,6 +301,7 @@ class ServerRun:
                 {**cell.as_json(), "share_of_health": self.share_of_health(cell)}
                 for cell in self.measured_cells
             ],
+            "background": self.background.as_json() if self.background else None,
             "log_tracebacks": self.log_tracebacks,
             "log_tail": self.log_tail,
         }
@@ -376,7 +386,7 @@ def measure(
 
     `run` keeps what was measured when a later cell fails.
     """
-    scripts = {operation: write_script(operation, directory) for operation in OPERATIONS}
+    scripts = {operation: write_script(operation, directory) for operation in WRK_OPERATIONS}
     fixtures = prepare_fixtures(server, directory)
     run.command = server.command
     run.worker_pids = server.worker_pids()
@@ -386,9 +396,14 @@ def measure(
             f"  note: {server.system} does not answer GET /api/health with 200: the ceiling"
             " is unavailable and the ratios to it are skipped"
         )
-    operations = [op for op in plan.operations if op != HEALTH or run.health_available]
+    operations = [
+        op
+        for op in plan.operations
+        if op in WRK_OPERATIONS and (op != HEALTH or run.health_available)
+    ]
     run.cells = [Cell(op, concurrency) for concurrency in plan.concurrencies for op in operations]
-    warm_up(server, scripts[MIX], fixtures, plan, progress)
+    if run.cells:
+        warm_up(server, scripts[MIX], fixtures, plan, progress)
     total = len(run.cells) * plan.repetitions
     for repetition in range(plan.repetitions):
         for index, cell in enumerate(run.cells):
@@ -406,6 +421,11 @@ def measure(
             )
             cell.repetitions.append(result)
             progress(describe(result))
+    if BACKGROUND in plan.operations:
+        tasks = tasks_for(server.system, quick=plan.quick)
+        progress(f"  {server.system} {server.database} background: {tasks} tasks: ", end="")
+        run.background = run_background(server, tasks, directory / "background")
+        progress(describe_background(run.background))
     run.log_tail = server.log_tail()
     run.log_tracebacks = server.log_text().count("Traceback (most recent call last)")
 

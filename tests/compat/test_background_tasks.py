@@ -251,3 +251,24 @@ async def receive_all(api_urls: list[str], task_key: str, *, expected: int) -> l
     ]
     await asyncio.wait_for(asyncio.gather(*subscribers), timeout=PROCESS_TIMEOUT_SECONDS)
     return received
+
+
+def test_a_stopping_service_closes_a_workers_socket_so_that_it_reconnects(
+    database_url: str,
+) -> None:
+    """1000 or 1001 would make Prefect's task worker stop for good."""
+    with running_server(database_url, workers=1) as server:
+        code = asyncio.run(close_code_when_stopped(server))
+
+    assert code == 1012
+
+
+async def close_code_when_stopped(server: RunningServer) -> int | None:
+    url = server.api_url.replace("http", "ws", 1) + "/task_runs/subscriptions/scheduled"
+    async with connect(url, subprotocols=["prefect"]) as socket:  # type: ignore[list-item]
+        await socket.send(json.dumps({"type": "auth", "token": None}))
+        await socket.recv()
+        await socket.send(json.dumps({"type": "subscribe", "keys": ["k"], "client_id": "w"}))
+        server.process.terminate()
+        await socket.wait_closed()
+        return socket.close_code

@@ -1,7 +1,8 @@
-"""The delay side: `python -m tests.compat.background.delay life|add N`.
+"""The delay side: `python -m tests.compat.background.delay life|add N|timed N`.
 
 `life` delays one run of each task, waits for each result, and prints them with the runs'
-ids as JSON. `add N` delays N additions without waiting and prints their ids.
+ids as JSON. `add N` delays N additions without waiting and prints their ids. `timed N`
+delays N additions, waits for every result, and prints how long each part took.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,34 @@ def delay_additions(count: int) -> dict[str, Any]:
     return {"ids": [str(add.delay(number, 1).task_run_id) for number in range(count)]}
 
 
+def timed_additions(count: int, *, within_seconds: float = 900) -> dict[str, Any]:
+    """Delay `count` additions, wait for every result; the seconds each part took."""
+    began = time.monotonic()
+    futures = [add.delay(number, 1) for number in range(count)]
+    delayed = time.monotonic()
+    deadline = delayed + within_seconds
+    completed = 0
+    for number, future in enumerate(futures):
+        try:
+            if future.result(timeout=max(0.1, deadline - time.monotonic())) == number + 1:
+                completed += 1
+        except TimeoutError:
+            break
+    return {
+        "tasks": count,
+        "completed": completed,
+        "delay_seconds": round(delayed - began, 3),
+        "total_seconds": round(time.monotonic() - began, 3),
+        "cpu_seconds": round(time.process_time(), 3),
+    }
+
+
+def main(command: str, *arguments: str) -> dict[str, Any]:
+    if command == "life":
+        return life()
+    count = int(arguments[0])
+    return delay_additions(count) if command == "add" else timed_additions(count)
+
+
 if __name__ == "__main__":
-    command = sys.argv[1]
-    output = life() if command == "life" else delay_additions(int(sys.argv[2]))
-    print(json.dumps(output), flush=True)  # noqa: T201
+    print(json.dumps(main(*sys.argv[1:])), flush=True)  # noqa: T201

@@ -1,0 +1,139 @@
+"""The background-task cell: N trivial tasks delayed by one process (`Task.delay()`, Prefect's
+own client) and run by Prefect's task worker in another, the time until every result is back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.bench.procstat import cpu_seconds, measured
+from tests.bench.servers import OURS, PREFECT, Server
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+# Prefect's server manages a few tasks a second, ours many more: each gets enough to measure
+# its rate, in about the same time.
+TASKS = {OURS: 2000, PREFECT: 200}
+QUICK_TASKS = {OURS: 100, PREFECT: 30}
+TASK_WORKERS = 1
+# A worker needs a few seconds to import Prefect and subscribe.
+WORKER_START_SECONDS = 5
+WITHIN_SECONDS = 1800
+
+
+@dataclass
+class BackgroundRun:
+    """One background-task cell against one server."""
+
+    tasks: int
+    completed: int = 0
+    delay_seconds: float = 0.0
+    total_seconds: float = 0.0
+    delay_cpu_seconds: float = 0.0
+    worker_cpu_seconds: list[float | None] = field(default_factory=list)
+    server_cpu_seconds: list[float | None] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def lost(self) -> int:
+        return self.tasks - self.completed
+
+    @property
+    def tasks_per_second(self) -> float:
+        return self.completed / self.total_seconds if self.total_seconds else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "tasks": self.tasks,
+            "completed": self.completed,
+            "lost": self.lost,
+            "tasks_per_second": round(self.tasks_per_second, 2),
+            "delay_seconds": self.delay_seconds,
+            "total_seconds": self.total_seconds,
+            "delay_cpu_seconds": self.delay_cpu_seconds,
+            "worker_cpu_seconds": self.worker_cpu_seconds,
+            "server_cpu_seconds": self.server_cpu_seconds,
+            "error": self.error,
+        }
+
+
+def tasks_for(system: str, *, quick: bool) -> int:
+    return (QUICK_TASKS if quick else TASKS)[system]
+
+
+def prefect_environment(server: Server, directory: Path, home: str) -> dict[str, str]:
+    """Prefect's client settings: the server under test, a home of its own, shared storage."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return {
+        **inherited,
+        "PREFECT_API_URL": f"{server.base_url}/api",
+        "PREFECT_HOME": str(directory / home),
+        "PREFECT_LOCAL_STORAGE_PATH": str(directory / "storage"),
+        "PREFECT_SERVER_EPHEMERAL_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
+
+
+def run_background(server: Server, tasks: int, directory: Path) -> BackgroundRun:
+    """Start the task workers, delay `tasks` additions, wait for every result."""
+    directory.mkdir(parents=True, exist_ok=True)
+    run = BackgroundRun(tasks=tasks)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.compat.background.worker"],
+            cwd=REPOSITORY,
+            env=prefect_environment(server, directory, f"worker-{number}"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for number in range(TASK_WORKERS)
+    ]
+    try:
+        time.sleep(WORKER_START_SECONDS)
+        with measured(server.worker_pids()) as usages:
+            output = _delay_and_wait(server, tasks, directory)
+            run.worker_cpu_seconds = [cpu_seconds(worker.pid) for worker in workers]
+        run.server_cpu_seconds = [usage.cpu_seconds for usage in usages]
+        run.completed = output["completed"]
+        run.delay_seconds = output["delay_seconds"]
+        run.total_seconds = output["total_seconds"]
+        run.delay_cpu_seconds = output["cpu_seconds"]
+    except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as error:
+        run.error = str(error)
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+    return run
+
+
+def _delay_and_wait(server: Server, tasks: int, directory: Path) -> dict[str, Any]:
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.compat.background.delay", "timed", str(tasks)],
+        cwd=REPOSITORY,
+        env=prefect_environment(server, directory, "delay"),
+        capture_output=True,
+        text=True,
+        timeout=WITHIN_SECONDS + 120,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"the delay side failed: {completed.stderr[-2000:]}")
+    output: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return output
+
+
+def describe(run: BackgroundRun) -> str:
+    """A one-line summary for the progress output."""
+    if run.error is not None:
+        return f"FAILED: {run.error}"
+    return (
+        f"{run.completed}/{run.tasks} results in {run.total_seconds:.1f} s"
+        f" = {run.tasks_per_second:.1f} tasks/s (delaying took {run.delay_seconds:.1f} s)"
+    )
