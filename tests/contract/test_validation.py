@@ -6,11 +6,10 @@ from typing import Any
 
 import pytest
 
+from app.contract.explanation import MAX_MESSAGE_LENGTH, error_items
 from app.contract.validation import (
-    MAX_MESSAGE_LENGTH,
     CompiledSchema,
     RequestValidationError,
-    error_items,
     parse_json_body,
     validator_for,
 )
