@@ -27,17 +27,22 @@ PENDING = models.StateCreate(type=models.StateType.PENDING)
 class CreateOutcome:
     """The run a create returns, and whether this request inserted it."""
 
-    stored: rows.StoredTaskRun
     created: bool
+    # The inserted run as the API shows it, or the run that already had the key.
+    inserted: models.TaskRun | None = None
+    existing: rows.StoredTaskRun | None = None
 
     @property
     def task_run(self) -> models.TaskRun:
-        """The run as the API shows it, its estimates computed now.
+        """The run as the API shows it.
 
-        Built on demand, after the transaction has ended: on SQLite the other writers wait
-        for as long as it lasts.
+        An existing run is built on demand, after the transaction has ended: on SQLite the
+        other writers wait for as long as it lasts.
         """
-        return task_run_model(self.stored.run, self.stored.state, now=utcnow())
+        if self.inserted is not None:
+            return self.inserted
+        assert self.existing is not None
+        return task_run_model(self.existing.run, self.existing.state, now=utcnow())
 
 
 def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -> CreateOutcome:
@@ -46,15 +51,20 @@ def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -
     The key is (flow_run_id, task_key, dynamic_key), a null flow_run_id included. Unique
     indexes enforce it, so concurrent identical creates insert exactly one row.
 
+    The answer is built from the rows before they are written, so a run that cannot be
+    shown is never stored; and before the first statement, so that on SQLite the other
+    writers do not wait for it.
+
     :raises Conflict: the requested id belongs to a run with a different key.
     """
     now = utcnow()
     run = _new_task_run(task_run, now=now)
     state = new_state_row(task_run=run, proposed=task_run.state or PENDING, now=now)
     enter_state(run, state)
+    answer = task_run_model(run, state, now=now)
     if rows.insert_task_run_unless_conflicting(connection, run):
         rows.insert_state(connection, state)
-        return CreateOutcome(stored=rows.StoredTaskRun(run, state), created=True)
+        return CreateOutcome(created=True, inserted=answer)
 
     existing = rows.find_task_run_by_key(
         connection,
@@ -64,7 +74,7 @@ def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -
     )
     if existing is None:
         raise Conflict(f"Task run id {run.id} is already used by another task run.")
-    return CreateOutcome(stored=existing, created=False)
+    return CreateOutcome(created=False, existing=existing)
 
 
 def read_task_run(*, connection: Connection, task_run_id: UUID) -> models.TaskRun:
