@@ -15,7 +15,8 @@ from app.contract.errors import register_error_handlers
 from app.contract.middleware import (
     ApiVersionMiddleware,
     BasicAuthMiddleware,
-    BodySizeLimitMiddleware,
+    BodyLimitMiddleware,
+    BodyLimits,
     LineBreakPathMiddleware,
 )
 from app.contract.spec import enable_openapi_31, load_spec
@@ -80,7 +81,7 @@ def mount_contract(
     routes: Routes,
     *,
     validate_responses: bool,
-    max_request_body_bytes: int,
+    body_limits: BodyLimits,
     basic_auth: str | None,
 ) -> None:
     """Serve openapi.yaml's operations on `app`, validated against the document itself.
@@ -112,7 +113,5 @@ def mount_contract(
         )
     app.add_middleware(ApiVersionMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION)
     app.add_middleware(
-        BodySizeLimitMiddleware,
-        position=MiddlewarePosition.BEFORE_VALIDATION,
-        max_bytes=max_request_body_bytes,
+        BodyLimitMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION, limits=body_limits
     )
