@@ -33,7 +33,6 @@ CONNECT_TIMEOUT_SECONDS = 10
 
 # Execution option of write transactions: the WriterLock that admits them (SQLite), or True.
 _WRITE_OPTION = "taskrun_writer"
-_HOLDS_WRITER_LOCK = "taskrun_holds_writer_lock"
 
 # SQLite result codes (the low byte of an extended one) that mean "try again later". The
 # first two are contention; the others are faults of the file or the disk, after which a
@@ -158,8 +157,8 @@ class Database:
                 connection.rollback()
                 raise
             finally:
-                if connection.info.pop(_HOLDS_WRITER_LOCK, False):
-                    self._writer_lock.release()
+                # Not a flag on the connection: a fault can discard it, and its flags with it.
+                self._writer_lock.release_if_held()
 
     @contextmanager
     def snapshot(self) -> Iterator[Connection]:
@@ -269,7 +268,6 @@ def _begin_sqlite_transaction(connection: Connection) -> None:
     writer = connection.get_execution_options().get(_WRITE_OPTION)
     if isinstance(writer, WriterLock):
         writer.acquire()
-        connection.info[_HOLDS_WRITER_LOCK] = True
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 

@@ -39,6 +39,8 @@ class WriterLock:
         # A wait for the file lock that is still going on in a helper thread.
         self._wait: _FileLockWait | None = None
         self._guard = threading.Lock()
+        # The thread holding the lock, if one does.
+        self._owner: int | None = None
 
     def acquire(self) -> None:
         """Wait for the lock, up to the timeout in all.
@@ -55,12 +57,19 @@ class WriterLock:
         except BaseException:
             self._thread_lock.release()
             raise
+        self._owner = threading.get_ident()
 
     def release(self) -> None:
         """Let the next writer in."""
+        self._owner = None
         if self._descriptor is not None:
             fcntl.flock(self._descriptor, fcntl.LOCK_UN)
         self._thread_lock.release()
+
+    def release_if_held(self) -> None:
+        """Let the next writer in, if this thread holds the lock."""
+        if self._owner == threading.get_ident():
+            self.release()
 
     def close(self) -> None:
         """Close the lock file; the next writer opens it again."""
