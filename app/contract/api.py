@@ -112,6 +112,7 @@ def mount_contract(
             exempt_paths=public_paths(spec),
         )
     app.add_middleware(ApiVersionMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION)
+    # Outside the error handlers, so that it sees (and can close after) their answers too.
     app.add_middleware(
-        BodyLimitMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION, limits=body_limits
+        BodyLimitMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, limits=body_limits
     )

@@ -94,6 +94,7 @@ async def _bad_request(_request: ConnexionRequest, error: BadRequestProblem) -> 
 DETAIL_STATUSES: dict[type[Exception], int] = {
     InvalidApiVersion: 400,
     NotFound: 404,
+    RequestBodyTimeout: 408,
     Conflict: 409,
     RequestTooLarge: 413,
     Unprocessable: 422,
@@ -124,11 +125,14 @@ def log_failure(level: int, what: str, error: BaseException, *, with_stack: bool
     the names of the exception and of its causes are logged, and with `with_stack` the code
     locations it passed through. Every failure the service logs goes through here.
     """
-    described = f"{what}: {_names(error)}"
+    lines = [f"{what}: {_names(error)}"]
     if with_stack:
-        frames = "".join(traceback.format_list(traceback.extract_tb(error.__traceback__)))
-        described += "\nTraceback (most recent call last; messages left out):\n" + frames
-    logger.log(level, "%s", described.rstrip("\n"))
+        lines.append("Traceback (most recent call last; messages and source left out):")
+        lines += [
+            f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}'
+            for frame in traceback.extract_tb(error.__traceback__)
+        ]
+    logger.log(level, "%s", "\n".join(lines))
 
 
 def _names(error: BaseException) -> str:
@@ -166,11 +170,6 @@ async def _too_many_unfinished_bodies(
     return _retry_later(str(error))
 
 
-async def _body_timeout(_request: ConnexionRequest, error: RequestBodyTimeout) -> ConnexionResponse:
-    # The rest of the body may still come: the connection cannot carry another request.
-    return detail_response(408, str(error), headers={"Connection": "close"})
-
-
 async def _http_exception(_request: ConnexionRequest, error: HTTPException) -> ConnexionResponse:
     # Routing outcomes: unknown path (404), wrong method (405).
     return detail_response(
@@ -197,7 +196,6 @@ ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
     BadRequestProblem: _bad_request,
     Unauthorized: _unauthorized,
     **dict.fromkeys(DETAIL_STATUSES, _detail),
-    RequestBodyTimeout: _body_timeout,
     TooManyUnfinishedBodies: _too_many_unfinished_bodies,
     DatabaseUnavailable: _database_unavailable,
     HTTPException: _http_exception,

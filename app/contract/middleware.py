@@ -149,8 +149,10 @@ class BodyLimitMiddleware:
     all unfinished bodies a worker holds.
 
     A body larger than `max_bytes` (by Content-Length or as it streams) is a 413; one whose
-    next part does not arrive within `idle_timeout` seconds is a 408 that closes the
-    connection; one that would take the worker past `max_buffered_bytes` is a 503.
+    next part does not arrive within `idle_timeout` seconds is a 408; one that would take the
+    worker past `max_buffered_bytes` is a 503. These are raised where the body is read, and
+    answered by the error handlers inside this middleware. An answer given before the whole
+    body was read closes the connection: the rest may still be on its way, or never come.
     """
 
     def __init__(self, app: ASGIApp, *, limits: BodyLimits) -> None:
@@ -164,16 +166,17 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            raise RequestTooLarge(self._message())
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length", "")
         received = 0
-        finished = False
+        finished = declared in ("", "0") and "transfer-encoding" not in headers
 
         async def limited_receive() -> Message:
             nonlocal received, finished
             if finished:
                 return await receive()  # after the body: waiting for a disconnect
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                raise RequestTooLarge(self._message())
             try:
                 async with asyncio.timeout(self.idle_timeout):
                     message = await receive()
@@ -189,13 +192,21 @@ class BodyLimitMiddleware:
             finished = not message.get("more_body", False)
             return message
 
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not finished:
+                message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
+            await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
+            await self.app(scope, limited_receive, closing_send)
         finally:
             self.budget.give_back(received)
 
     def _message(self) -> str:
         return f"The request body is larger than {self.max_bytes} bytes."
+
+
+_CLOSE = (b"connection", b"close")
 
 
 class LineBreakPathMiddleware:
