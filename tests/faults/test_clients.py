@@ -106,7 +106,9 @@ class TestRequestHead:
 
         response = read_until_closed(connection, started=started)
 
-        assert sent < 4 * MAX_HEADER_BYTES + 1024 * 1024
+        # Cut off long before the 50 MB: what was sent beyond the limit sat in the sockets'
+        # buffers (a few MB on loopback), not in the worker.
+        assert sent < 10 * 1024 * 1024
         assert response.status in (431, None)  # None: the reset came before the answer
 
     def test_too_many_headers_are_431(self, server: RunningServer) -> None:
