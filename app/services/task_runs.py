@@ -51,9 +51,8 @@ def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -
     The key is (flow_run_id, task_key, dynamic_key), a null flow_run_id included. Unique
     indexes enforce it, so concurrent identical creates insert exactly one row.
 
-    The answer is built from the rows before they are written, so a run that cannot be
-    shown is never stored; and before the first statement, so that on SQLite the other
-    writers do not wait for it.
+    The answer of an inserted run is built from its rows inside the transaction, so a run
+    whose answer cannot be built is never committed.
 
     :raises Conflict: the requested id belongs to a run with a different key.
     """
@@ -61,8 +60,8 @@ def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -
     run = _new_task_run(task_run, now=now)
     state = new_state_row(task_run=run, proposed=task_run.state or PENDING, now=now)
     enter_state(run, state)
-    answer = task_run_model(run, state, now=now)
     if rows.insert_task_run_unless_conflicting(connection, run):
+        answer = task_run_model(run, state, now=now)
         rows.insert_state(connection, state)
         return CreateOutcome(created=True, inserted=answer)
 
