@@ -23,6 +23,8 @@ CREATE = "/api/task_runs/"
 TWO_WORD_NAME = re.compile(r"^[a-z]+-[a-z]+$")
 TERMINAL = ["COMPLETED", "FAILED", "CANCELLED", "CRASHED"]
 ESTIMATES = {"estimated_run_time", "estimated_start_time_delta"}
+# Over the 100-byte limits some tests set.
+LARGE_BODY = {"task_key": "t" * 200, "dynamic_key": "d"}
 
 
 def create(client: TestClient, **fields: Any) -> Any:
@@ -722,7 +724,7 @@ class TestServiceLimits:
         app = create_app(
             Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}", max_request_body_bytes=100)
         )
-        body = {"task_key": "t" * 200, "dynamic_key": "d"}
+        body = LARGE_BODY
 
         with app.test_client() as client:
             declared = client.post(CREATE, json=body)
@@ -740,10 +742,9 @@ class TestServiceLimits:
         app = create_app(
             Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}", max_buffered_body_bytes=100)
         )
-        body = {"task_key": "t" * 200, "dynamic_key": "d"}
 
         with app.test_client() as client:
-            response = client.post(CREATE, json=body)
+            response = client.post(CREATE, json=LARGE_BODY)
 
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"

@@ -22,6 +22,25 @@ from app.db.writer_lock import WriterLock, WriterLockTimeout
 HOLD_SECONDS = 0.5
 
 
+def hold_in_another_process(path: Path, seconds: float) -> subprocess.Popen[str]:
+    """A process holding the file lock for `seconds`, started once it holds it."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'ab'); fcntl.flock(f, fcntl.LOCK_EX);"
+            " print('held', flush=True); time.sleep(float(sys.argv[2]))",
+            str(path),
+            str(seconds),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_a_second_thread_waits_its_turn_and_gives_up_after_the_timeout(tmp_path: Path) -> None:
     lock = WriterLock(tmp_path / "db-write.lock", timeout=0.2)
     lock.acquire()
@@ -47,20 +66,7 @@ def test_a_second_thread_waits_its_turn_and_gives_up_after_the_timeout(tmp_path:
 
 def test_another_process_holding_the_lock_makes_a_writer_wait(tmp_path: Path) -> None:
     path = tmp_path / "db-write.lock"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, sys, time; f = open(sys.argv[1], 'ab'); fcntl.flock(f, fcntl.LOCK_EX);"
-            " print('held', flush=True); time.sleep(float(sys.argv[2]))",
-            str(path),
-            str(HOLD_SECONDS),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout is not None
-    assert holder.stdout.readline().strip() == "held"
+    holder = hold_in_another_process(path, HOLD_SECONDS)
     lock = WriterLock(path, timeout=10)
 
     started = time.monotonic()
@@ -127,25 +133,6 @@ def _record(function: Callable[[], None], failures: list[BaseException]) -> None
         function()
     except BaseException as failure:
         failures.append(failure)
-
-
-def hold_in_another_process(path: Path, seconds: float) -> subprocess.Popen[str]:
-    """A process holding the file lock for `seconds`, started once it holds it."""
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, sys, time; f = open(sys.argv[1], 'ab'); fcntl.flock(f, fcntl.LOCK_EX);"
-            " print('held', flush=True); time.sleep(float(sys.argv[2]))",
-            str(path),
-            str(seconds),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout is not None
-    assert holder.stdout.readline().strip() == "held"
-    return holder
 
 
 def test_a_writer_gives_up_on_another_process_after_the_timeout(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from app.db.database import normalise_url
 from tests.support.databases import postgres_database, postgres_server_url
 from tests.support.faults import wait_for
-from tests.support.server import running_server
+from tests.support.server import RunningServer, running_server
 
 pytestmark = pytest.mark.postgresql
 
@@ -97,27 +97,32 @@ def warm(client: httpx.Client, *, requests: int = 20) -> list[str]:
     return [create(client).json()["id"] for _ in range(requests)]
 
 
-def new_connections() -> httpx.Client:
-    return httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
+@pytest.fixture
+def served(database_url: str, tmp_path: Path) -> Iterator[tuple[RunningServer, httpx.Client]]:
+    """The service on the test's database, and a client opening a connection per request
+    (so that requests reach both workers).
+    """
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    with (
+        running_server(database_url, log_path=tmp_path / "server.log") as server,
+        httpx.Client(base_url=server.api_url, timeout=30, limits=no_reuse) as client,
+    ):
+        yield server, client
 
 
 class TestTerminatedConnections:
     def test_answers_stay_2xx_or_503_and_recover_within_a_second(
-        self, database_url: str, admin: Engine, tmp_path: Path
+        self, database_url: str, admin: Engine, served: tuple[RunningServer, httpx.Client]
     ) -> None:
-        with (
-            running_server(database_url, log_path=tmp_path / "server.log") as server,
-            new_connections() as client,
-        ):
-            client.base_url = httpx.URL(server.api_url)
-            acknowledged = warm(client)
-            assert terminate_backends(admin, database_url) > 0
-            terminated_at = time.monotonic()
-            answers: list[tuple[float, httpx.Response]] = []
-            while time.monotonic() - terminated_at < 3:
-                answers.append((time.monotonic() - terminated_at, create(client)))
-            acknowledged += [r.json()["id"] for _, r in answers if r.status_code == 201]
-            assert_readable(client, acknowledged)
+        server, client = served
+        acknowledged = warm(client)
+        assert terminate_backends(admin, database_url) > 0
+        terminated_at = time.monotonic()
+        answers: list[tuple[float, httpx.Response]] = []
+        while time.monotonic() - terminated_at < 3:
+            answers.append((time.monotonic() - terminated_at, create(client)))
+        acknowledged += [r.json()["id"] for _, r in answers if r.status_code == 201]
+        assert_readable(client, acknowledged)
 
         for _, response in answers:
             if response.status_code != 201:
@@ -131,26 +136,22 @@ class TestTerminatedConnections:
 
 class TestRefusedConnections:
     def test_503_while_the_database_refuses_connections_then_recovered(
-        self, database_url: str, admin: Engine, tmp_path: Path
+        self, database_url: str, admin: Engine, served: tuple[RunningServer, httpx.Client]
     ) -> None:
-        with (
-            running_server(database_url, log_path=tmp_path / "server.log") as server,
-            new_connections() as client,
-        ):
-            client.base_url = httpx.URL(server.api_url)
-            acknowledged = warm(client)
-            allow_connections(admin, database_url, allowed=False)
-            terminate_backends(admin, database_url)
-            try:
-                during = [create(client) for _ in range(10)]
-                reads_during = [client.get(f"/task_runs/{acknowledged[0]}") for _ in range(5)]
-            finally:
-                allow_connections(admin, database_url, allowed=True)
-            allowed_at = time.monotonic()
-            assert wait_for(lambda: create(client).status_code == 201, timeout=5)
-            recovered_after = time.monotonic() - allowed_at
-            after = [create(client) for _ in range(10)]
-            assert_readable(client, acknowledged + [r.json()["id"] for r in after])
+        server, client = served
+        acknowledged = warm(client)
+        allow_connections(admin, database_url, allowed=False)
+        terminate_backends(admin, database_url)
+        try:
+            during = [create(client) for _ in range(10)]
+            reads_during = [client.get(f"/task_runs/{acknowledged[0]}") for _ in range(5)]
+        finally:
+            allow_connections(admin, database_url, allowed=True)
+        allowed_at = time.monotonic()
+        assert wait_for(lambda: create(client).status_code == 201, timeout=5)
+        recovered_after = time.monotonic() - allowed_at
+        after = [create(client) for _ in range(10)]
+        assert_readable(client, acknowledged + [r.json()["id"] for r in after])
 
         for response in during + reads_during:
             assert_unavailable(response)
