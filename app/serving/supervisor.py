@@ -54,6 +54,8 @@ class Supervisor(Multiprocess):
         if self.should_exit.is_set():
             return
         now = time.monotonic()
+        # Forget the workers uvicorn itself replaced (on SIGHUP) or retired (SIGTTOU).
+        self._watches = {p: w for p, w in self._watches.items() if p in self.processes}
         for index, process in enumerate(self.processes):
             problem = self._problem(process, now)
             if problem is None:
