@@ -12,6 +12,7 @@ import httpx
 from tests.support.server import running_server
 
 STARTS = 20
+PARALLEL_STARTS = 4
 FIRST_REQUESTS = 16
 
 
@@ -29,16 +30,24 @@ def first_requests(api_url: str) -> list[int]:
         return list(pool.map(one, range(FIRST_REQUESTS)))
 
 
+def start_fresh(database: Path) -> tuple[list[int], str]:
+    """Serve a new file with two workers; the statuses of their first requests, and the
+    file's journal mode afterwards.
+    """
+    with running_server(f"sqlite:///{database}", workers=2) as server:
+        statuses = first_requests(server.api_url)
+    mode: str = sqlite3.connect(database).execute("PRAGMA journal_mode").fetchone()[0]
+    return statuses, mode
+
+
 class TestFreshStart:
     def test_two_workers_on_a_fresh_file_answer_their_first_requests(self, tmp_path: Path) -> None:
-        statuses: list[int] = []
-        modes = []
-        for start in range(STARTS):
-            database = tmp_path / f"fresh-{start}.db"
-            with running_server(f"sqlite:///{database}", workers=2) as server:
-                statuses += first_requests(server.api_url)
-            modes.append(sqlite3.connect(database).execute("PRAGMA journal_mode").fetchone()[0])
+        # A few services at a time: a start mostly waits, for imports and for shutdown.
+        files = [tmp_path / f"fresh-{number}.db" for number in range(STARTS)]
+        with ThreadPoolExecutor(max_workers=PARALLEL_STARTS) as pool:
+            starts = list(pool.map(start_fresh, files))
 
+        statuses = [status for answers, _ in starts for status in answers]
         assert sorted(set(statuses)) == [201, 404]
         assert statuses.count(201) == STARTS * FIRST_REQUESTS // 2
-        assert modes == ["wal"] * STARTS
+        assert [mode for _, mode in starts] == ["wal"] * STARTS
