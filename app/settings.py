@@ -44,8 +44,8 @@ class Settings(BaseSettings):
     # on SQLite, how long a writer waits for its turn.
     database_statement_timeout: Annotated[float, Field(gt=0)] = 30.0
     database_lock_timeout: Annotated[float, Field(gt=0)] = 10.0
-    # Worker supervision (seconds): how long a new worker may take to start serving, and to
-    # answer the supervisor's health check once it serves before it is replaced.
+    # Worker supervision (seconds): how long a new worker may take to answer the supervisor's
+    # first ping, and each one after it, before it is replaced.
     worker_startup_timeout: Annotated[float, Field(gt=0)] = 120.0
     worker_healthcheck_timeout: Annotated[float, Field(gt=0)] = 10.0
     # Responses are checked against openapi.yaml in the tests; in production that costs CPU.

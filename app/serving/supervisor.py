@@ -6,9 +6,12 @@ that is slow to start on a loaded machine is killed before it serves, again and 
 stalled worker holds up the checks of the others while it is waited for.
 
 This supervisor keeps uvicorn's processes, signals and restarts, and watches differently: a
-new worker has `startup_timeout` to start serving, a serving worker must answer a ping within
-`healthcheck_timeout`, and no check waits: each worker has at most one ping outstanding, looked
-at twice a second.
+new worker has `startup_timeout` to answer its first ping (it answers from a thread of its own
+as soon as its interpreter runs, also while it imports and starts the application), and from
+then on must answer each ping within `healthcheck_timeout`; no check waits: each worker has at
+most one ping outstanding, looked at twice a second. The answer's content (whether the worker's
+server has started) is not relied on: uvicorn's worker can report False for good when the
+first ping races its start-up.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ logger = logging.getLogger("uvicorn.error")
 
 @dataclass(frozen=True)
 class WorkerTimeouts:
-    """How long a worker may take to start serving, and to answer a ping once it serves."""
+    """How long a worker may take to answer its first ping, and each one after it."""
 
     startup: float
     healthcheck: float
@@ -38,7 +41,7 @@ class _Watch:
     """What the supervisor knows of one worker."""
 
     started_at: float
-    serving: bool = False
+    answered: bool = False
     ping_sent_at: float | None = None
 
 
@@ -88,19 +91,19 @@ class Supervisor(Multiprocess):
                 watch.ping_sent_at = now
         except (OSError, EOFError):
             return "no longer answers the supervisor"
-        if watch.serving:
+        if watch.answered:
             assert watch.ping_sent_at is not None
             if now - watch.ping_sent_at > self.timeouts.healthcheck:
                 return f"did not answer the health check within {self.timeouts.healthcheck:g} s"
         elif now - watch.started_at > self.timeouts.startup:
-            return f"did not start serving within {self.timeouts.startup:g} s"
+            return f"did not start within {self.timeouts.startup:g} s"
         return None
 
     @staticmethod
     def _read_answer(process: Process, watch: _Watch) -> None:
-        # The worker answers each ping with whether its server has started.
         if watch.ping_sent_at is not None and process.parent_conn.poll(0):
-            watch.serving = bool(process.parent_conn.recv())
+            process.parent_conn.recv()
+            watch.answered = True
             watch.ping_sent_at = None
 
 
