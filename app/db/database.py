@@ -177,13 +177,22 @@ class Database:
         write cannot be caught this way.
         """
         path = self._shared_memory_file
-        if path is not None and not os.access(path, os.W_OK) and path.exists():
+        if path is not None and not os.access(path, os.W_OK) and _exists_unwritable(path):
             raise DatabaseUnavailable("the database files cannot be written")
 
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
         self._writer_lock.close()
+
+
+def _exists_unwritable(path: Path) -> bool:
+    """After `access` failed: whether `path` exists and cannot be written.
+
+    `access` fails for a file that does not exist too (then nothing is mapped, and nothing
+    can fault), and another worker may have created it since: it is looked at again.
+    """
+    return path.exists() and not os.access(path, os.W_OK)
 
 
 def _milliseconds(seconds: float) -> int:

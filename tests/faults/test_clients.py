@@ -71,7 +71,8 @@ class TestRequestHead:
         response = read_until_closed(connect(server.port), started=started)
 
         assert_refused(response, 408, "did not arrive within 1 s")
-        assert HEADER_TIMEOUT <= response.closed_after < HEADER_TIMEOUT + SLACK_SECONDS
+        # asyncio may run a timer up to its clock's resolution early.
+        assert HEADER_TIMEOUT - 0.01 <= response.closed_after < HEADER_TIMEOUT + SLACK_SECONDS
 
     def test_headers_sent_slowly_are_cut_off_at_the_timeout(self, server: RunningServer) -> None:
         head = b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100 + b"\r\n\r\n"
@@ -158,7 +159,7 @@ class TestRequestBody:
         response = read_until_closed(connection, started=started)
 
         assert_refused(response, 408, "No part of the request body arrived for 3 s")
-        assert BODY_TIMEOUT <= response.closed_after < BODY_TIMEOUT + SLACK_SECONDS
+        assert BODY_TIMEOUT - 0.01 <= response.closed_after < BODY_TIMEOUT + SLACK_SECONDS
 
     def test_stalled_uploads_hold_no_more_memory_than_the_bound(
         self, server: RunningServer
