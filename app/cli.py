@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
+import math
 import sys
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from app.db.database import Database
+from app.db.database import Database, use_wal
 from app.db.migrate import check, downgrade, upgrade
 from app.main import create_routes
+from app.serving.protocol import BoundedHttpToolsProtocol, HeadLimits
+from app.serving.supervisor import WorkerTimeouts, run
 from app.settings import Settings
 
 
@@ -27,19 +32,34 @@ def _log_config(level: str) -> dict[str, Any]:
 
 def serve(arguments: argparse.Namespace, settings: Settings) -> int:
     """Migrate the database, then serve the API with `workers` processes."""
-    if not arguments.no_migrate:
+    if arguments.no_migrate:
+        use_wal(settings.database_url)
+    else:
         print(
             f"migrating {Database(settings.database_url).url.render_as_string()}", file=sys.stderr
         )
         upgrade(settings.database_url)
-    uvicorn.run(
+    head_limits = HeadLimits(
+        timeout=settings.request_header_timeout,
+        max_bytes=settings.max_request_header_bytes,
+        max_headers=settings.max_request_headers,
+    )
+    config = uvicorn.Config(
         "app.main:app",
         host=arguments.host or settings.host,
         port=arguments.port if arguments.port is not None else settings.port,
         workers=arguments.workers or settings.workers,
         log_config=_log_config(settings.log_level),
         access_log=settings.access_log,
+        # uvicorn only calls what it is given here, as it would call a protocol class.
+        http=cast(type[asyncio.Protocol], partial(BoundedHttpToolsProtocol, limits=head_limits)),
+        # uvicorn waits this long for a worker it starts on SIGHUP.
+        timeout_worker_healthcheck=math.ceil(settings.worker_startup_timeout),
     )
+    timeouts = WorkerTimeouts(
+        startup=settings.worker_startup_timeout, healthcheck=settings.worker_healthcheck_timeout
+    )
+    run(config, timeouts=timeouts)
     return 0
 
 

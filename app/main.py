@@ -11,6 +11,7 @@ from typing import Any
 from connexion import FlaskApp
 
 from app.contract.api import mount_contract
+from app.contract.middleware import BodyLimits
 from app.contract.spec import load_spec
 from app.contract.websockets import SocketHandler, mount_websockets
 from app.contract.wsgi import install_wsgi_bridge
@@ -42,7 +43,12 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
     """A Connexion app serving openapi.yaml from the database `settings` names."""
     settings = settings or Settings()
     logging.getLogger("app").setLevel(settings.log_level)
-    database = Database(settings.database_url, pool_size=settings.database_pool_size)
+    database = Database(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        lock_timeout=settings.database_lock_timeout,
+        statement_timeout=settings.database_statement_timeout,
+    )
 
     # The websocket channels' database work runs here, off the event loop.
     socket_work = DatabaseThreads(threads=settings.threads_per_worker)
@@ -61,7 +67,11 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
         app,
         create_routes(database, settings),
         validate_responses=settings.validate_responses,
-        max_request_body_bytes=settings.max_request_body_bytes,
+        body_limits=BodyLimits(
+            max_bytes=settings.max_request_body_bytes,
+            idle_timeout=settings.request_body_timeout,
+            max_buffered_bytes=settings.max_buffered_body_bytes,
+        ),
         basic_auth=auth_string.get_secret_value() if auth_string else None,
     )
     mount_websockets(

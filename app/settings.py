@@ -31,6 +31,23 @@ class Settings(BaseSettings):
     threads_per_worker: Annotated[int, Field(ge=1)] = 10
     database_pool_size: Annotated[int, Field(ge=1)] = 10
     max_request_body_bytes: Annotated[int, Field(ge=1)] = 10 * 1024 * 1024
+    # Bytes of request bodies one worker holds at a time (stalled uploads included); a body
+    # that would go past it is answered with 503.
+    max_buffered_body_bytes: Annotated[int, Field(ge=1)] = 64 * 1024 * 1024
+    # Clients that send too slowly, or too much before the body, are cut off (seconds, bytes).
+    request_header_timeout: Annotated[float, Field(gt=0)] = 20.0
+    request_body_timeout: Annotated[float, Field(gt=0)] = 20.0
+    max_request_header_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024
+    max_request_headers: Annotated[int, Field(ge=8)] = 100
+    # How long a statement may run and a write may wait for a lock (seconds). The statement
+    # timeout is PostgreSQL's statement_timeout; the lock timeout is its lock_timeout and,
+    # on SQLite, how long a writer waits for its turn.
+    database_statement_timeout: Annotated[float, Field(gt=0)] = 30.0
+    database_lock_timeout: Annotated[float, Field(gt=0)] = 10.0
+    # Worker supervision (seconds): how long a new worker may take to answer the supervisor's
+    # first ping, and each one after it, before it is replaced.
+    worker_startup_timeout: Annotated[float, Field(gt=0)] = 120.0
+    worker_healthcheck_timeout: Annotated[float, Field(gt=0)] = 10.0
     # Responses are checked against openapi.yaml in the tests; in production that costs CPU.
     validate_responses: bool = False
     # "user:password" for HTTP Basic authentication; unset: no authentication. Prefect's

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel
+from typing_extensions import TypeAliasType
 
 
 class TaskRunUpdate(BaseModel):
@@ -264,6 +265,12 @@ class StateDetails(BaseModel):
     ] = None
 
 
+TaskInputsAdditionalProperty = TypeAliasType(
+    "TaskInputsAdditionalProperty",
+    Annotated[list[TaskRunResult | FlowRunResult | Parameter | Constant], Field(max_length=10000)],
+)
+
+
 class HTTPValidationError(BaseModel):
     """
     The body of a 422 response.
@@ -271,7 +278,10 @@ class HTTPValidationError(BaseModel):
 
     detail: Annotated[
         list[ValidationErrorItem],
-        Field(description="Every problem found in the request.", title="Detail"),
+        Field(
+            description="Every problem found in the request, at most 50; then one item of type `too_many_errors` whose `msg` says how many more there are.",
+            title="Detail",
+        ),
     ]
     exception_message: Annotated[
         str,
@@ -290,7 +300,7 @@ class HTTPValidationError(BaseModel):
     request_body: Annotated[
         Any,
         Field(
-            description="The request body as it was received: the parsed JSON, the raw text when it was not valid JSON, or null when there was none.",
+            description="The request body as it was received: the parsed JSON, the raw text when it was not valid JSON, or null when there was none, when it was larger than 64 KiB or when it nested too deeply to be read.",
             title="Request Body",
         ),
     ]
@@ -347,7 +357,7 @@ class State(BaseModel):
 
 class SetTaskRunStateBody(BaseModel):
     """
-    A proposed state. Keys other than `state` and `force` are ignored.
+    A proposed state. Keys other than `state` and `force` are ignored. The body nests at most 64 levels of arrays and objects (`x-max-depth`), itself included.
     """
 
     state: Annotated[StateCreate, Field(description="The intended state.")]
@@ -378,7 +388,7 @@ class OrchestrationResult(BaseModel):
 
 class TaskRunCreate(BaseModel):
     """
-    Data used by the Prefect REST API to create a task run
+    Data used by the Prefect REST API to create a task run. The body nests at most 64 levels of arrays and objects (`x-max-depth`), itself included.
     """
 
     model_config = ConfigDict(
@@ -449,22 +459,27 @@ class TaskRunCreate(BaseModel):
     tags: Annotated[
         list[str] | None,
         Field(
-            description="A list of tags for the task run.",
+            description="A list of tags for the task run, at most 1000.",
             examples=[["tag-1", "tag-2"]],
+            max_length=1000,
             title="Tags",
         ),
     ] = None
     labels: Annotated[
         dict[str, bool | int | float | str] | None,
         Field(
-            description="A dictionary of key-value labels. Values can be strings, numbers, or booleans. Null is the same as an empty dictionary.",
+            description="A dictionary of key-value labels. Values can be strings, numbers, or booleans. Null is the same as an empty dictionary. At most 1000 labels.",
             examples=[{"key": "value1", "key2": 42}],
             title="Labels",
         ),
     ] = None
     task_inputs: Annotated[
-        dict[str, list[TaskRunResult | FlowRunResult | Parameter | Constant]] | None,
-        Field(description="The inputs to the task run.", title="Task Inputs"),
+        dict[str, TaskInputsAdditionalProperty] | None,
+        Field(
+            description="The inputs to the task run: at most 1000 names, each with at most 10000 sources.",
+            max_length=1000,
+            title="Task Inputs",
+        ),
     ] = None
 
 

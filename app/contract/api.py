@@ -15,7 +15,8 @@ from app.contract.errors import register_error_handlers
 from app.contract.middleware import (
     ApiVersionMiddleware,
     BasicAuthMiddleware,
-    BodySizeLimitMiddleware,
+    BodyLimitMiddleware,
+    BodyLimits,
     LineBreakPathMiddleware,
     MethodNotAllowedMiddleware,
 )
@@ -92,7 +93,7 @@ def mount_contract(
     routes: Routes,
     *,
     validate_responses: bool,
-    max_request_body_bytes: int,
+    body_limits: BodyLimits,
     basic_auth: str | None,
 ) -> None:
     """Serve openapi.yaml's operations on `app`, validated against the document itself.
@@ -128,8 +129,7 @@ def mount_contract(
         methods_by_path=methods_by_path(spec),
     )
     app.add_middleware(ApiVersionMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION)
+    # Outside the error handlers, so that it sees (and can close after) their answers too.
     app.add_middleware(
-        BodySizeLimitMiddleware,
-        position=MiddlewarePosition.BEFORE_VALIDATION,
-        max_bytes=max_request_body_bytes,
+        BodyLimitMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, limits=body_limits
     )

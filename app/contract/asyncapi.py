@@ -21,7 +21,12 @@ import yaml
 from jsonschema import Draft7Validator
 
 from app.contract.spec import SPEC_PATH, load_spec
-from app.contract.validation import compiled
+from app.contract.validation import (
+    MAX_DEPTH_KEYWORD,
+    compiled,
+    depth_error,
+    nests_deeper_than,
+)
 
 ASYNCAPI_PATH = SPEC_PATH.with_name("asyncapi.yaml")
 OPENAPI_REFERENCE = "openapi.yaml#/components/schemas/"
@@ -111,15 +116,20 @@ class FrameValidator:
     """Checks received frames against the payload schemas of asyncapi.yaml's messages."""
 
     def __init__(self, document: dict[str, Any]) -> None:
-        self._components = document["components"]
+        components = document["components"]
         self._schemas: dict[str, dict[str, Any]] = {}
-        for message in document["components"]["messages"].values():
+        self._max_depths: dict[str, int | None] = {}
+        for message in components["messages"].values():
             payload = message["payload"]
             # The payload's own references resolve against the document's components.
-            self._schemas[message["name"]] = {**payload, "components": self._components}
+            self._schemas[message["name"]] = {**payload, "components": components}
+            self._max_depths[message["name"]] = _message(document, payload).get(MAX_DEPTH_KEYWORD)
 
     def errors(self, message: str, frame: Any) -> list[dict[str, Any]]:
         """The problems of `frame` as the message named `message`; none when it is one."""
+        max_depth = self._max_depths[message]
+        if max_depth is not None and nests_deeper_than(frame, max_depth):
+            return [{**depth_error(max_depth), "loc": [message]}]
         return compiled(self._schemas[message]).errors(frame, prefix=[message])
 
 

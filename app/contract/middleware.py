@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import binascii
 import hmac
 import json
 import re
+from dataclasses import dataclass
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 API_VERSION_HEADER = "x-prefect-api-version"
 MINIMUM_API_VERSION = (0, 8, 0)
+# Longer values are refused before they are read as numbers (openapi.yaml: maxLength).
+MAX_API_VERSION_LENGTH = 64
 _VERSION = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)")
 
 
@@ -21,6 +26,14 @@ class InvalidApiVersion(Exception):
 
 class RequestTooLarge(Exception):
     """The request body exceeds the configured limit; answered with 413."""
+
+
+class RequestBodyTimeout(Exception):
+    """The request body stopped arriving for longer than the body timeout; answered with 408."""
+
+
+class TooManyUnfinishedBodies(Exception):
+    """This worker holds as many bytes of unfinished request bodies as it may; answered 503."""
 
 
 class Unauthorized(Exception):
@@ -34,11 +47,14 @@ def check_api_version(value: str) -> None:
     """
     if not value:
         return
-    match = _VERSION.fullmatch(value)
+    too_long = len(value) > MAX_API_VERSION_LENGTH
+    # Read as numbers only when short: int() refuses more than 4300 digits.
+    match = None if too_long else _VERSION.fullmatch(value)
     if match is None:
+        shown = value[:MAX_API_VERSION_LENGTH] + "…" if too_long else value
         raise InvalidApiVersion(
             "Invalid X-PREFECT-API-VERSION header format."
-            f"Expected header in format 'x.y.z' but received {value}"
+            f"Expected header in format 'x.y.z' but received {shown}"
         )
     if tuple(int(part) for part in match.groups()) < MINIMUM_API_VERSION:
         minimum = ".".join(map(str, MINIMUM_API_VERSION))
@@ -63,52 +79,134 @@ class ApiVersionMiddleware:
 class BasicAuthMiddleware:
     """Requires HTTP Basic credentials equal to `credentials` ("user:password") on every path
     but `exempt_paths`, as Prefect's server does with PREFECT_SERVER_API_AUTH_STRING.
+
+    The scheme name is case-insensitive (RFC 9110), and an exempt path is exempt with a
+    trailing slash too (which is then redirected to it).
     """
 
     def __init__(self, app: ASGIApp, *, credentials: str, exempt_paths: frozenset[str]) -> None:
         self.app = app
-        self.expected = b"Basic " + base64.b64encode(credentials.encode())
-        self.exempt_paths = exempt_paths
+        self.expected = credentials.encode()
+        self.exempt_paths = frozenset(path.rstrip("/") for path in exempt_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in self.exempt_paths:
+        if scope["type"] == "http" and scope["path"].rstrip("/") not in self.exempt_paths:
             supplied = next(
                 (value for name, value in scope["headers"] if name == b"authorization"), b""
             )
             # Constant time: how much of a guess matched must not show in the response time.
-            if not hmac.compare_digest(supplied, self.expected):
+            if not hmac.compare_digest(_basic_credentials(supplied), self.expected):
                 raise Unauthorized("Unauthorized")
         await self.app(scope, receive, send)
 
 
-class BodySizeLimitMiddleware:
-    """Refuses request bodies larger than `max_bytes`, by Content-Length or as they stream."""
+def _basic_credentials(authorization: bytes) -> bytes:
+    """The "user:password" of a Basic Authorization header; empty for anything else."""
+    scheme, _, token = authorization.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return b""
+    try:
+        return base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+
+class BodyBudget:
+    """The bytes of request bodies one worker holds at a time, up to a limit.
+
+    A body is held from its first byte until its request is answered; an upload that stalls
+    keeps what it sent. The event loop is the only user, so no lock is needed.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        """Hold `size` more bytes, or raise if that is more than the worker may hold."""
+        if self.held + size > self.limit:
+            raise TooManyUnfinishedBodies(
+                "The service holds too many unfinished request bodies; retry later."
+            )
+        self.held += size
+
+    def give_back(self, size: int) -> None:
+        """Release bytes taken earlier."""
+        self.held -= size
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """What one request body may cost (see BodyLimitMiddleware)."""
+
+    max_bytes: int
+    idle_timeout: float
+    max_buffered_bytes: int
+
+
+class BodyLimitMiddleware:
+    """Bounds what a request body may cost: its size, how long it may stall, and the bytes of
+    all unfinished bodies a worker holds.
+
+    A body larger than `max_bytes` (by Content-Length or as it streams) is a 413; one whose
+    next part does not arrive within `idle_timeout` seconds is a 408; one that would take the
+    worker past `max_buffered_bytes` is a 503. These are raised where the body is read, and
+    answered by the error handlers inside this middleware. An answer given before the whole
+    body was read closes the connection: the rest may still be on its way, or never come.
+    """
+
+    def __init__(self, app: ASGIApp, *, limits: BodyLimits) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.max_bytes = limits.max_bytes
+        self.idle_timeout = limits.idle_timeout
+        # One per worker process: each builds its own application.
+        self.budget = BodyBudget(limits.max_buffered_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            raise RequestTooLarge(self._message())
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length", "")
         received = 0
+        finished = declared in ("", "0") and "transfer-encoding" not in headers
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
+        async def limited_receive() -> Message:
+            nonlocal received, finished
+            if finished:
+                return await receive()  # after the body: waiting for a disconnect
+            if declared.isdigit() and int(declared) > self.max_bytes:
                 raise RequestTooLarge(self._message())
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestBodyTimeout(
+                    f"No part of the request body arrived for {self.idle_timeout:g} s."
+                ) from None
+            size = len(message.get("body", b""))
+            if received + size > self.max_bytes:
+                raise RequestTooLarge(self._message())
+            self.budget.take(size)
+            received += size
+            finished = not message.get("more_body", False)
             return message
 
-        await self.app(scope, counting_receive, send)
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not finished:
+                message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, closing_send)
+        finally:
+            self.budget.give_back(received)
 
     def _message(self) -> str:
         return f"The request body is larger than {self.max_bytes} bytes."
+
+
+_CLOSE = (b"connection", b"close")
 
 
 class LineBreakPathMiddleware:

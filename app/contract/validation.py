@@ -2,21 +2,28 @@
 
 Connexion's own validators are JSON Schema Draft 4: they ignore `const` and `format: uuid`,
 and report only the first error, as a 400. These replacements validate against the contract
-itself, report every error with a `loc` that points at it, and are plugged in through
+itself, report the errors with a `loc` that points at each, and are plugged in through
 Connexion's public `validator_map`.
 
 Two implementations of the same draft work together. jsonschema-rs decides whether a request
 is valid: it is a few hundred times faster (a Prefect client's create body: ~3 us instead of
 ~1 ms) and follows the specifications more closely (ECMA-262 `$`, RFC 3339 leap seconds, ASCII
-digits in UUIDs). Python's jsonschema explains a rejection: its errors keep the alternatives
-an `anyOf` failed on, from which the branch the client meant is found.
+digits in UUIDs). Python's jsonschema explains a rejection (app/contract/explanation.py).
+
+This runs on the event loop, which serves every other request of the worker meanwhile, so
+each step is linear in the body and bounded: the body's size (BodyLimitMiddleware), its
+nesting depth (`x-max-depth` of its schema), the errors an explanation lists and the work it
+does. Bodies over INLINE_BODY_BYTES are checked, and every rejection is explained, on a
+thread of its own, so that the loop can go on between the steps.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import re
-from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jsonschema_rs
@@ -30,15 +37,29 @@ from connexion.validators import (
     ParameterValidator,
     TextResponseBodyValidator,
 )
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError as SchemaError
 from starlette.types import Message, Receive, Scope
 
-# Checks `uuid` and (with rfc3339-validator installed) `date-time`, unlike Draft 4.
-FORMAT_CHECKER = Draft202012Validator.FORMAT_CHECKER
-MAX_MESSAGE_LENGTH = 300
+from app.contract.explanation import (
+    error_items,
+    explain,
+    explainer_for,
+    shorten,
+    summary,
+)
+
+# The vendor keyword of a request body's schema: how many levels of arrays and objects the
+# body may nest (the body itself is the first). JSON Schema cannot say it by itself.
+MAX_DEPTH_KEYWORD = "x-max-depth"
+# Smaller bodies are checked on the event loop (well under a millisecond); larger ones on the
+# checking thread.
+INLINE_BODY_BYTES = 64 * 1024
+# A rejected body is sent back in the 422 (as Prefect's server does) up to this size.
+MAX_ECHOED_BODY_BYTES = 64 * 1024
 # A JSON escape of a UTF-16 surrogate; only then can a decoded string hold a lone one.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# One thread per worker process checks large bodies and explains rejections: a burst of bad
+# requests queues there instead of taking the interpreter from the event loop.
+_checking_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="request-check")
 
 
 class RequestValidationError(Exception):
@@ -56,24 +77,41 @@ class CompiledSchema:
     def __init__(self, schema: dict[str, Any]) -> None:
         self.schema = schema
         self.decider = jsonschema_rs.Draft202012Validator(schema, validate_formats=True)
-        self.explainer = Draft202012Validator(schema, format_checker=FORMAT_CHECKER)
+        self.explainer = explainer_for(schema)
+
+    def is_valid(self, instance: Any) -> bool:
+        """Whether `instance` matches the schema (fast)."""
+        return bool(self.decider.is_valid(instance))
+
+    def explain(self, instance: Any, *, prefix: list[str | int]) -> list[dict[str, Any]]:
+        """The problems of an instance the schema rejects, located under `prefix`."""
+        explanation = explain(self.explainer, instance, prefix=prefix)
+        if explanation.items:
+            return explanation.items
+        # Nothing found within the explanation's budget, or the two implementations
+        # disagree (jsonschema-rs being the stricter reading of the specifications): the
+        # first error jsonschema-rs finds, which it finds without looking further.
+        try:
+            self.decider.validate(instance)
+        except jsonschema_rs.ValidationError as error:
+            first = _item_from_rs(error, prefix)
+            if explanation.unfinished:
+                return [first, summary(0, counted_all=False, loc=prefix)]
+            return [first]
+        raise AssertionError("jsonschema-rs found no error in a value it rejected")
 
     def errors(self, instance: Any, *, prefix: list[str | int]) -> list[dict[str, Any]]:
         """The problems of `instance`, located under `prefix`; none when it is valid."""
-        if self.decider.is_valid(instance):
+        if self.is_valid(instance):
             return []
-        explained = error_items(self.explainer.iter_errors(instance), prefix=prefix)
-        # Where the two disagree, jsonschema-rs is the stricter reading of the specifications.
-        return explained or [
-            _item_from_rs(error, prefix) for error in self.decider.iter_errors(instance)
-        ]
+        return self.explain(instance, prefix=prefix)
 
 
 def _item_from_rs(error: Any, prefix: list[str | int]) -> dict[str, Any]:
     keyword = error.schema_path[-1] if error.schema_path else "value_error"
     return {
         "loc": [*prefix, *error.instance_path],
-        "msg": _shorten(error.message),
+        "msg": shorten(error.message),
         "type": str(keyword),
     }
 
@@ -90,92 +128,41 @@ def compiled(schema: dict[str, Any]) -> CompiledSchema:
     return cached
 
 
-def validator_for(schema: dict[str, Any]) -> Draft202012Validator:
+def validator_for(schema: dict[str, Any]) -> Any:
     """Python's jsonschema validator of the schema (compiled once)."""
     return compiled(schema).explainer
 
 
-# --- turning jsonschema errors into {loc, msg, type} items -------------------------------
+def nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` nests arrays and objects more than `limit` levels deep.
 
-
-def error_items(errors: Iterable[SchemaError], *, prefix: list[str | int]) -> list[dict[str, Any]]:
-    """One item per problem, `loc` starting with `prefix` (e.g. ["body"])."""
-    items: list[dict[str, Any]] = []
-    for error in sorted(errors, key=lambda e: [str(part) for part in e.absolute_path]):
-        for cause in _causes(error):
-            items.extend(item for item in _items(cause, prefix=prefix) if item not in items)
-    return items
-
-
-def _causes(error: SchemaError) -> Iterator[SchemaError]:
-    """The errors that explain `error`: inside `anyOf`, those of the branch the value meant.
-
-    A branch that only failed because the value has another type (the `null` branch of a
-    nullable field, say) is not what the client meant. Of the other branches, the one with
-    the fewest and deepest errors is; when every branch failed on the type alone, the
-    `anyOf` error itself is the clearest.
+    A scalar nests 0 levels, `[]` one, `{"a": [1]}` two. Level by level, without recursion;
+    members are looked at in C (`map(type, ...)`) and only containers are visited one by one.
     """
-    if error.validator not in ("anyOf", "oneOf") or not error.context:
-        yield error
-        return
-    branches: dict[Any, list[SchemaError]] = {}
-    for sub_error in error.context:
-        branches.setdefault(sub_error.schema_path[0], []).append(sub_error)
-    meant = [
-        branch
-        for branch in branches.values()
-        if not all(e.validator == "type" and not e.relative_path for e in branch)
-    ]
-    if not meant:
-        yield error
-        return
-    best = min(meant, key=lambda branch: (len(branch), -max(len(e.path) for e in branch)))
-    for sub_error in best:
-        yield from _causes(sub_error)
+    level = [value] if type(value) in (list, dict) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for container in level:
+            members = container.values() if type(container) is dict else container
+            kinds = set(map(type, members))
+            if list in kinds or dict in kinds:
+                below.extend(member for member in members if type(member) in (list, dict))
+        level = below
+    return False
 
 
-def _items(error: SchemaError, *, prefix: list[str | int]) -> list[dict[str, Any]]:
-    loc: list[str | int] = [*prefix, *error.absolute_path]
-    instance: Any = error.instance
-    if error.validator == "required":
-        required: list[str] = list(error.validator_value)  # type: ignore[arg-type]
-        return [
-            {"loc": [*loc, name], "msg": "Field required", "type": "missing"}
-            for name in required
-            if name not in instance
-        ]
-    if error.validator == "additionalProperties":
-        schema: Any = error.schema
-        known = schema.get("properties", {})
-        return [
-            {
-                "loc": [*loc, name],
-                "msg": "Extra inputs are not permitted",
-                "type": "extra_forbidden",
-            }
-            for name in instance
-            if name not in known
-        ]
-    if error.validator in ("anyOf", "oneOf"):
-        return [{"loc": loc, "msg": _type_message(error), "type": "type"}]
-    return [{"loc": loc, "msg": _shorten(error.message), "type": str(error.validator)}]
-
-
-def _type_message(error: SchemaError) -> str:
-    """The message for an anyOf whose branches all wanted another type than the value's."""
-    expected: list[str] = []
-    for sub_error in error.context or ():
-        wanted: Any = sub_error.validator_value
-        for name in wanted if isinstance(wanted, list) else [wanted]:
-            if name not in expected:
-                expected.append(name)
-    return _shorten(f"{error.instance!r} is not of type {', '.join(map(repr, expected))}")
-
-
-def _shorten(message: str) -> str:
-    if len(message) <= MAX_MESSAGE_LENGTH:
-        return message
-    return message[: MAX_MESSAGE_LENGTH - 1] + "…"
+def depth_error(limit: int | None) -> dict[str, Any]:
+    """The item of a body that nests deeper than its schema allows (or than can be read)."""
+    bound = f"more than {limit} levels" if limit is not None else "too"
+    return {
+        "loc": ["body"],
+        "msg": f"The body nests arrays and objects {bound} deep",
+        "type": MAX_DEPTH_KEYWORD,
+    }
 
 
 # --- JSON bodies ----------------------------------------------------------------------
@@ -193,6 +180,7 @@ def _finite_float(text: str) -> float:
 
 
 def _has_lone_surrogate(value: Any) -> bool:
+    # Called on bodies whose depth is already bounded.
     if isinstance(value, str):
         return any("\ud800" <= character <= "\udfff" for character in value)
     if isinstance(value, dict):
@@ -216,11 +204,17 @@ def _invalid_json(position: int, reason: str, *, request_body: Any) -> RequestVa
     )
 
 
-def parse_json_body(raw: bytes, *, encoding: str) -> Any:
+def _echoed(text: str) -> str | None:
+    """What a 422 sends back of a body: all of it, unless it is large."""
+    return text if len(text) <= MAX_ECHOED_BODY_BYTES else None
+
+
+def parse_json_body(raw: bytes, *, encoding: str, max_depth: int | None = None) -> Any:
     """The JSON value of a request body; None for an empty one.
 
-    Stricter than `json.loads`: NaN, Infinity, numbers too large for a float and strings
-    holding a lone UTF-16 surrogate (which cannot be stored as UTF-8) are all rejected.
+    Stricter than `json.loads`: NaN, Infinity, numbers too large for a float, strings holding
+    a lone UTF-16 surrogate (which cannot be stored as UTF-8) and, with `max_depth`, values
+    nesting more levels than that are all rejected.
     """
     if not raw:
         return None
@@ -230,14 +224,19 @@ def parse_json_body(raw: bytes, *, encoding: str) -> Any:
         raise _invalid_json(
             getattr(error, "start", 0),
             f"the body is not valid {encoding} text",
-            request_body=raw.decode("utf-8", errors="replace"),
+            request_body=_echoed(raw.decode("utf-8", errors="replace")),
         ) from error
     try:
         body = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as error:
-        raise _invalid_json(error.pos, error.msg, request_body=text) from error
+        raise _invalid_json(error.pos, error.msg, request_body=_echoed(text)) from error
     except ValueError as error:
-        raise _invalid_json(0, str(error), request_body=text) from error
+        raise _invalid_json(0, str(error), request_body=_echoed(text)) from error
+    except RecursionError as error:
+        # Nested deeper than the parser can go: far deeper than any schema allows.
+        raise RequestValidationError([depth_error(max_depth)]) from error
+    if max_depth is not None and nests_deeper_than(body, max_depth):
+        raise RequestValidationError([depth_error(max_depth)])
     if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(body):
         raise _invalid_json(0, "a string holds a lone UTF-16 surrogate", request_body=None)
     return body
@@ -247,33 +246,55 @@ class JSONBodyValidator(AbstractRequestBodyValidator):  # type: ignore[misc]
     """Validates a JSON request body against its schema; replays it unchanged to the app."""
 
     async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
-        # Read the whole body ourselves: Connexion's version trusts Content-Length and so
-        # treats a chunked body as missing.
-        messages: list[Message] = []
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        raw = b"".join(chunks)
-        body = parse_json_body(raw, encoding=self._encoding)
-        # An empty body and a JSON `null` both mean "no body", as in Prefect's server.
-        if body is None and self._required:
-            raise RequestValidationError(
-                [{"loc": ["body"], "msg": "Field required", "type": "missing"}]
-            )
-        if body is not None:
-            self._validate(body)
+        messages, raw = await _read_body(receive)
+        if len(raw) <= INLINE_BODY_BYTES:
+            body, valid = self._decide(raw)
+        else:
+            body, valid = await _on_checking_thread(self._decide, raw)
+        if not valid:
+            schema = compiled(self._schema)
+            errors = await _on_checking_thread(schema.explain, body, prefix=["body"])
+            echoed = body if len(raw) <= MAX_ECHOED_BODY_BYTES else None
+            raise RequestValidationError(errors, request_body=echoed)
         return self._insert_messages(receive, messages=messages), _declaring_json(scope, len(raw))
 
-    def _validate(self, body: Any) -> None:
-        errors = compiled(self._schema).errors(body, prefix=["body"])
-        if errors:
-            raise RequestValidationError(errors, request_body=body)
+    def _decide(self, raw: bytes) -> tuple[Any, bool]:
+        """The parsed body and whether it matches the schema (rejections raise)."""
+        max_depth = self._schema.get(MAX_DEPTH_KEYWORD)
+        body = parse_json_body(raw, encoding=self._encoding, max_depth=max_depth)
+        # An empty body and a JSON `null` both mean "no body", as in Prefect's server.
+        if body is None:
+            if self._required:
+                raise RequestValidationError(
+                    [{"loc": ["body"], "msg": "Field required", "type": "missing"}]
+                )
+            return body, True
+        return body, compiled(self._schema).is_valid(body)
+
+
+async def _read_body(receive: Receive) -> tuple[list[Message], bytes]:
+    """Every message of the request body, and the body they carry.
+
+    Read here rather than by Connexion, whose version trusts Content-Length and so treats a
+    chunked body as missing.
+    """
+    messages: list[Message] = []
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return messages, b"".join(chunks)
+
+
+async def _on_checking_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """`function(*args, **kwargs)`, run on the checking thread."""
+    call = functools.partial(function, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_checking_thread, call)
 
 
 def _declaring_json(scope: Scope, length: int) -> Scope:

@@ -73,7 +73,8 @@ class PrefectSocket:
         raw: bytes = message.get("bytes") or message.get("text", "").encode()
         try:
             return Frame(data=json.loads(raw), size=len(raw))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
+            # Not JSON, not UTF-8, or nested deeper than the parser goes.
             return Frame(data=None, size=len(raw))
 
     def problems(self, message: str, frame: Any) -> list[str]:

@@ -1,36 +1,71 @@
-"""Engine and connections: one connection per request, one transaction per write."""
+"""Engine and connections: one connection per request, one transaction per write.
+
+Faults of the database are DatabaseUnavailable (answered 503 with Retry-After): it cannot be
+reached, refuses writes (disk full, files not writable), stayed locked longer than the lock
+timeout or took longer than the statement timeout. A fault that may have spoiled connections
+(a lost server, a file that was unwritable when a connection opened it) discards every
+pooled connection, so the service is well again as soon as the fault ends.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.engine import URL, ExceptionContext, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import StaticPool
 
-from app.db.writer_lock import WriterLock, WriterLockTimeout
+from app.db.writer_lock import WriterLock, WriterLockTimeout, WriterLockUnavailable
 
-# How long a writer waits for SQLite's lock, and for a pooled connection, before giving up.
-LOCK_TIMEOUT_SECONDS = 30
+# How long a writer waits for its turn (and a request for a pooled connection), and how long
+# a PostgreSQL statement may run, unless the settings say otherwise (seconds).
+LOCK_TIMEOUT_SECONDS = 10.0
+STATEMENT_TIMEOUT_SECONDS = 30.0
+# How long opening a PostgreSQL connection may take.
+CONNECT_TIMEOUT_SECONDS = 10
 
 # Execution option of write transactions: the WriterLock that admits them (SQLite), or True.
 _WRITE_OPTION = "taskrun_writer"
-_HOLDS_WRITER_LOCK = "taskrun_holds_writer_lock"
-# Connection info: what to call once the transaction has committed.
-_AFTER_COMMIT = "taskrun_after_commit"
+# What to call once the current thread's write transaction has committed. Not kept on the
+# connection: a fault can discard it, and whatever it held.
+_AFTER_COMMIT: ContextVar[list[Callable[[], None]] | None] = ContextVar(
+    "taskrun_after_commit", default=None
+)
 
 logger = logging.getLogger(__name__)
 
+# SQLite result codes (the low byte of an extended one) that mean "try again later". The
+# first two are contention; the others are faults of the file or the disk, after which a
+# connection may stay unusable (one opened while the files were unwritable stays read-only).
+_SQLITE_CONTENTION = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+_SQLITE_FILE_FAULTS = frozenset(
+    {
+        8,  # SQLITE_READONLY
+        10,  # SQLITE_IOERR
+        13,  # SQLITE_FULL
+        14,  # SQLITE_CANTOPEN
+        15,  # SQLITE_PROTOCOL
+    }
+)
+
 
 class DatabaseUnavailable(Exception):
-    """The database cannot be reached or stayed busy too long; nothing was changed."""
+    """The database cannot be reached, refuses writes or stayed busy too long; nothing was
+    changed. `reason` names the fault without any of the request's data.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def normalise_url(url: str) -> URL:
@@ -45,13 +80,27 @@ class Database:
     """The database the service keeps its data in, SQLite or PostgreSQL."""
 
     def __init__(
-        self, url: str, *, pool_size: int = 10, lock_timeout: float = LOCK_TIMEOUT_SECONDS
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        lock_timeout: float = LOCK_TIMEOUT_SECONDS,
+        statement_timeout: float = STATEMENT_TIMEOUT_SECONDS,
     ) -> None:
         self.url = normalise_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self.in_memory = self.is_sqlite and self.url.database in (None, "", ":memory:")
+        self.lock_timeout = lock_timeout
         self.engine = (
-            self._sqlite_engine(pool_size) if self.is_sqlite else self._postgresql_engine(pool_size)
+            self._sqlite_engine(pool_size)
+            if self.is_sqlite
+            else self._postgresql_engine(pool_size, statement_timeout=statement_timeout)
+        )
+        event.listen(self.engine, "handle_error", _discard_connections_after_faults)
+        # SQLite maps its -shm file into memory: writing there after the file became
+        # unwritable kills the process (SIGBUS) instead of failing, so it is checked first.
+        self._shared_memory_file = (
+            Path(f"{self.url.database}-shm") if self.is_sqlite and not self.in_memory else None
         )
         self._writer_lock = WriterLock(self._lock_path(), timeout=lock_timeout)
         writer: WriterLock | bool = self._writer_lock if self.is_sqlite else True
@@ -73,24 +122,32 @@ class Database:
         pooling: dict[str, Any] = (
             {"poolclass": StaticPool}
             if self.in_memory
-            else {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": LOCK_TIMEOUT_SECONDS}
+            else {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": self.lock_timeout}
         )
         engine = create_engine(
             self.url,
-            connect_args={"check_same_thread": False, "timeout": LOCK_TIMEOUT_SECONDS},
+            connect_args={"check_same_thread": False, "timeout": self.lock_timeout},
+            # Errors must not carry a request's data into the logs.
+            hide_parameters=True,
             **pooling,
         )
         event.listen(engine, "connect", _configure_sqlite_connection)
         event.listen(engine, "begin", _begin_sqlite_transaction)
         return engine
 
-    def _postgresql_engine(self, pool_size: int) -> Engine:
+    def _postgresql_engine(self, pool_size: int, *, statement_timeout: float) -> Engine:
+        options = (
+            "-c timezone=UTC"
+            f" -c statement_timeout={_milliseconds(statement_timeout)}"
+            f" -c lock_timeout={_milliseconds(self.lock_timeout)}"
+        )
         return create_engine(
             self.url,
-            connect_args={"options": "-c timezone=UTC", "connect_timeout": 10},
+            connect_args={"options": options, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
+            hide_parameters=True,
             pool_size=pool_size,
             max_overflow=0,
-            pool_timeout=LOCK_TIMEOUT_SECONDS,
+            pool_timeout=self.lock_timeout,
         )
 
     @contextmanager
@@ -100,27 +157,43 @@ class Database:
         On SQLite the transaction, and the writer's turn, start with its first statement, so
         that the work before it does not keep other writers waiting.
         """
-        with _unavailable_on_connection_errors(), self._write_engine.connect() as connection:
-            committed = False
-            try:
-                yield connection
-                connection.commit()
-                committed = True
-            except BaseException:
-                connection.rollback()
-                raise
-            finally:
-                if connection.info.pop(_HOLDS_WRITER_LOCK, False):
-                    self._writer_lock.release()
-                callbacks = connection.info.pop(_AFTER_COMMIT, [])
-            if committed:
-                _call_all(callbacks)
+        self._refuse_unwritable_shared_memory()
+        callbacks: list[Callable[[], None]] = []
+        reset_token = _AFTER_COMMIT.set(callbacks)
+        try:
+            with _unavailable_on_connection_errors(), self._write_engine.connect() as connection:
+                try:
+                    yield connection
+                    connection.commit()
+                except BaseException:
+                    connection.rollback()
+                    raise
+                finally:
+                    # Not a flag on the connection: a fault can discard it, and its flags with it.
+                    self._writer_lock.release_if_held()
+        finally:
+            _AFTER_COMMIT.reset(reset_token)
+        _call_all(callbacks)
 
     @contextmanager
     def snapshot(self) -> Iterator[Connection]:
         """A connection for reads; every statement sees the data committed when it starts."""
+        self._refuse_unwritable_shared_memory()
         with _unavailable_on_connection_errors(), self._read_engine.connect() as connection:
             yield connection
+
+    def _refuse_unwritable_shared_memory(self) -> None:
+        """Fail before SQLite touches a -shm file that can no longer be written.
+
+        Every transaction writes to that file through memory, readers too; once it is
+        immutable or on a file system remounted read-only, such a write is a SIGBUS that
+        kills the worker with every request it serves. One `access` call beforehand (a
+        microsecond) turns that into a 503. A fault that begins between the check and the
+        write cannot be caught this way.
+        """
+        path = self._shared_memory_file
+        if path is not None and not os.access(path, os.W_OK) and _exists_unwritable(path):
+            raise DatabaseUnavailable("the database files cannot be written")
 
     def dispose(self) -> None:
         """Close every pooled connection."""
@@ -128,9 +201,15 @@ class Database:
         self._writer_lock.close()
 
 
-def after_commit(connection: Connection, callback: Callable[[], None]) -> None:
-    """Call `callback` once the transaction of `connection` has committed (not if it does not)."""
-    connection.info.setdefault(_AFTER_COMMIT, []).append(callback)
+def after_commit(callback: Callable[[], None]) -> None:
+    """Call `callback` once the current write transaction has committed (not if it does not).
+
+    :raises RuntimeError: there is no write transaction in this thread.
+    """
+    callbacks = _AFTER_COMMIT.get()
+    if callbacks is None:
+        raise RuntimeError("after_commit outside Database.transaction()")
+    callbacks.append(callback)
 
 
 def _call_all(callbacks: list[Callable[[], None]]) -> None:
@@ -142,30 +221,72 @@ def _call_all(callbacks: list[Callable[[], None]]) -> None:
             logger.exception("a callback after a commit failed")
 
 
+def _exists_unwritable(path: Path) -> bool:
+    """After `access` failed: whether `path` exists and cannot be written.
+
+    `access` fails for a file that does not exist too (then nothing is mapped, and nothing
+    can fault), and another worker may have created it since: it is looked at again.
+    """
+    return path.exists() and not os.access(path, os.W_OK)
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(round(seconds * 1000), 1)
+
+
 @contextmanager
 def _unavailable_on_connection_errors() -> Iterator[None]:
     try:
         yield
     except PoolTimeoutError as error:
         raise DatabaseUnavailable("no database connection became free in time") from error
-    except WriterLockTimeout as error:
+    except (WriterLockTimeout, WriterLockUnavailable) as error:
         raise DatabaseUnavailable(str(error)) from error
-    except (OperationalError, InterfaceError) as error:
+    except DBAPIError as error:
         if not _means_unavailable(error):
             raise
-        raise DatabaseUnavailable(str(error.orig)) from error
+        raise DatabaseUnavailable(_reason(error)) from error
 
 
-def _means_unavailable(error: OperationalError | InterfaceError) -> bool:
+def _means_unavailable(error: DBAPIError) -> bool:
     """Whether the error says "try again later" rather than "this statement is wrong"."""
     if error.connection_invalidated or isinstance(error, InterfaceError):
         return True
-    # SQLite reports a bad statement as an OperationalError too; only contention and an
-    # unreachable file are worth a retry.
-    message = str(error.orig).lower()
-    return not isinstance(error.orig, sqlite3.Error) or any(
-        reason in message for reason in ("locked", "busy", "unable to open", "disk i/o")
-    )
+    code = _sqlite_code(error.orig)
+    if code is not None:
+        # SQLite reports a bad statement as an OperationalError too.
+        return code in _SQLITE_CONTENTION or code in _SQLITE_FILE_FAULTS
+    # PostgreSQL: lost or refused connections, timeouts, a full disk, an administrator's
+    # command; not constraint violations or bad statements.
+    return isinstance(error, OperationalError)
+
+
+def _sqlite_code(error: BaseException | None) -> int | None:
+    """The primary SQLite result code of a driver error (None for other databases)."""
+    if isinstance(error, sqlite3.Error) and error.sqlite_errorcode is not None:
+        return int(error.sqlite_errorcode) & 0xFF
+    return None
+
+
+def _reason(error: DBAPIError) -> str:
+    """The fault by its code (SQLite's name, PostgreSQL's SQLSTATE), never by its message:
+    messages can quote the rows and parameters of the request.
+    """
+    driver_error = error.orig
+    kind = type(driver_error).__name__
+    sqlite_name = getattr(driver_error, "sqlite_errorname", None)
+    if sqlite_name:
+        return f"{kind} {sqlite_name}"
+    sqlstate = getattr(driver_error, "sqlstate", None)
+    if sqlstate:
+        return f"{kind} SQLSTATE {sqlstate}"
+    return f"{kind}: no connection to the database"
+
+
+def _discard_connections_after_faults(context: ExceptionContext) -> None:
+    # SQLAlchemy treats a "disconnect" by discarding the connection and the pool's others.
+    if _sqlite_code(context.original_exception) in _SQLITE_FILE_FAULTS:
+        context.is_disconnect = True
 
 
 def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
@@ -174,7 +295,10 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # Set once, before the workers start (`use_wal`); changing it here would need every
+        # other connection closed, and fail with "database is locked" otherwise.
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            cursor.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed write survives a power loss, not only a crash of the process.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -188,5 +312,20 @@ def _begin_sqlite_transaction(connection: Connection) -> None:
     writer = connection.get_execution_options().get(_WRITE_OPTION)
     if isinstance(writer, WriterLock):
         writer.acquire()
-        connection.info[_HOLDS_WRITER_LOCK] = True
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def use_wal(url: str) -> None:
+    """Put an SQLite file database in WAL mode, where it stays (no-op for others).
+
+    Done once before the service's workers start: the first of them would otherwise switch a
+    fresh file while the others are already reading it, and some requests would fail.
+    """
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    connection = sqlite3.connect(parsed.database, timeout=LOCK_TIMEOUT_SECONDS)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+    finally:
+        connection.close()

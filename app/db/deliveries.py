@@ -76,7 +76,7 @@ def enqueue(
         set_={name: insert.excluded[name] for name in values if name != "task_run_id"},
     )
     connection.execute(statement, values)
-    after_commit(connection, ENQUEUED.notify)
+    after_commit(ENQUEUED.notify)
 
 
 def claim_next(

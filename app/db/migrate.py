@@ -7,6 +7,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from app.db.database import use_wal
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
@@ -20,8 +22,9 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    """Bring the database's schema up to `revision`."""
+    """Bring the database's schema up to `revision` (an SQLite file ends up in WAL mode)."""
     command.upgrade(alembic_config(database_url), revision)
+    use_wal(database_url)
 
 
 def downgrade(database_url: str, revision: str) -> None:

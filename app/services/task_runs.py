@@ -33,17 +33,22 @@ PENDING = models.StateCreate(type=models.StateType.PENDING)
 class CreateOutcome:
     """The run a create returns, and whether this request inserted it."""
 
-    stored: rows.StoredTaskRun
     created: bool
+    # The inserted run as the API shows it, or the run that already had the key.
+    inserted: models.TaskRun | None = None
+    existing: rows.StoredTaskRun | None = None
 
     @property
     def task_run(self) -> models.TaskRun:
-        """The run as the API shows it, its estimates computed now.
+        """The run as the API shows it.
 
-        Built on demand, after the transaction has ended: on SQLite the other writers wait
-        for as long as it lasts.
+        An existing run is built on demand, after the transaction has ended: on SQLite the
+        other writers wait for as long as it lasts.
         """
-        return task_run_model(self.stored.run, self.stored.state, now=utcnow())
+        if self.inserted is not None:
+            return self.inserted
+        assert self.existing is not None
+        return task_run_model(self.existing.run, self.existing.state, now=utcnow())
 
 
 def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -> CreateOutcome:
@@ -54,6 +59,9 @@ def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -
 
     The first state is written as proposed (a forced transition), except that a deferred
     one, a background task's, goes through the background-task rules, as in Prefect.
+
+    The answer of an inserted run is built from its rows inside the transaction, so a run
+    whose answer cannot be built is never committed.
 
     :raises Conflict: the requested id belongs to a run with a different key.
     """
@@ -77,9 +85,10 @@ def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -
     state = transition.proposal
     enter_state(run, state)
     if rows.insert_task_run_unless_conflicting(connection, run):
+        answer = task_run_model(run, state, now=now)
         state_rows.insert_state(connection, state)
         orchestration.written()
-        return CreateOutcome(stored=rows.StoredTaskRun(run, state), created=True)
+        return CreateOutcome(created=True, inserted=answer)
 
     existing = rows.find_task_run_by_key(
         connection,
@@ -89,7 +98,7 @@ def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -
     )
     if existing is None:
         raise Conflict(f"Task run id {run.id} is already used by another task run.")
-    return CreateOutcome(stored=existing, created=False)
+    return CreateOutcome(created=False, existing=existing)
 
 
 def read_task_run(*, connection: Connection, task_run_id: UUID) -> models.TaskRun:

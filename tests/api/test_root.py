@@ -112,6 +112,33 @@ class TestBasicAuthentication:
                 assert response.json() == {"detail": "Unauthorized"}
                 assert response.headers["www-authenticate"] == 'Basic realm="taskrun-api"'
 
+    @pytest.mark.parametrize("scheme", ["basic", "BASIC", "bAsIc"])
+    def test_the_scheme_name_is_case_insensitive(self, guarded: TestClient, scheme: str) -> None:
+        token = base64.b64encode(CREDENTIALS.encode()).decode()
+
+        response = guarded.get("/api/version", headers={"Authorization": f"{scheme} {token}"})
+
+        assert response.status_code == 200
+
+    @pytest.mark.parametrize(
+        "authorization",
+        ["Basic", "Basic !!!", "Basic " + base64.b64encode(b"admin:wrong").decode(), "Digest x"],
+    )
+    def test_malformed_or_wrong_credentials_are_401(
+        self, guarded: TestClient, authorization: str
+    ) -> None:
+        response = guarded.get("/api/version", headers={"Authorization": authorization})
+
+        assert response.status_code == 401
+
+    def test_the_health_check_with_a_trailing_slash_needs_no_credentials(
+        self, guarded: TestClient
+    ) -> None:
+        response = guarded.get("/api/health/", follow_redirects=False)
+
+        assert response.status_code == 307
+        assert response.headers["location"].endswith("/api/health")
+
     def test_the_document_and_unknown_paths_are_guarded_too(self, guarded: TestClient) -> None:
         assert guarded.get("/api/openapi.json").status_code == 401
         assert guarded.get("/api/no-such-thing").status_code == 401

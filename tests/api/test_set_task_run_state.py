@@ -160,6 +160,35 @@ class TestSetTaskRunState:
     def test_an_id_that_is_not_a_uuid_is_422(self, client: TestClient) -> None:
         assert_validation_error(set_state(client, "nope", "RUNNING"), ["path", "id"], "format")
 
+    @pytest.mark.parametrize("levels", [63, 300, 100_000])
+    def test_data_nested_too_deep_to_read_back_is_422(
+        self, client: TestClient, levels: int
+    ) -> None:
+        run = create_run(client)
+        # Written out by hand: the JSON encoder of the test client recurses.
+        data = "[" * levels + '"leaf"' + "]" * levels
+        body = '{"state": {"type": "COMPLETED", "data": ' + data + "}}"
+
+        response = client.post(
+            f"{CREATE}{run['id']}/set_state",
+            content=body.encode(),
+            headers={"content-type": "application/json"},
+        )
+
+        assert_validation_error(response, ["body"], "x-max-depth")
+        assert len(states_of(client, run["id"])) == 1
+
+    def test_data_nested_up_to_the_limit_is_stored_and_read_back(self, client: TestClient) -> None:
+        run = create_run(client)
+        data: Any = "leaf"
+        for _ in range(62):  # the body and `state` are the first two levels
+            data = [data]
+
+        response = set_state(client, run["id"], "COMPLETED", data=data)
+
+        assert response.status_code == 201
+        assert read_run(client, run["id"])["state"]["data"] == data
+
     def test_a_cache_key_of_2000_characters_is_accepted_and_cached(
         self, client: TestClient
     ) -> None:

@@ -31,6 +31,16 @@ from tests.support.api import (
 
 TWO_WORD_NAME = re.compile(r"^[a-z]+-[a-z]+$")
 TERMINAL = ["COMPLETED", "FAILED", "CANCELLED", "CRASHED"]
+# Over the 100-byte limits some tests set.
+LARGE_BODY = {"task_key": "t" * 200, "dynamic_key": "d"}
+
+
+def nested(levels: int) -> Any:
+    """A value nesting `levels` arrays and objects, alternately."""
+    value: Any = "leaf"
+    for level in range(levels):
+        value = [value] if level % 2 else {"k": value}
+    return value
 
 
 class TestCreateTaskRun:
@@ -452,6 +462,120 @@ class TestCreateTaskRun:
         assert response.status_code == 307
         assert response.headers["location"].endswith("/api/task_runs/")
 
+    @pytest.mark.parametrize("levels", [1, 30, 62])
+    def test_state_data_nesting_up_to_the_limit_is_stored_and_read_back(
+        self, client: TestClient, levels: int
+    ) -> None:
+        data = nested(levels)
+
+        response = create(client, state={"type": "COMPLETED", "data": data})
+
+        assert response.status_code == 201
+        read = client.get(f"{CREATE}{response.json()['id']}")
+        assert read.status_code == 200
+        assert read.json()["state"]["data"] == data
+
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"state": {"type": "COMPLETED", "data": nested(63)}},
+            {"state": {"type": "COMPLETED", "data": nested(300)}},
+            {"task_inputs": {"x": [{"id": str(uuid.uuid4()), "extra": nested(70)}]}},
+            {"labels": {"a": nested(100)}},
+            {"empirical_policy": {"retries": 1, "extra": nested(70)}},
+        ],
+        ids=["data-63", "data-300", "task-inputs", "labels", "empirical-policy"],
+    )
+    def test_a_body_nesting_deeper_than_64_levels_is_422_and_stores_nothing(
+        self, client: TestClient, fields: dict[str, Any]
+    ) -> None:
+        response = create(client, **fields)
+
+        body = assert_validation_error(response, ["body"], "x-max-depth")
+        assert body["detail"] == [
+            {
+                "loc": ["body"],
+                "msg": "The body nests arrays and objects more than 64 levels deep",
+                "type": "x-max-depth",
+            }
+        ]
+        assert create(client).status_code == 201  # the refused request stored nothing
+
+    def test_a_body_too_deep_for_the_parser_is_the_same_422(self, client: TestClient) -> None:
+        content = b'{"task_key": "t", "dynamic_key": "d", "labels": {"a": '
+        content += b"[" * 100_000 + b"]" * 100_000 + b"}}"
+
+        response = client.post(
+            CREATE, content=content, headers={"content-type": "application/json"}
+        )
+
+        body = assert_validation_error(response, ["body"], "x-max-depth")
+        assert body["request_body"] is None
+
+    @pytest.mark.parametrize(
+        ("fields", "loc", "error_type"),
+        [
+            ({"tags": ["t"] * 1001}, ["body", "tags"], "maxItems"),
+            ({"labels": {f"k{i}": i for i in range(1001)}}, ["body", "labels"], "maxProperties"),
+            (
+                {"task_inputs": {f"k{i}": [] for i in range(1001)}},
+                ["body", "task_inputs"],
+                "maxProperties",
+            ),
+            (
+                {"task_inputs": {"x": [{"input_type": "parameter", "name": "p"}] * 10_001}},
+                ["body", "task_inputs", "x"],
+                "maxItems",
+            ),
+        ],
+        ids=["tags", "labels", "task-inputs-names", "task-inputs-sources"],
+    )
+    def test_lists_and_maps_over_their_documented_size_are_422(
+        self, client: TestClient, fields: dict[str, Any], loc: list[Any], error_type: str
+    ) -> None:
+        assert_validation_error(create(client, **fields), loc, error_type)
+
+    def test_lists_and_maps_at_their_documented_size_are_stored(self, client: TestClient) -> None:
+        response = create(
+            client,
+            tags=["t"] * 1000,
+            labels={f"k{i}": i for i in range(1000)},
+            task_inputs={"x": [{"input_type": "parameter", "name": "p"}] * 10_000},
+        )
+
+        assert response.status_code == 201
+        assert len(client.get(f"{CREATE}{response.json()['id']}").json()["tags"]) == 1000
+
+    def test_thirty_thousand_wrong_tags_are_one_problem(self, client: TestClient) -> None:
+        response = create(client, tags=[1] * 30_000)
+
+        body = assert_validation_error(response, ["body", "tags"], "maxItems")
+        assert body["detail"] == [
+            {
+                "loc": ["body", "tags"],
+                "msg": "30000 items, more than the 1000 allowed",
+                "type": "maxItems",
+            }
+        ]
+
+    def test_many_problems_are_listed_fifty_at_most_then_counted(self, client: TestClient) -> None:
+        response = create(client, tags=[1] * 900)
+
+        body = assert_validation_error(response, ["body", "tags", 0], "type")
+        assert len(body["detail"]) == 51
+        assert body["detail"][-1] == {
+            "loc": ["body"],
+            "msg": "850 more error(s) not listed",
+            "type": "too_many_errors",
+        }
+
+    def test_a_large_rejected_body_is_not_sent_back(self, client: TestClient) -> None:
+        small = create(client, tags=[1], name="x")
+        large = create(client, tags=[1], name="x" * 70_000)
+
+        assert assert_validation_error(small, ["body", "tags", 0], "type")["request_body"]
+        assert assert_validation_error(large, ["body", "tags", 0], "type")["request_body"] is None
+
 
 class TestReadTaskRun:
     @pytest.fixture
@@ -554,6 +678,25 @@ class TestErrors:
         assert response.json() == {"detail": "Internal Server Error"}
         assert "secret" not in response.text
 
+    def test_a_failure_is_logged_by_name_and_place_without_its_message(
+        self, client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        def fail(**_: Any) -> None:
+            raise ValueError("row contents: secret-value") from KeyError("secret-key")
+
+        monkeypatch.setattr(task_runs, "read_task_run", fail)
+
+        client.get(f"{CREATE}{uuid.uuid4()}")
+
+        [record] = [r for r in caplog.records if r.name == "app.contract.errors"]
+        logged = record.getMessage()
+        assert logged.startswith(
+            "unhandled error: builtins.ValueError, caused by builtins.KeyError"
+        )
+        assert "in fail" in logged  # where it was raised
+        assert "secret" not in logged
+        assert record.exc_info is None
+
 
 class TestServiceLimits:
     """Answers that do not depend on the database backend."""
@@ -562,7 +705,7 @@ class TestServiceLimits:
         app = create_app(
             Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}", max_request_body_bytes=100)
         )
-        body = {"task_key": "t" * 200, "dynamic_key": "d"}
+        body = LARGE_BODY
 
         with app.test_client() as client:
             declared = client.post(CREATE, json=body)
@@ -575,6 +718,34 @@ class TestServiceLimits:
         for response in (declared, chunked):
             assert response.status_code == 413
             assert response.json() == {"detail": "The request body is larger than 100 bytes."}
+
+    def test_bodies_past_what_a_worker_may_hold_are_503(self, tmp_path: Path) -> None:
+        app = create_app(
+            Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}", max_buffered_body_bytes=100)
+        )
+
+        with app.test_client() as client:
+            response = client.post(CREATE, json=LARGE_BODY)
+
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert response.headers["connection"] == "close"
+        assert "unfinished request bodies" in response.json()["detail"]
+
+    def test_an_answer_before_the_body_is_read_closes_the_connection(
+        self, client: TestClient
+    ) -> None:
+        response = client.post(
+            CREATE, json={"task_key": "t"}, headers={"x-prefect-api-version": "0.1.0"}
+        )
+        without_body = client.get(
+            f"{CREATE}{uuid.uuid4()}", headers={"x-prefect-api-version": "0.1.0"}
+        )
+
+        assert response.status_code == 400
+        assert response.headers["connection"] == "close"
+        assert without_body.status_code == 400
+        assert "connection" not in without_body.headers
 
     def test_an_unreachable_database_is_503_with_retry_after(self) -> None:
         app = create_app(Settings(database_url="postgresql://nobody@127.0.0.1:9/none"))
@@ -599,6 +770,25 @@ class TestApiVersionHeader:
         )
 
         assert response.status_code == 201
+
+    def test_an_overlong_version_is_400_with_the_value_shortened(self, client: TestClient) -> None:
+        version = "0.8." + "1" * 5000
+
+        response = client.get("/api/health", headers={"x-prefect-api-version": version})
+
+        assert response.status_code == 400
+        assert response.json() == {
+            "detail": "Invalid X-PREFECT-API-VERSION header format."
+            f"Expected header in format 'x.y.z' but received {version[:64]}…"
+        }
+
+    def test_a_version_of_64_characters_is_read(self, client: TestClient) -> None:
+        version = "0.8." + "0" * 59 + "1"
+
+        response = client.get("/api/health", headers={"x-prefect-api-version": version})
+
+        assert len(version) == 64
+        assert response.status_code == 200
 
     @pytest.mark.parametrize("version", ["abc", "0.8", "1.2.3.4", "v0.8.4", "0.8.x", "-1.0.0"])
     def test_a_malformed_version_is_400(self, client: TestClient, version: str) -> None:

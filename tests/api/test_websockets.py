@@ -68,6 +68,13 @@ def is_stored(database: Database, event_id: str) -> bool:
         return connection.scalar(query) is not None
 
 
+def nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 def stored_event_ids(database: Database) -> list[str]:
     """The ids of the stored events, but those `send_events` adds to wait."""
     with database.snapshot() as connection:
@@ -474,8 +481,9 @@ class TestEventsIn:
             lambda e: e.update(id="not-a-uuid"),
             lambda e: e.update(occurred="yesterday"),
             lambda e: e["payload"].update(padding="x" * 1_500_000),
+            lambda e: e["payload"].update(deep=nested(64)),
         ],
-        ids=["no-resource-id", "related-without-role", "bad-id", "bad-time", "too-large"],
+        ids=["no-resource-id", "related-without-role", "bad-id", "bad-time", "too-large", "deep"],
     )
     def test_an_invalid_event_is_not_stored_and_the_socket_stays_open(
         self, client: TestClient, database: Database, change: Any
@@ -488,6 +496,7 @@ class TestEventsIn:
         with authenticated(client, EVENTS_IN) as socket:
             socket.send_json(invalid)
             socket.send_text("not json")
+            socket.send_text("[" * 100_000 + "]" * 100_000)
             socket.send_json(valid)
             eventually(lambda: stored_event_ids(database) == [valid["id"]])
 

@@ -265,7 +265,7 @@ def _inserting_runs(database_url: str) -> Callable[[int], list[str]]:
                             task_run=models.TaskRunCreate(
                                 task_key=f"{prefix}-{number}", dynamic_key="0"
                             ),
-                        ).stored.run.id
+                        ).task_run.id
                     )
                     for number in range(count)
                 ]

@@ -6,11 +6,18 @@ from typing import Any
 
 import pytest
 
-from app.contract.validation import (
+from app.contract.explanation import (
+    EXPLANATION_BUDGET,
     MAX_MESSAGE_LENGTH,
+    MAX_REPORTED_ERRORS,
+    TOO_MANY_ERRORS,
+    error_items,
+)
+from app.contract.validation import (
     CompiledSchema,
     RequestValidationError,
-    error_items,
+    depth_error,
+    nests_deeper_than,
     parse_json_body,
     validator_for,
 )
@@ -184,3 +191,83 @@ def test_the_deciding_validator_reads_the_contract_strictly(
     for item in errors:
         assert item["loc"][0] == "body"
         assert item["type"] in ("format", "pattern", "type")
+
+
+TAGS = {
+    "type": "object",
+    "properties": {"tags": {"type": "array", "items": {"type": "string"}, "maxItems": 2000}},
+}
+
+
+def test_an_explanation_lists_fifty_problems_and_counts_the_rest() -> None:
+    errors = CompiledSchema(TAGS).errors({"tags": [1] * 900}, prefix=["body"])
+
+    assert len(errors) == MAX_REPORTED_ERRORS + 1
+    assert errors[:2] == [
+        {"loc": ["body", "tags", 0], "msg": "1 is not of type 'string'", "type": "type"},
+        {"loc": ["body", "tags", 1], "msg": "1 is not of type 'string'", "type": "type"},
+    ]
+    assert errors[-1] == {
+        "loc": ["body"],
+        "msg": "850 more error(s) not listed",
+        "type": TOO_MANY_ERRORS,
+    }
+
+
+def test_an_explanation_stops_when_its_budget_is_spent() -> None:
+    tags = [1] * (EXPLANATION_BUDGET + 500)
+
+    errors = CompiledSchema(TAGS).errors({"tags": tags}, prefix=["body"])
+
+    assert len(errors) == MAX_REPORTED_ERRORS + 1
+    assert errors[-1]["type"] == TOO_MANY_ERRORS
+    assert errors[-1]["msg"] == (
+        f"at least {EXPLANATION_BUDGET - MAX_REPORTED_ERRORS} more error(s) not listed;"
+        " the rest was not examined"
+    )
+
+
+def test_valid_members_past_the_budget_still_give_the_first_problem() -> None:
+    tags = ["a"] * (EXPLANATION_BUDGET + 10) + [1]
+
+    errors = CompiledSchema(TAGS).errors({"tags": tags}, prefix=["body"])
+
+    assert errors[0]["loc"] == ["body", "tags", EXPLANATION_BUDGET + 10]
+    assert errors[-1]["type"] == TOO_MANY_ERRORS
+
+
+def test_a_list_over_its_size_limit_is_reported_without_its_members() -> None:
+    schema = {"type": "array", "items": {"type": "string"}, "maxItems": 3}
+
+    assert CompiledSchema(schema).errors([1] * 30_000, prefix=["body"]) == [
+        {"loc": ["body"], "msg": "30000 items, more than the 3 allowed", "type": "maxItems"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "deepest"),
+    [(1, 0), ([], 1), ({"a": [1]}, 2), ([[], [[{}]]], 4), ({"a": 1, "b": {"c": {"d": []}}}, 4)],
+)
+def test_nesting_depth_is_counted_in_levels_of_containers(value: Any, deepest: int) -> None:
+    assert not nests_deeper_than(value, deepest)
+    assert deepest == 0 or nests_deeper_than(value, deepest - 1)
+
+
+def test_a_body_deeper_than_its_limit_is_refused_before_it_is_validated() -> None:
+    raw = b"[" * 65 + b"]" * 65
+
+    with pytest.raises(RequestValidationError) as raised:
+        parse_json_body(raw, encoding="utf-8", max_depth=64)
+
+    assert raised.value.errors == [depth_error(64)]
+    assert parse_json_body(b"[" * 64 + b"]" * 64, encoding="utf-8", max_depth=64) is not None
+
+
+def test_a_body_deeper_than_the_parser_goes_is_a_depth_error() -> None:
+    raw = b"[" * 100_000 + b"]" * 100_000
+
+    with pytest.raises(RequestValidationError) as raised:
+        parse_json_body(raw, encoding="utf-8", max_depth=64)
+
+    assert raised.value.errors == [depth_error(64)]
+    assert raised.value.request_body is None

@@ -1,22 +1,44 @@
-"""SQLite writers take turns: inside a process, across processes, and after failures."""
+"""SQLite writers take turns: inside a process, across processes, and after failures and faults."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
 
 from app.db.database import Database, DatabaseUnavailable
 from app.db.migrate import upgrade
 from app.db.writer_lock import WriterLock, WriterLockTimeout
 
 HOLD_SECONDS = 0.5
+
+
+def hold_in_another_process(path: Path, seconds: float) -> subprocess.Popen[str]:
+    """A process holding the file lock for `seconds`, started once it holds it."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'ab'); fcntl.flock(f, fcntl.LOCK_EX);"
+            " print('held', flush=True); time.sleep(float(sys.argv[2]))",
+            str(path),
+            str(seconds),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "held"
+    return holder
 
 
 def test_a_second_thread_waits_its_turn_and_gives_up_after_the_timeout(tmp_path: Path) -> None:
@@ -44,20 +66,7 @@ def test_a_second_thread_waits_its_turn_and_gives_up_after_the_timeout(tmp_path:
 
 def test_another_process_holding_the_lock_makes_a_writer_wait(tmp_path: Path) -> None:
     path = tmp_path / "db-write.lock"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, sys, time; f = open(sys.argv[1], 'ab'); fcntl.flock(f, fcntl.LOCK_EX);"
-            " print('held', flush=True); time.sleep(float(sys.argv[2]))",
-            str(path),
-            str(HOLD_SECONDS),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout is not None
-    assert holder.stdout.readline().strip() == "held"
+    holder = hold_in_another_process(path, HOLD_SECONDS)
     lock = WriterLock(path, timeout=10)
 
     started = time.monotonic()
@@ -124,3 +133,103 @@ def _record(function: Callable[[], None], failures: list[BaseException]) -> None
         function()
     except BaseException as failure:
         failures.append(failure)
+
+
+def test_a_writer_gives_up_on_another_process_after_the_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "db-write.lock"
+    holder = hold_in_another_process(path, 3)
+    lock = WriterLock(path, timeout=0.3)
+
+    started = time.monotonic()
+    with pytest.raises(WriterLockTimeout):
+        lock.acquire()
+    waited = time.monotonic() - started
+    holder.kill()
+    holder.communicate()
+
+    assert 0.3 <= waited < 2
+    lock.acquire()  # the wait left behind is taken over by the next writer
+    lock.release()
+    lock.close()
+
+
+def test_a_lock_obtained_after_its_writer_gave_up_is_let_go(tmp_path: Path) -> None:
+    path = tmp_path / "db-write.lock"
+    holder = hold_in_another_process(path, 0.5)
+    lock = WriterLock(path, timeout=0.1)
+    with pytest.raises(WriterLockTimeout):
+        lock.acquire()
+
+    holder.communicate()  # the other process is done; the helper gets the lock, for nobody
+    taken = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time\n"
+            "f = open(sys.argv[1], 'ab')\n"
+            "for _ in range(500):\n"
+            "    try:\n"
+            "        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); sys.exit(0)\n"
+            "    except BlockingIOError:\n"
+            "        time.sleep(0.01)\n"
+            "sys.exit(1)",
+            str(path),
+        ],
+        check=False,
+        timeout=30,
+    )
+    lock.close()
+
+    assert taken.returncode == 0, "the lock stayed held by a wait nobody wanted"
+
+
+def test_a_file_fault_is_unavailable_and_leaves_the_writer_lock_free(tmp_path: Path) -> None:
+    """SQLite's own "database or disk is full", made by a page limit on the connections."""
+    url = f"sqlite:///{tmp_path / 'taskrun.db'}"
+    upgrade(url)
+    database = Database(url, lock_timeout=1)
+
+    def limit_pages(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA max_page_count=20")
+
+    def write_past_the_limit() -> None:
+        with database.transaction() as connection:
+            for number in range(200):
+                connection.execute(insert_one, {"key": f"k{number}", "pad": "x" * 2000})
+
+    event.listen(database.engine, "connect", limit_pages)
+    with pytest.raises(DatabaseUnavailable) as raised:
+        write_past_the_limit()
+    event.remove(database.engine, "connect", limit_pages)
+
+    with database.transaction() as connection:  # new connections: the fault is over
+        connection.execute(insert_one, {"key": "after", "pad": ""})
+    database.dispose()
+
+    assert raised.value.reason == "OperationalError SQLITE_FULL"
+
+
+def test_a_bad_statement_is_not_mistaken_for_a_fault(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'taskrun.db'}"
+    upgrade(url)
+    database = Database(url)
+
+    with pytest.raises(OperationalError), database.transaction() as connection:
+        connection.execute(text("SELECT * FROM no_such_table"))
+    database.dispose()
+
+
+def test_a_migrated_file_is_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "taskrun.db"
+
+    upgrade(f"sqlite:///{path}")
+
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+insert_one = text(
+    "INSERT INTO task_run (id, created, updated, name, task_key, dynamic_key, empirical_policy,"
+    " tags, labels, task_inputs, run_count, flow_run_run_count, total_run_time)"
+    " VALUES (lower(hex(randomblob(16))), '2020-01-01', '2020-01-01', :pad, :key, '0', '{}',"
+    " '[]', '{}', '{}', 0, 0, 0)"
+)

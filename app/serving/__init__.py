@@ -1,0 +1,1 @@
+"""Serving the application: the HTTP protocol's bounds on clients, and the worker processes."""
