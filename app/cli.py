@@ -10,6 +10,7 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
+from app import __version__
 from app.db.database import Database
 from app.db.migrate import check, downgrade, upgrade
 from app.main import create_routes
@@ -71,6 +72,7 @@ def check_handlers(_arguments: argparse.Namespace, settings: Settings) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskrun-api", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_parser = commands.add_parser("serve", help=serve.__doc__)
