@@ -13,6 +13,7 @@ from app.contract.api import mount_contract
 from app.contract.spec import load_spec
 from app.contract.wsgi import install_wsgi_bridge
 from app.db.database import Database
+from app.db.migrate import head_revision
 from app.handlers.root import AdminHandlers, RootHandlers
 from app.handlers.task_runs import TaskRunHandlers
 from app.settings import Settings
@@ -25,7 +26,11 @@ def create_routes(database: Database, settings: Settings) -> Routes:
     """The generated route stubs, each group bound to its handlers."""
     return Routes(
         task_runs=TaskRunHandlers(database=database),
-        root=RootHandlers(api_version=load_spec()["info"]["version"]),
+        root=RootHandlers(
+            api_version=load_spec()["info"]["version"],
+            database=database,
+            schema_head=head_revision(),
+        ),
         admin=AdminHandlers(server_version=settings.prefect_server_version),
     )
 

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from app.contract.middleware import InvalidApiVersion, RequestTooLarge, Unauthorized
 from app.contract.validation import RequestValidationError
 from app.db.database import DatabaseUnavailable
-from app.services.errors import Conflict, NotFound, Unprocessable
+from app.services.errors import Conflict, NotFound, NotReady, Unprocessable
 from generated.routes import InvalidRequestModel
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,12 @@ async def _database_unavailable(
     )
 
 
+async def _not_ready(_request: ConnexionRequest, error: NotReady) -> ConnexionResponse:
+    # Prefect's server answers its readiness check with `message`, not `detail`.
+    logger.warning("not ready: %s", error)
+    return json_response(503, {"message": str(error)})
+
+
 async def _http_exception(_request: ConnexionRequest, error: HTTPException) -> ConnexionResponse:
     # Routing outcomes: unknown path (404), wrong method (405).
     return detail_response(
@@ -148,6 +154,7 @@ ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
     Unauthorized: _unauthorized,
     **dict.fromkeys(DETAIL_STATUSES, _detail),
     DatabaseUnavailable: _database_unavailable,
+    NotReady: _not_ready,
     HTTPException: _http_exception,
     ProblemException: _problem,
     Exception: _unexpected,
