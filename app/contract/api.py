@@ -11,6 +11,8 @@ from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from connexion.security import AbstractSecurityHandler
 
+from app.contract.documents import document_endpoints
+from app.contract.endpoints import ReadOnlyEndpoints
 from app.contract.errors import register_error_handlers
 from app.contract.middleware import (
     ApiVersionMiddleware,
@@ -83,7 +85,8 @@ def mount_contract(
     max_request_body_bytes: int,
     basic_auth: str | None,
 ) -> None:
-    """Serve openapi.yaml's operations on `app`, validated against the document itself.
+    """Serve openapi.yaml's operations on `app`, validated against the document itself,
+    and beside them the document as written and its docs page.
 
     With `basic_auth` ("user:password"), every path but those of the operations whose
     document says `security: []` needs those credentials.
@@ -91,14 +94,16 @@ def mount_contract(
     enable_openapi_31()
     ensure_every_operation_handled(routes)
     spec = load_spec()
+    base_path = spec["servers"][0]["url"].rstrip("/")
     app.add_api(
         spec,
         resolver=RoutesResolver(routes),
         validator_map=VALIDATOR_MAP,
         validate_responses=validate_responses,
         security_map={"basic": BasicAuthCheckedBeforeRouting},
-        # Connexion's bundled Swagger UI cannot render OpenAPI 3.1; the document is served.
-        swagger_ui_options=SwaggerUIOptions(swagger_ui=False, serve_spec=True),
+        # Connexion's bundled Swagger UI cannot render OpenAPI 3.1, and its copy of the
+        # document is an expanded one: app/contract/documents.py serves both instead.
+        swagger_ui_options=SwaggerUIOptions(swagger_ui=False, serve_spec=False),
     )
     register_error_handlers(app)
     app.add_middleware(LineBreakPathMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION)
@@ -110,6 +115,13 @@ def mount_contract(
             credentials=basic_auth,
             exempt_paths=public_paths(spec),
         )
+    paths, prefixes = document_endpoints(base_path=base_path, title=spec["info"]["title"])
+    app.add_middleware(
+        ReadOnlyEndpoints,
+        position=MiddlewarePosition.BEFORE_SWAGGER,
+        paths=paths,
+        prefixes=prefixes,
+    )
     app.add_middleware(ApiVersionMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION)
     app.add_middleware(
         BodySizeLimitMiddleware,
