@@ -7,7 +7,7 @@ RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test generate check check-generated check-handlers lint typecheck fuzz clean \
+.PHONY: help install run test generate client check check-generated check-handlers lint typecheck fuzz clean \
 	bench bench-prefect bench-wrk
 
 help: ## list the targets
@@ -37,6 +37,9 @@ generate: $(DEV) ## regenerate generated/ from openapi.yaml
 	$(BIN)/openapi-spec-validator openapi.yaml
 	$(BIN)/datamodel-codegen
 	$(BIN)/python -m app.codegen.routes
+
+client: $(DEV) ## generate a typed Python client from openapi.yaml into build/client (git-ignored)
+	$(BIN)/python -m app.codegen.client --output build/client
 
 check-generated: $(DEV)
 	@$(BIN)/openapi-spec-validator openapi.yaml
