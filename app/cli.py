@@ -3,43 +3,38 @@
 from __future__ import annotations
 
 import argparse
-import copy
+import logging
+import logging.config
 import sys
-from typing import Any
 
 import uvicorn
-from uvicorn.config import LOGGING_CONFIG
 
 from app import __version__
 from app.db.database import Database
 from app.db.migrate import check, downgrade, upgrade
 from app.main import create_routes
+from app.observability.logs import log_config
 from app.settings import Settings
 
-
-def _log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging, plus the service's own `app` loggers at `level`."""
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["app"] = {"handlers": ["default"], "level": level, "propagate": False}
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        config["loggers"][name]["level"] = level
-    return config
+logger = logging.getLogger(__name__)
 
 
 def serve(arguments: argparse.Namespace, settings: Settings) -> int:
     """Migrate the database, then serve the API with `workers` processes."""
+    logging_config = log_config(level=settings.log_level, log_format=settings.log_format)
+    # The migration's lines are formatted like the server's.
+    logging.config.dictConfig(logging_config)
     if not arguments.no_migrate:
-        print(
-            f"migrating {Database(settings.database_url).url.render_as_string()}", file=sys.stderr
-        )
+        logger.info("migrating %s", Database(settings.database_url).url.render_as_string())
         upgrade(settings.database_url)
     uvicorn.run(
         "app.main:app",
         host=arguments.host or settings.host,
         port=arguments.port if arguments.port is not None else settings.port,
         workers=arguments.workers or settings.workers,
-        log_config=_log_config(settings.log_level),
-        access_log=settings.access_log,
+        log_config=logging_config,
+        # The service logs each request itself (ACCESS_LOG), with more than uvicorn knows.
+        access_log=False,
     )
     return 0
 

@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
         validate_responses=settings.validate_responses,
         max_request_body_bytes=settings.max_request_body_bytes,
         basic_auth=auth_string.get_secret_value() if auth_string else None,
+        log_requests=settings.access_log,
     )
     app.app.extensions[DATABASE_EXTENSION] = database
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,7 +25,10 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=0, le=65535)] = 4200
     workers: Annotated[int, Field(ge=1)] = 2
     log_level: str = "INFO"
-    access_log: bool = False
+    # "text" for people, "json" for log collectors: one JSON object per line.
+    log_format: Literal["text", "json"] = "text"
+    # One line per request: method, path, operationId, status, duration, request id.
+    access_log: bool = True
     # Threads per worker process that run the handlers, and database connections for them:
     # a thread holds one connection at a time, so more connections than threads sit idle.
     threads_per_worker: Annotated[int, Field(ge=1)] = 10
@@ -46,6 +49,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_means_unset(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value and value.get_secret_value() else None
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_case_log_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("log_level")
     @classmethod

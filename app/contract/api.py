@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgi_correlation_id import CorrelationIdMiddleware
 from connexion import FlaskApp
 from connexion.exceptions import ResolverError
 from connexion.middleware import MiddlewarePosition
@@ -19,6 +20,12 @@ from app.contract.middleware import (
     BasicAuthMiddleware,
     BodySizeLimitMiddleware,
     LineBreakPathMiddleware,
+)
+from app.contract.observability import (
+    REQUEST_ID_HEADER,
+    RequestRecorder,
+    acceptable_request_id,
+    new_request_id,
 )
 from app.contract.spec import enable_openapi_31, load_spec
 from app.contract.validation import VALIDATOR_MAP
@@ -84,12 +91,14 @@ def mount_contract(
     validate_responses: bool,
     max_request_body_bytes: int,
     basic_auth: str | None,
+    log_requests: bool,
 ) -> None:
     """Serve openapi.yaml's operations on `app`, validated against the document itself,
     and beside them the document as written and its docs page.
 
     With `basic_auth` ("user:password"), every path but those of the operations whose
-    document says `security: []` needs those credentials.
+    document says `security: []` needs those credentials. Every request gets an id, and
+    with `log_requests` a log line.
     """
     enable_openapi_31()
     ensure_every_operation_handled(routes)
@@ -106,6 +115,21 @@ def mount_contract(
         swagger_ui_options=SwaggerUIOptions(swagger_ui=False, serve_spec=False),
     )
     register_error_handlers(app)
+    # Middleware added at one position runs in the order added: the request id first, so
+    # that every response carries it.
+    app.add_middleware(
+        CorrelationIdMiddleware,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        header_name=REQUEST_ID_HEADER,
+        update_request_header=False,
+        generator=new_request_id,
+        validator=acceptable_request_id,
+    )
+    app.add_middleware(
+        RequestRecorder,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        log_requests=log_requests,
+    )
     app.add_middleware(LineBreakPathMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION)
     if basic_auth:
         # Before the document is served or any route is matched: all of /api is guarded.

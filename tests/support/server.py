@@ -8,8 +8,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -38,9 +39,16 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(
-    database_url: str, *, workers: int = 2, environment: dict[str, str] | None = None
+    database_url: str,
+    *,
+    workers: int = 2,
+    environment: dict[str, str] | None = None,
+    output: Path | None = None,
 ) -> Iterator[RunningServer]:
-    """Migrate `database_url`, serve it, wait until it answers; stop it afterwards."""
+    """Migrate `database_url`, serve it, wait until it answers; stop it afterwards.
+
+    With `output`, what the server writes to stdout and stderr goes to that file.
+    """
     port = free_port()
     env = {
         **os.environ,
@@ -52,18 +60,22 @@ def running_server(
         sys.executable, "-m", "app.cli", "serve",
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
     ]  # fmt: skip
-    process = subprocess.Popen(command, env=env)
-    server = RunningServer(base_url=f"http://127.0.0.1:{port}", process=process)
-    try:
-        _wait_until_serving(server)
-        yield server
-    finally:
-        process.terminate()
+    with ExitStack() as stack:
+        log = stack.enter_context(output.open("wb")) if output else None
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT if log else None
+        )
+        server = RunningServer(base_url=f"http://127.0.0.1:{port}", process=process)
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            _wait_until_serving(server)
+            yield server
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def _wait_until_serving(server: RunningServer) -> None:
