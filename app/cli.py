@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.config
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 
@@ -14,9 +20,35 @@ from app.db.database import Database
 from app.db.migrate import check, downgrade, upgrade
 from app.main import create_routes
 from app.observability.logs import log_config
+from app.observability.metrics import MULTIPROCESS_DIR_ENV
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def metrics_directory(*, enabled: bool) -> Iterator[None]:
+    """Point the workers' prometheus-client at one directory for the life of the server.
+
+    An operator's PROMETHEUS_MULTIPROC_DIR is used (emptied first: files of an earlier run
+    would add to the counts); otherwise a temporary directory, removed afterwards.
+    """
+    if not enabled:
+        yield
+        return
+    given = os.environ.get(MULTIPROCESS_DIR_ENV)
+    if given:
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="taskrun-api-metrics-")
+    os.environ[MULTIPROCESS_DIR_ENV] = directory
+    try:
+        yield
+    finally:
+        del os.environ[MULTIPROCESS_DIR_ENV]
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def serve(arguments: argparse.Namespace, settings: Settings) -> int:
@@ -27,15 +59,16 @@ def serve(arguments: argparse.Namespace, settings: Settings) -> int:
     if not arguments.no_migrate:
         logger.info("migrating %s", Database(settings.database_url).url.render_as_string())
         upgrade(settings.database_url)
-    uvicorn.run(
-        "app.main:app",
-        host=arguments.host or settings.host,
-        port=arguments.port if arguments.port is not None else settings.port,
-        workers=arguments.workers or settings.workers,
-        log_config=logging_config,
-        # The service logs each request itself (ACCESS_LOG), with more than uvicorn knows.
-        access_log=False,
-    )
+    with metrics_directory(enabled=settings.metrics_enabled):
+        uvicorn.run(
+            "app.main:app",
+            host=arguments.host or settings.host,
+            port=arguments.port if arguments.port is not None else settings.port,
+            workers=arguments.workers or settings.workers,
+            log_config=logging_config,
+            # The service logs each request itself (ACCESS_LOG), with more than uvicorn knows.
+            access_log=False,
+        )
     return 0
 
 

@@ -16,6 +16,7 @@ from app.db.database import Database
 from app.db.migrate import head_revision
 from app.handlers.root import AdminHandlers, RootHandlers
 from app.handlers.task_runs import TaskRunHandlers
+from app.observability import metrics
 from app.settings import Settings
 from generated.routes import Routes
 
@@ -40,13 +41,16 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
     settings = settings or Settings()
     logging.getLogger("app").setLevel(settings.log_level)
     database = Database(settings.database_url, pool_size=settings.database_pool_size)
+    if settings.metrics_enabled:
+        metrics.watch_pool(database.engine)
 
     @asynccontextmanager
-    async def close_database_on_shutdown(_app: Any) -> AsyncIterator[None]:
+    async def close_on_shutdown(_app: Any) -> AsyncIterator[None]:
         yield
         database.dispose()
+        metrics.forget_this_process()
 
-    app = FlaskApp(__name__, lifespan=close_database_on_shutdown)
+    app = FlaskApp(__name__, lifespan=close_on_shutdown)
     install_wsgi_bridge(app, threads=settings.threads_per_worker)
     auth_string = settings.api_auth_string
     mount_contract(
@@ -56,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
         max_request_body_bytes=settings.max_request_body_bytes,
         basic_auth=auth_string.get_secret_value() if auth_string else None,
         log_requests=settings.access_log,
+        metrics_enabled=settings.metrics_enabled,
     )
     app.app.extensions[DATABASE_EXTENSION] = database
     return app

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     # One line per request: method, path, operationId, status, duration, request id.
     access_log: bool = True
+    metrics_enabled: bool = True
     # Threads per worker process that run the handlers, and database connections for them:
     # a thread holds one connection at a time, so more connections than threads sit idle.
     threads_per_worker: Annotated[int, Field(ge=1)] = 10

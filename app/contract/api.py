@@ -25,6 +25,7 @@ from app.contract.observability import (
     REQUEST_ID_HEADER,
     RequestRecorder,
     acceptable_request_id,
+    metrics_endpoint,
     new_request_id,
 )
 from app.contract.spec import enable_openapi_31, load_spec
@@ -32,6 +33,7 @@ from app.contract.validation import VALIDATOR_MAP
 from generated.routes import Routes
 
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+METRICS_PATH = "/metrics"
 
 
 class MissingHandlers(RuntimeError):
@@ -92,13 +94,14 @@ def mount_contract(
     max_request_body_bytes: int,
     basic_auth: str | None,
     log_requests: bool,
+    metrics_enabled: bool,
 ) -> None:
-    """Serve openapi.yaml's operations on `app`, validated against the document itself,
-    and beside them the document as written and its docs page.
+    """Serve openapi.yaml's operations on `app`, validated against the document itself.
 
     With `basic_auth` ("user:password"), every path but those of the operations whose
-    document says `security: []` needs those credentials. Every request gets an id, and
-    with `log_requests` a log line.
+    document says `security: []` needs those credentials. Beside the operations: the
+    document and its docs page, the metrics when enabled, and a request id, a log line and
+    metrics for every request.
     """
     enable_openapi_31()
     ensure_every_operation_handled(routes)
@@ -129,6 +132,8 @@ def mount_contract(
         RequestRecorder,
         position=MiddlewarePosition.BEFORE_EXCEPTION,
         log_requests=log_requests,
+        count_requests=metrics_enabled,
+        metrics_path=METRICS_PATH,
     )
     app.add_middleware(LineBreakPathMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION)
     if basic_auth:
@@ -140,6 +145,8 @@ def mount_contract(
             exempt_paths=public_paths(spec),
         )
     paths, prefixes = document_endpoints(base_path=base_path, title=spec["info"]["title"])
+    if metrics_enabled:
+        paths[METRICS_PATH] = metrics_endpoint
     app.add_middleware(
         ReadOnlyEndpoints,
         position=MiddlewarePosition.BEFORE_SWAGGER,

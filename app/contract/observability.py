@@ -1,9 +1,10 @@
-"""Every HTTP request gets an id and one log line.
+"""Every HTTP request gets an id, one log line and its place in the metrics.
 
 asgi-correlation-id takes the id from an incoming `X-Request-ID` when it is acceptable (a
 short token, so that it is safe in a log line), or makes a new one, and returns it in
 `X-Request-ID` on every response. RequestRecorder, inside it, logs the request when its
-response has been sent, with the operationId Connexion's router matched.
+response has been sent and counts it in the metrics, by the operationId Connexion's router
+matched.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from typing import Any
 from uuid import uuid4
 
 from connexion.middleware.abstract import ROUTING_CONTEXT
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.observability import metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Letters, digits and a few separators: UUIDs, hex ids, trace ids; nothing that could break
@@ -36,14 +40,21 @@ def new_request_id() -> str:
 
 
 class RequestRecorder:
-    """Logs one line per request, once it has been answered."""
+    """Logs one line per request and counts it in the metrics, once it has been answered.
 
-    def __init__(self, app: ASGIApp, *, log_requests: bool) -> None:
+    `metrics_path` (the scrape itself) is neither logged nor counted.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, log_requests: bool, count_requests: bool, metrics_path: str
+    ) -> None:
         self.app = app
         self.log_requests = log_requests
+        self.count_requests = count_requests
+        self.metrics_path = metrics_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.log_requests:
+        if scope["type"] != "http" or scope["path"] == self.metrics_path:
             await self.app(scope, receive, send)
             return
         # Connexion's router records the operation in scope["extensions"] of a copy of the
@@ -58,12 +69,18 @@ class RequestRecorder:
             await send(message)
 
         started = time.perf_counter()
+        if self.count_requests:
+            metrics.REQUESTS_IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send_noting_status)
         finally:
             seconds = time.perf_counter() - started
             operation_id = extensions.get(ROUTING_CONTEXT, {}).get("operation_id")
-            _log_request(scope, operation_id=operation_id, status=status, seconds=seconds)
+            if self.count_requests:
+                metrics.REQUESTS_IN_FLIGHT.dec()
+                metrics.observe_request(operation_id=operation_id, status=status, seconds=seconds)
+            if self.log_requests:
+                _log_request(scope, operation_id=operation_id, status=status, seconds=seconds)
 
 
 def _log_request(scope: Scope, *, operation_id: str | None, status: int, seconds: float) -> None:
@@ -87,3 +104,9 @@ def _log_request(scope: Scope, *, operation_id: str | None, status: int, seconds
             "duration_ms": duration_ms,
         },
     )
+
+
+async def metrics_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    """`GET /metrics`: every worker's metrics in Prometheus's text format."""
+    response = Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
+    await response(scope, receive, send)
