@@ -9,7 +9,7 @@ from typing import Any
 
 from connexion import FlaskApp
 
-from app.contract.api import mount_contract
+from app.contract.api import CorsPolicy, mount_contract
 from app.contract.spec import load_spec
 from app.contract.wsgi import install_wsgi_bridge
 from app.db.database import Database
@@ -17,7 +17,7 @@ from app.db.migrate import head_revision
 from app.handlers.root import AdminHandlers, RootHandlers
 from app.handlers.task_runs import TaskRunHandlers
 from app.observability import metrics
-from app.settings import Settings
+from app.settings import Settings, comma_separated
 from generated.routes import Routes
 
 DATABASE_EXTENSION = "taskrun_api.database"
@@ -33,6 +33,18 @@ def create_routes(database: Database, settings: Settings) -> Routes:
             schema_head=head_revision(),
         ),
         admin=AdminHandlers(server_version=settings.prefect_server_version),
+    )
+
+
+def cors_policy(settings: Settings) -> CorsPolicy | None:
+    """The CORS policy the settings describe; None when no origin is allowed."""
+    origins = comma_separated(settings.cors_allowed_origins)
+    if not origins:
+        return None
+    return CorsPolicy(
+        origins=origins,
+        methods=comma_separated(settings.cors_allowed_methods),
+        headers=comma_separated(settings.cors_allowed_headers),
     )
 
 
@@ -61,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
         basic_auth=auth_string.get_secret_value() if auth_string else None,
         log_requests=settings.access_log,
         metrics_enabled=settings.metrics_enabled,
+        cors=cors_policy(settings),
     )
     app.app.extensions[DATABASE_EXTENSION] = database
     return app

@@ -30,6 +30,25 @@ class Settings(BaseSettings):
     # One line per request: method, path, operationId, status, duration, request id.
     access_log: bool = True
     metrics_enabled: bool = True
+    # Comma-separated, as Prefect's server reads them ("*": any); no origins: no CORS.
+    cors_allowed_origins: str = Field(
+        default="*",
+        validation_alias=AliasChoices(
+            "CORS_ALLOWED_ORIGINS", "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"
+        ),
+    )
+    cors_allowed_methods: str = Field(
+        default="*",
+        validation_alias=AliasChoices(
+            "CORS_ALLOWED_METHODS", "PREFECT_SERVER_API_CORS_ALLOWED_METHODS"
+        ),
+    )
+    cors_allowed_headers: str = Field(
+        default="*",
+        validation_alias=AliasChoices(
+            "CORS_ALLOWED_HEADERS", "PREFECT_SERVER_API_CORS_ALLOWED_HEADERS"
+        ),
+    )
     # Threads per worker process that run the handlers, and database connections for them:
     # a thread holds one connection at a time, so more connections than threads sit idle.
     threads_per_worker: Annotated[int, Field(ge=1)] = 10
@@ -63,3 +82,8 @@ class Settings(BaseSettings):
         if name not in logging.getLevelNamesMapping():
             raise ValueError(f"unknown log level {value!r}")
         return name
+
+
+def comma_separated(value: str) -> list[str]:
+    """The non-empty items of a comma-separated setting."""
+    return [item.strip() for item in value.split(",") if item.strip()]

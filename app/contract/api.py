@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from asgi_correlation_id import CorrelationIdMiddleware
@@ -11,6 +13,7 @@ from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from connexion.security import AbstractSecurityHandler
+from starlette.middleware.cors import CORSMiddleware
 
 from app.contract.documents import document_endpoints
 from app.contract.endpoints import ReadOnlyEndpoints
@@ -86,6 +89,15 @@ def public_paths(spec: dict[str, Any]) -> frozenset[str]:
     )
 
 
+@dataclass(frozen=True)
+class CorsPolicy:
+    """Which cross-origin browser requests may call the API ("*": any)."""
+
+    origins: Sequence[str]
+    methods: Sequence[str]
+    headers: Sequence[str]
+
+
 def mount_contract(
     app: FlaskApp,
     routes: Routes,
@@ -95,13 +107,14 @@ def mount_contract(
     basic_auth: str | None,
     log_requests: bool,
     metrics_enabled: bool,
+    cors: CorsPolicy | None,
 ) -> None:
     """Serve openapi.yaml's operations on `app`, validated against the document itself.
 
     With `basic_auth` ("user:password"), every path but those of the operations whose
     document says `security: []` needs those credentials. Beside the operations: the
-    document and its docs page, the metrics when enabled, and a request id, a log line and
-    metrics for every request.
+    document and its docs page, the metrics when enabled, a request id, a log line and
+    metrics for every request, and CORS when a policy is given.
     """
     enable_openapi_31()
     ensure_every_operation_handled(routes)
@@ -119,7 +132,8 @@ def mount_contract(
     )
     register_error_handlers(app)
     # Middleware added at one position runs in the order added: the request id first, so
-    # that every response carries it.
+    # that every response carries it; CORS outside the error handling, so that error
+    # responses carry its headers too.
     app.add_middleware(
         CorrelationIdMiddleware,
         position=MiddlewarePosition.BEFORE_EXCEPTION,
@@ -135,6 +149,15 @@ def mount_contract(
         count_requests=metrics_enabled,
         metrics_path=METRICS_PATH,
     )
+    if cors is not None:
+        app.add_middleware(
+            CORSMiddleware,
+            position=MiddlewarePosition.BEFORE_EXCEPTION,
+            allow_origins=cors.origins,
+            allow_methods=cors.methods,
+            allow_headers=cors.headers,
+            expose_headers=[REQUEST_ID_HEADER],
+        )
     app.add_middleware(LineBreakPathMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION)
     if basic_auth:
         # Before the document is served or any route is matched: all of /api is guarded.
