@@ -7,6 +7,7 @@ import logging
 import logging.config
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -51,6 +52,10 @@ def metrics_directory(*, enabled: bool) -> Iterator[None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def _exit_with_success(_signal_number: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve(arguments: argparse.Namespace, settings: Settings) -> int:
     """Migrate the database, then serve the API with `workers` processes."""
     logging_config = log_config(level=settings.log_level, log_format=settings.log_format)
@@ -59,6 +64,11 @@ def serve(arguments: argparse.Namespace, settings: Settings) -> int:
     if not arguments.no_migrate:
         logger.info("migrating %s", Database(settings.database_url).url.render_as_string())
         upgrade(settings.database_url)
+    # On SIGTERM uvicorn stops accepting, waits up to GRACEFUL_SHUTDOWN_SECONDS for the
+    # requests in flight and shuts the app down; then it raises the signal again under the
+    # handler it found, so that the process ends the way the signal asks: with this
+    # handler, a clean exit.
+    signal.signal(signal.SIGTERM, _exit_with_success)
     with metrics_directory(enabled=settings.metrics_enabled):
         uvicorn.run(
             "app.main:app",
@@ -68,6 +78,7 @@ def serve(arguments: argparse.Namespace, settings: Settings) -> int:
             log_config=logging_config,
             # The service logs each request itself (ACCESS_LOG), with more than uvicorn knows.
             access_log=False,
+            timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
         )
     return 0
 

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
             "CORS_ALLOWED_HEADERS", "PREFECT_SERVER_API_CORS_ALLOWED_HEADERS"
         ),
     )
+    # On SIGTERM, requests in flight get this long to finish before they are cancelled.
+    graceful_shutdown_seconds: Annotated[int, Field(ge=0)] = 20
     # Threads per worker process that run the handlers, and database connections for them:
     # a thread holds one connection at a time, so more connections than threads sit idle.
     threads_per_worker: Annotated[int, Field(ge=1)] = 10
