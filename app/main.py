@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 from connexion import FlaskApp
 
@@ -21,6 +22,9 @@ from app.settings import Settings, comma_separated
 from generated.routes import Routes
 
 DATABASE_EXTENSION = "taskrun_api.database"
+ABANDONED_REQUESTS_EXIT_STATUS = 1
+
+logger = logging.getLogger(__name__)
 
 
 def create_routes(database: Database, settings: Settings) -> Routes:
@@ -48,6 +52,19 @@ def cors_policy(settings: Settings) -> CorsPolicy | None:
     )
 
 
+def abandon_running_requests(count: int) -> NoReturn:
+    """End this process now, with status 1, leaving `count` unfinished requests undone.
+
+    Their transactions are never committed: the database rolls them back.
+    """
+    logger.error(
+        "%d request(s) still running after the graceful shutdown period: exiting without them",
+        count,
+    )
+    metrics.forget_this_process()
+    os._exit(ABANDONED_REQUESTS_EXIT_STATUS)
+
+
 def create_app(settings: Settings | None = None) -> FlaskApp:
     """A Connexion app serving openapi.yaml from the database `settings` names."""
     settings = settings or Settings()
@@ -59,11 +76,16 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
     @asynccontextmanager
     async def close_on_shutdown(_app: Any) -> AsyncIterator[None]:
         yield
+        # The server has waited up to GRACEFUL_SHUTDOWN_SECONDS and cancelled the requests
+        # still running; their handler threads may go on, keep the process alive, and even
+        # commit a write whose client was answered 500. The process ends without them.
+        if bridge.running:
+            abandon_running_requests(bridge.running)
         database.dispose()
         metrics.forget_this_process()
 
     app = FlaskApp(__name__, lifespan=close_on_shutdown)
-    install_wsgi_bridge(app, threads=settings.threads_per_worker)
+    bridge = install_wsgi_bridge(app, threads=settings.threads_per_worker)
     auth_string = settings.api_auth_string
     mount_contract(
         app,

@@ -20,6 +20,7 @@ import asyncio
 import contextvars
 import functools
 import io
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -42,6 +43,17 @@ class BufferedWSGIBridge:
     def __init__(self, wsgi_app: Any, *, threads: int) -> None:
         self.wsgi_app = wsgi_app
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flask")
+        self._running = 0
+        self._running_lock = threading.Lock()
+
+    @property
+    def running(self) -> int:
+        """How many requests the pool's threads are working on right now.
+
+        A request whose ASGI side was cancelled goes on in its thread until the application
+        returns; this counts it until then.
+        """
+        return self._running
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -62,6 +74,15 @@ class BufferedWSGIBridge:
 
     def _respond(self, environ: Any) -> WSGIResult:
         """Run the WSGI application to the end and collect its response (in a pool thread)."""
+        with self._running_lock:
+            self._running += 1
+        try:
+            return self._run_to_the_end(environ)
+        finally:
+            with self._running_lock:
+                self._running -= 1
+
+    def _run_to_the_end(self, environ: Any) -> WSGIResult:
         started: dict[str, Any] = {}
         written: list[bytes] = []
 

@@ -117,3 +117,40 @@ def test_a_request_in_flight_is_answered_before_a_clean_exit(
             # last connection closes; after a kill the log would stay.
             assert not Path(f"{make_url(url).database}-wal").exists()
         assert runs_with_key(url, "slow") == 1
+
+
+# With one worker the server is the process that gives up; with more, the supervising
+# process stops cleanly after its worker did.
+EXIT_STATUS_AFTER_ABANDONING = {1: 1, 2: 0}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_request_past_the_grace_period_is_abandoned_and_undone(
+    backend: str, tmp_path: Path, workers: int
+) -> None:
+    grace_seconds = 1
+    with (
+        empty_database(backend, tmp_path) as url,
+        running_server(
+            url, workers=workers, environment={"GRACEFUL_SHUTDOWN_SECONDS": str(grace_seconds)}
+        ) as server,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        with writes_held(url):
+            slow: Future[httpx.Response] = pool.submit(
+                httpx.post,
+                f"{server.api_url}/task_runs/",
+                json={"task_key": "abandoned", "dynamic_key": "0"},
+                timeout=60,
+            )
+            wait_for(lambda: waits_for_the_database(server), "the create to wait for its write")
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+
+            # The process ends while the create still waits: it does not wait for it.
+            exit_status = server.process.wait(timeout=WAIT_SECONDS)
+            assert time.monotonic() - signalled < grace_seconds + 10
+            assert slow.result(timeout=WAIT_SECONDS).status_code == 500
+
+        assert exit_status == EXIT_STATUS_AFTER_ABANDONING[workers]
+        assert runs_with_key(url, "abandoned") == 0
