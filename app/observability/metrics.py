@@ -62,11 +62,20 @@ DATABASE_CONNECTIONS_IN_USE = Gauge(
 )
 
 
+# The labelled series of each (operationId, status): found once, not on every request.
+_series: dict[tuple[str | None, int], tuple[Any, Any]] = {}
+
+
 def observe_request(*, operation_id: str | None, status: int, seconds: float) -> None:
     """Count one answered request and its duration."""
-    operation = operation_id or NO_OPERATION
-    REQUESTS.labels(operation, str(status)).inc()
-    REQUEST_DURATION.labels(operation).observe(seconds)
+    series = _series.get((operation_id, status))
+    if series is None:
+        operation = operation_id or NO_OPERATION
+        series = (REQUESTS.labels(operation, str(status)), REQUEST_DURATION.labels(operation))
+        _series[(operation_id, status)] = series
+    requests, duration = series
+    requests.inc()
+    duration.observe(seconds)
 
 
 def watch_pool(engine: Engine) -> None:
