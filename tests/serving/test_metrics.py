@@ -77,8 +77,9 @@ def test_the_counts_of_both_workers_add_up(server: RunningServer, metrics_dir: P
         }
     )
     assert Counter(statuses) == {200: 90, 404: 25}
+    # (More than two when uvicorn replaced a worker that answered its health check late.)
     workers = {path.stem.rsplit("_", 1)[1] for path in metrics_dir.glob("counter_*.db")}
-    assert len(workers) == 2, f"only {workers} counted requests: were both workers serving?"
+    assert len(workers) >= 2, f"only {workers} counted requests: were both workers serving?"
 
 
 def test_the_latency_histogram_counts_every_request(server: RunningServer) -> None:

@@ -66,6 +66,20 @@ def waits_for_the_database(server: RunningServer) -> bool:
     )
 
 
+def create_waiting_for_its_write(
+    pool: ThreadPoolExecutor, server: RunningServer, *, task_key: str
+) -> Future[httpx.Response]:
+    """Send a create while writes are held; return once it waits for the database."""
+    response = pool.submit(
+        httpx.post,
+        f"{server.api_url}/task_runs/",
+        json={"task_key": task_key, "dynamic_key": "0"},
+        timeout=60,
+    )
+    wait_for(lambda: waits_for_the_database(server), "the create to wait for its write")
+    return response
+
+
 def answers(server: RunningServer) -> bool:
     """Whether the server answers a new request (on a new connection) within a second."""
     try:
@@ -96,14 +110,7 @@ def test_a_request_in_flight_is_answered_before_a_clean_exit(
         ThreadPoolExecutor(max_workers=1) as pool,
     ):
         with writes_held(url):
-            slow: Future[httpx.Response] = pool.submit(
-                httpx.post,
-                f"{server.api_url}/task_runs/",
-                json={"task_key": "slow", "dynamic_key": "0"},
-                timeout=60,
-            )
-            wait_for(lambda: waits_for_the_database(server), "the create to wait for its write")
-
+            slow = create_waiting_for_its_write(pool, server, task_key="slow")
             server.process.send_signal(signal.SIGTERM)
             wait_for(lambda: not answers(server), "the server to stop accepting requests")
 
@@ -137,13 +144,7 @@ def test_a_request_past_the_grace_period_is_abandoned_and_undone(
         ThreadPoolExecutor(max_workers=1) as pool,
     ):
         with writes_held(url):
-            slow: Future[httpx.Response] = pool.submit(
-                httpx.post,
-                f"{server.api_url}/task_runs/",
-                json={"task_key": "abandoned", "dynamic_key": "0"},
-                timeout=60,
-            )
-            wait_for(lambda: waits_for_the_database(server), "the create to wait for its write")
+            slow = create_waiting_for_its_write(pool, server, task_key="abandoned")
             signalled = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
 
