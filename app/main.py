@@ -18,6 +18,7 @@ from app.db.migrate import head_revision
 from app.handlers.root import AdminHandlers, RootHandlers
 from app.handlers.task_runs import TaskRunHandlers
 from app.observability import metrics
+from app.observability.logs import skip_unused_record_fields
 from app.settings import Settings, comma_separated
 from generated.routes import Routes
 
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
     """A Connexion app serving openapi.yaml from the database `settings` names."""
     settings = settings or Settings()
     logging.getLogger("app").setLevel(settings.log_level)
+    skip_unused_record_fields()
     database = Database(settings.database_url, pool_size=settings.database_pool_size)
     if settings.metrics_enabled:
         metrics.watch_pool(database.engine)

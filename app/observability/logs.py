@@ -7,16 +7,15 @@ request's context), so any code can name it with `current_request_id()`.
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any, Literal
 
 from asgi_correlation_id.context import correlation_id
 from pythonjsonlogger.core import RESERVED_ATTRS
-from uvicorn.config import LOGGING_CONFIG
 
 LogFormat = Literal["text", "json"]
 NO_REQUEST = "-"
+TEXT_FORMAT = "%(levelname)-8s %(request_id)s %(message)s"
 # uvicorn adds an ANSI-coloured copy of some messages; a JSON line needs the plain one only.
 _NOT_IN_JSON = [*RESERVED_ATTRS, "color_message"]
 
@@ -34,9 +33,9 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def _formatters(log_format: LogFormat) -> dict[str, dict[str, Any]]:
+def _formatter(log_format: LogFormat) -> dict[str, Any]:
     if log_format == "json":
-        json_formatter = {
+        return {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": "%(levelname)s %(name)s %(message)s",
             "rename_fields": {"levelname": "level", "name": "logger"},
@@ -44,36 +43,45 @@ def _formatters(log_format: LogFormat) -> dict[str, dict[str, Any]]:
             "timestamp": "time",
             "reserved_attrs": _NOT_IN_JSON,
         }
-        return {"uvicorn": json_formatter, "service": json_formatter}
-    uvicorn_text = copy.deepcopy(LOGGING_CONFIG["formatters"]["default"])
-    service_text = {**uvicorn_text, "fmt": "%(levelprefix)s %(request_id)s %(message)s"}
-    return {"uvicorn": uvicorn_text, "service": service_text}
+    return {"format": TEXT_FORMAT}
 
 
 def log_config(*, level: str, log_format: LogFormat) -> dict[str, Any]:
     """The logging configuration of the server and the service (`logging.config` schema).
 
-    uvicorn's own lines keep their look in text; every other logger (the service's, the
-    libraries') goes through the root logger, its lines prefixed with the request id.
+    Every logger, uvicorn's included, writes through one handler on the root logger, in
+    one format, each line naming the request it was logged for.
     """
-
-    def handler(formatter: str) -> dict[str, Any]:
-        return {
-            "class": "logging.StreamHandler",
-            "stream": "ext://sys.stderr",
-            "formatter": formatter,
-            "filters": ["request_id"],
-        }
-
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"request_id": {"()": RequestIdFilter}},
-        "formatters": _formatters(log_format),
-        "handlers": {"uvicorn": handler("uvicorn"), "service": handler("service")},
-        "root": {"handlers": ["service"], "level": level},
+        "formatters": {"lines": _formatter(log_format)},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "formatter": "lines",
+                "filters": ["request_id"],
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": level},
+        # uvicorn's loggers: at the same level, and through the root logger's handler.
         "loggers": {
-            name: {"handlers": ["uvicorn"], "level": level, "propagate": False}
+            name: {"level": level, "handlers": [], "propagate": True}
             for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
         },
     }
+
+
+def skip_unused_record_fields() -> None:
+    """Stop the logging module from collecting what no line of the service shows.
+
+    Finding the calling file and line, and the thread and process names, is most of the
+    cost of a log record (the "Optimization" section of Python's logging HOWTO names these
+    switches); the service logs a line per request, so it is worth saving.
+    """
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False

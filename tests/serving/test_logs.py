@@ -133,6 +133,12 @@ class TestJsonLog:
 
 
 class TestTextLog:
+    def test_every_line_has_a_level_and_a_request_id(self, text_session: Served) -> None:
+        starts = [line.split()[:2] for line in text_session.log.splitlines() if line[:1].isupper()]
+
+        assert ["INFO", "-"] in starts  # uvicorn's and the migrations' lines
+        assert ["INFO", HEALTH_ID] in starts
+
     def test_is_not_json(self, text_session: Served) -> None:
         for line in text_session.log.splitlines():
             with pytest.raises(json.JSONDecodeError):
@@ -143,12 +149,12 @@ class TestTextLog:
 
         health = [line for line in lines if f" {HEALTH_ID} " in line]
         assert len(health) == 1, lines
-        assert health[0].startswith(f"INFO:     {HEALTH_ID} GET /api/health 200 ")
+        assert health[0].startswith(f"INFO     {HEALTH_ID} GET /api/health 200 ")
         assert "health_check_health_get" in health[0]
         assert health[0].endswith(" ms")
 
     def test_a_500_logs_the_exception_with_the_request_id(self, text_session: Served) -> None:
-        errors = [line for line in text_session.log.splitlines() if line.startswith("ERROR:")]
+        errors = [line for line in text_session.log.splitlines() if line.startswith("ERROR")]
 
-        assert errors == [f"ERROR:    {FAILING_ID} unhandled error"]
+        assert errors == [f"ERROR    {FAILING_ID} unhandled error"]
         assert "no such table: task_run" in text_session.log
