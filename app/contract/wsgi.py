@@ -20,8 +20,7 @@ import asyncio
 import contextvars
 import functools
 import io
-import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from a2wsgi import WSGIMiddleware
@@ -43,17 +42,17 @@ class BufferedWSGIBridge:
     def __init__(self, wsgi_app: Any, *, threads: int) -> None:
         self.wsgi_app = wsgi_app
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flask")
-        self._running = 0
-        self._running_lock = threading.Lock()
+        # The pool's calls not finished yet, whether or not their requests still wait.
+        self._unfinished: set[Future[WSGIResult]] = set()
 
     @property
     def running(self) -> int:
-        """How many requests the pool's threads are working on right now.
+        """How many requests the pool has taken on and not finished.
 
         A request whose ASGI side was cancelled goes on in its thread until the application
         returns; this counts it until then.
         """
-        return self._running
+        return len(self._unfinished)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -67,22 +66,16 @@ class BufferedWSGIBridge:
         environ["CONTENT_LENGTH"] = str(len(body))
         # Connexion's context (the operation being served) lives in context variables.
         respond = functools.partial(contextvars.copy_context().run, self._respond, environ)
-        loop = asyncio.get_running_loop()
-        status, headers, content = await loop.run_in_executor(self.executor, respond)
+        future = self.executor.submit(respond)
+        # A set adds and discards atomically: no lock for the pool's threads to contend for.
+        self._unfinished.add(future)
+        future.add_done_callback(self._unfinished.discard)
+        status, headers, content = await asyncio.wrap_future(future)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
     def _respond(self, environ: Any) -> WSGIResult:
         """Run the WSGI application to the end and collect its response (in a pool thread)."""
-        with self._running_lock:
-            self._running += 1
-        try:
-            return self._run_to_the_end(environ)
-        finally:
-            with self._running_lock:
-                self._running -= 1
-
-    def _run_to_the_end(self, environ: Any) -> WSGIResult:
         started: dict[str, Any] = {}
         written: list[bytes] = []
 
