@@ -4,40 +4,73 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
+import logging
+import logging.config
 import math
+import os
+import shutil
+import signal
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
-from typing import Any, cast
+from pathlib import Path
+from typing import cast
 
 import uvicorn
-from uvicorn.config import LOGGING_CONFIG
 
+from app import __version__
 from app.db.database import Database, use_wal
 from app.db.migrate import check, downgrade, upgrade
 from app.main import create_routes
+from app.observability.logs import log_config
+from app.observability.metrics import MULTIPROCESS_DIR_ENV
 from app.serving.protocol import BoundedHttpToolsProtocol, HeadLimits
 from app.serving.supervisor import WorkerTimeouts, run
 from app.settings import Settings
 
+logger = logging.getLogger(__name__)
 
-def _log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging, plus the service's own `app` loggers at `level`."""
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["app"] = {"handlers": ["default"], "level": level, "propagate": False}
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        config["loggers"][name]["level"] = level
-    return config
+
+@contextmanager
+def metrics_directory(*, enabled: bool) -> Iterator[None]:
+    """Point the workers' prometheus-client at one directory for the life of the server.
+
+    An operator's PROMETHEUS_MULTIPROC_DIR is used (emptied first: files of an earlier run
+    would add to the counts); otherwise a temporary directory, removed afterwards.
+    """
+    if not enabled:
+        yield
+        return
+    given = os.environ.get(MULTIPROCESS_DIR_ENV)
+    if given:
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="taskrun-api-metrics-")
+    os.environ[MULTIPROCESS_DIR_ENV] = directory
+    try:
+        yield
+    finally:
+        del os.environ[MULTIPROCESS_DIR_ENV]
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _exit_with_success(_signal_number: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def serve(arguments: argparse.Namespace, settings: Settings) -> int:
     """Migrate the database, then serve the API with `workers` processes."""
+    logging_config = log_config(level=settings.log_level, log_format=settings.log_format)
+    # The migration's lines are formatted like the server's.
+    logging.config.dictConfig(logging_config)
     if arguments.no_migrate:
         use_wal(settings.database_url)
     else:
-        print(
-            f"migrating {Database(settings.database_url).url.render_as_string()}", file=sys.stderr
-        )
+        logger.info("migrating %s", Database(settings.database_url).url.render_as_string())
         upgrade(settings.database_url)
     head_limits = HeadLimits(
         timeout=settings.request_header_timeout,
@@ -49,8 +82,10 @@ def serve(arguments: argparse.Namespace, settings: Settings) -> int:
         host=arguments.host or settings.host,
         port=arguments.port if arguments.port is not None else settings.port,
         workers=arguments.workers or settings.workers,
-        log_config=_log_config(settings.log_level),
-        access_log=settings.access_log,
+        log_config=logging_config,
+        # The service logs each request itself (ACCESS_LOG), with more than uvicorn knows.
+        access_log=False,
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
         # uvicorn only calls what it is given here, as it would call a protocol class.
         http=cast(type[asyncio.Protocol], partial(BoundedHttpToolsProtocol, limits=head_limits)),
         # uvicorn waits this long for a worker it starts on SIGHUP.
@@ -59,7 +94,13 @@ def serve(arguments: argparse.Namespace, settings: Settings) -> int:
     timeouts = WorkerTimeouts(
         startup=settings.worker_startup_timeout, healthcheck=settings.worker_healthcheck_timeout
     )
-    run(config, timeouts=timeouts)
+    # On SIGTERM uvicorn stops accepting, waits up to GRACEFUL_SHUTDOWN_SECONDS for the
+    # requests in flight and shuts the app down; then it raises the signal again under the
+    # handler it found, so that the process ends the way the signal asks: with this
+    # handler, a clean exit.
+    signal.signal(signal.SIGTERM, _exit_with_success)
+    with metrics_directory(enabled=settings.metrics_enabled):
+        run(config, timeouts=timeouts)
     return 0
 
 
@@ -91,6 +132,7 @@ def check_handlers(_arguments: argparse.Namespace, settings: Settings) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskrun-api", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_parser = commands.add_parser("serve", help=serve.__doc__)

@@ -3,30 +3,37 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 from connexion import FlaskApp
 
-from app.contract.api import mount_contract
+from app.contract.api import CorsPolicy, mount_contract
 from app.contract.middleware import BodyLimits
 from app.contract.spec import load_spec
 from app.contract.websockets import SocketHandler, mount_websockets
 from app.contract.wsgi import install_wsgi_bridge
 from app.db.database import LOCK_TIMEOUT_SECONDS, Database
+from app.db.migrate import head_revision
 from app.db.threads import DatabaseThreads
 from app.handlers.events import EventsInHandler, EventsOutHandler
 from app.handlers.root import AdminHandlers, RootHandlers
 from app.handlers.task_run_states import TaskRunStateHandlers
 from app.handlers.task_run_subscriptions import TaskRunSubscriptionHandler
 from app.handlers.task_runs import TaskRunHandlers
+from app.observability import metrics
+from app.observability.logs import skip_unused_record_fields
 from app.services.event_feed import EventFeed
-from app.settings import Settings
+from app.settings import Settings, comma_separated
 from generated.routes import Routes
 
 DATABASE_EXTENSION = "taskrun_api.database"
+ABANDONED_REQUESTS_EXIT_STATUS = 1
+
+logger = logging.getLogger(__name__)
 
 
 def create_routes(database: Database, settings: Settings) -> Routes:
@@ -34,34 +41,71 @@ def create_routes(database: Database, settings: Settings) -> Routes:
     return Routes(
         task_runs=TaskRunHandlers(database=database),
         task_run_states=TaskRunStateHandlers(database=database),
-        root=RootHandlers(api_version=load_spec()["info"]["version"]),
+        root=RootHandlers(
+            api_version=load_spec()["info"]["version"],
+            database=database,
+            schema_head=head_revision(),
+        ),
         admin=AdminHandlers(server_version=settings.prefect_server_version),
     )
+
+
+def cors_policy(settings: Settings) -> CorsPolicy | None:
+    """The CORS policy the settings describe; None when no origin is allowed."""
+    origins = comma_separated(settings.cors_allowed_origins)
+    if not origins:
+        return None
+    return CorsPolicy(
+        origins=origins,
+        methods=comma_separated(settings.cors_allowed_methods),
+        headers=comma_separated(settings.cors_allowed_headers),
+    )
+
+
+def abandon_running_requests(count: int) -> NoReturn:
+    """End this process now, with status 1, leaving `count` unfinished requests undone.
+
+    Their transactions are never committed: the database rolls them back.
+    """
+    logger.error(
+        "%d request(s) still running after the graceful shutdown period: exiting without them",
+        count,
+    )
+    metrics.forget_this_process()
+    os._exit(ABANDONED_REQUESTS_EXIT_STATUS)
 
 
 def create_app(settings: Settings | None = None) -> FlaskApp:
     """A Connexion app serving openapi.yaml from the database `settings` names."""
     settings = settings or Settings()
     logging.getLogger("app").setLevel(settings.log_level)
+    skip_unused_record_fields()
     database = Database(
         settings.database_url,
         pool_size=settings.database_pool_size,
         lock_timeout=settings.database_lock_timeout,
         statement_timeout=settings.database_statement_timeout,
     )
-
+    if settings.metrics_enabled:
+        metrics.watch_pool(database.engine)
     # The websocket channels' database work runs here, off the event loop.
     socket_work = DatabaseThreads(threads=settings.threads_per_worker)
 
     @asynccontextmanager
-    async def close_database_on_shutdown(_app: Any) -> AsyncIterator[None]:
+    async def close_on_shutdown(_app: Any) -> AsyncIterator[None]:
         yield
+        # The server has waited up to GRACEFUL_SHUTDOWN_SECONDS and cancelled the requests
+        # still running; their handler threads may go on, keep the process alive, and even
+        # commit a write whose client was answered 500. The process ends without them.
+        if bridge.running:
+            abandon_running_requests(bridge.running)
         # What the sockets were doing ends first: it may still be using a connection.
         socket_work.drain(timeout=LOCK_TIMEOUT_SECONDS)
         database.dispose()
+        metrics.forget_this_process()
 
-    app = FlaskApp(__name__, lifespan=close_database_on_shutdown)
-    install_wsgi_bridge(app, threads=settings.threads_per_worker)
+    app = FlaskApp(__name__, lifespan=close_on_shutdown)
+    bridge = install_wsgi_bridge(app, threads=settings.threads_per_worker)
     auth_string = settings.api_auth_string
     mount_contract(
         app,
@@ -73,6 +117,9 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
             max_buffered_bytes=settings.max_buffered_body_bytes,
         ),
         basic_auth=auth_string.get_secret_value() if auth_string else None,
+        log_requests=settings.access_log,
+        metrics_enabled=settings.metrics_enabled,
+        cors=cors_policy(settings),
     )
     mount_websockets(
         app,

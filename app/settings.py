@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,7 +25,32 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=0, le=65535)] = 4200
     workers: Annotated[int, Field(ge=1)] = 2
     log_level: str = "INFO"
-    access_log: bool = False
+    # "text" for people, "json" for log collectors: one JSON object per line.
+    log_format: Literal["text", "json"] = "text"
+    # One line per request: method, path, operationId, status, duration, request id.
+    access_log: bool = True
+    metrics_enabled: bool = True
+    # Comma-separated, as Prefect's server reads them ("*": any); no origins: no CORS.
+    cors_allowed_origins: str = Field(
+        default="*",
+        validation_alias=AliasChoices(
+            "CORS_ALLOWED_ORIGINS", "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"
+        ),
+    )
+    cors_allowed_methods: str = Field(
+        default="*",
+        validation_alias=AliasChoices(
+            "CORS_ALLOWED_METHODS", "PREFECT_SERVER_API_CORS_ALLOWED_METHODS"
+        ),
+    )
+    cors_allowed_headers: str = Field(
+        default="*",
+        validation_alias=AliasChoices(
+            "CORS_ALLOWED_HEADERS", "PREFECT_SERVER_API_CORS_ALLOWED_HEADERS"
+        ),
+    )
+    # On SIGTERM, requests in flight get this long to finish before they are cancelled.
+    graceful_shutdown_seconds: Annotated[int, Field(ge=0)] = 20
     # Threads per worker process that run the handlers, and database connections for them:
     # a thread holds one connection at a time, so more connections than threads sit idle.
     threads_per_worker: Annotated[int, Field(ge=1)] = 10
@@ -64,6 +89,11 @@ class Settings(BaseSettings):
     def _empty_means_unset(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value and value.get_secret_value() else None
 
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_case_log_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
     @field_validator("log_level")
     @classmethod
     def _known_log_level(cls, value: str) -> str:
@@ -71,3 +101,8 @@ class Settings(BaseSettings):
         if name not in logging.getLevelNamesMapping():
             raise ValueError(f"unknown log level {value!r}")
         return name
+
+
+def comma_separated(value: str) -> list[str]:
+    """The non-empty items of a comma-separated setting."""
+    return [item.strip() for item in value.split(",") if item.strip()]

@@ -106,10 +106,20 @@ class StateAbortDetails(BaseModel):
 
 class HTTPError(BaseModel):
     """
-    The body of every error response except validation errors.
+    The body of every error response except validation errors and the readiness check's (which answers as Prefect's server does).
     """
 
     detail: Annotated[str, Field(description="What went wrong, in words.", title="Detail")]
+
+
+class ReadinessMessage(BaseModel):
+    """
+    The answer of the readiness check.
+    """
+
+    message: Annotated[
+        str, Field(description="`OK`, or why the service is not ready.", title="Message")
+    ]
 
 
 class RetryDelay(RootModel[list[int]]):

@@ -69,6 +69,10 @@ class RootOperations(Protocol):
         """GET /health: Health Check."""
         ...
 
+    def perform_readiness_check(self) -> tuple[models.ReadinessMessage, Literal[200]]:
+        """GET /ready: Perform Readiness Check."""
+        ...
+
     def server_version(self) -> tuple[str, Literal[200]]:
         """GET /version: Server Version."""
         ...
@@ -202,6 +206,11 @@ class Routes:
         result, status = self._root.health_check()
         return _response(result, status)
 
+    def perform_readiness_check_ready_get(self) -> ConnexionResponse:
+        """GET /ready: Perform Readiness Check."""
+        result, status = self._root.perform_readiness_check()
+        return _response(result, status)
+
     def server_version_version_get(self) -> ConnexionResponse:
         """GET /version: Server Version."""
         result, status = self._root.server_version()
@@ -232,6 +241,7 @@ HANDLERS: dict[str, tuple[str, str]] = {
     "read_task_run_states_task_run_states__get": ("task_run_states", "read_task_run_states"),
     "read_task_run_state_task_run_states__id__get": ("task_run_states", "read_task_run_state"),
     "health_check_health_get": ("root", "health_check"),
+    "perform_readiness_check_ready_get": ("root", "perform_readiness_check"),
     "server_version_version_get": ("root", "server_version"),
     "hello_hello_get": ("root", "hello"),
     "create_csrf_token_csrf_token_get": ("root", "create_csrf_token"),

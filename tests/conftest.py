@@ -69,12 +69,17 @@ def spec_path() -> Path:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """How many requests Schemathesis sent, by operation and status."""
-    from tests.contract.test_schemathesis import TALLY  # noqa: PLC0415 - only when it ran
+    """How many requests Schemathesis sent, by operation and status; the screenshots taken."""
+    # Imported only now: only the modules that ran have filled them.
+    from tests.browser.test_docs_page import SCREENSHOTS  # noqa: PLC0415
+    from tests.contract.test_schemathesis import TALLY  # noqa: PLC0415
 
-    if not TALLY:
-        return
-    terminalreporter.section("Schemathesis requests")
-    for line, count in sorted(TALLY.items()):
-        terminalreporter.write_line(f"{count:6d}  {line}")
-    terminalreporter.write_line(f"{sum(TALLY.values()):6d}  in all")
+    if TALLY:
+        terminalreporter.section("Schemathesis requests")
+        for line, count in sorted(TALLY.items()):
+            terminalreporter.write_line(f"{count:6d}  {line}")
+        terminalreporter.write_line(f"{sum(TALLY.values()):6d}  in all")
+    if SCREENSHOTS:
+        terminalreporter.section("Screenshots")
+        for path in SCREENSHOTS:
+            terminalreporter.write_line(str(path))

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from asgi_correlation_id import CorrelationIdMiddleware
 from connexion import FlaskApp
 from connexion.exceptions import ResolverError
 from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from connexion.security import AbstractSecurityHandler
+from starlette.middleware.cors import CORSMiddleware
 
+from app.contract.documents import document_endpoints
+from app.contract.endpoints import ReadOnlyEndpoints
 from app.contract.errors import register_error_handlers
 from app.contract.middleware import (
     ApiVersionMiddleware,
@@ -20,11 +26,19 @@ from app.contract.middleware import (
     LineBreakPathMiddleware,
     MethodNotAllowedMiddleware,
 )
+from app.contract.observability import (
+    REQUEST_ID_HEADER,
+    RequestRecorder,
+    acceptable_request_id,
+    metrics_endpoint,
+    new_request_id,
+)
 from app.contract.spec import enable_openapi_31, load_spec
 from app.contract.validation import VALIDATOR_MAP
 from generated.routes import Routes
 
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+METRICS_PATH = "/metrics"
 
 
 class MissingHandlers(RuntimeError):
@@ -88,6 +102,15 @@ def methods_by_path(spec: dict[str, Any]) -> dict[str, frozenset[str]]:
     }
 
 
+@dataclass(frozen=True)
+class CorsPolicy:
+    """Which cross-origin browser requests may call the API ("*": any)."""
+
+    origins: Sequence[str]
+    methods: Sequence[str]
+    headers: Sequence[str]
+
+
 def mount_contract(
     app: FlaskApp,
     routes: Routes,
@@ -95,25 +118,59 @@ def mount_contract(
     validate_responses: bool,
     body_limits: BodyLimits,
     basic_auth: str | None,
+    log_requests: bool,
+    metrics_enabled: bool,
+    cors: CorsPolicy | None,
 ) -> None:
     """Serve openapi.yaml's operations on `app`, validated against the document itself.
 
     With `basic_auth` ("user:password"), every path but those of the operations whose
-    document says `security: []` needs those credentials.
+    document says `security: []` needs those credentials. Beside the operations: the
+    document and its docs page, the metrics when enabled, a request id, a log line and
+    metrics for every request, and CORS when a policy is given.
     """
     enable_openapi_31()
     ensure_every_operation_handled(routes)
     spec = load_spec()
+    base_path = spec["servers"][0]["url"].rstrip("/")
     app.add_api(
         spec,
         resolver=RoutesResolver(routes),
         validator_map=VALIDATOR_MAP,
         validate_responses=validate_responses,
         security_map={"basic": BasicAuthCheckedBeforeRouting},
-        # Connexion's bundled Swagger UI cannot render OpenAPI 3.1; the document is served.
-        swagger_ui_options=SwaggerUIOptions(swagger_ui=False, serve_spec=True),
+        # Connexion's bundled Swagger UI cannot render OpenAPI 3.1, and its copy of the
+        # document is an expanded one: app/contract/documents.py serves both instead.
+        swagger_ui_options=SwaggerUIOptions(swagger_ui=False, serve_spec=False),
     )
     register_error_handlers(app)
+    # Middleware added at one position runs in the order added: the request id first, so
+    # that every response carries it; CORS outside the error handling, so that error
+    # responses carry its headers too.
+    app.add_middleware(
+        CorrelationIdMiddleware,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        header_name=REQUEST_ID_HEADER,
+        update_request_header=False,
+        generator=new_request_id,
+        validator=acceptable_request_id,
+    )
+    app.add_middleware(
+        RequestRecorder,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        log_requests=log_requests,
+        count_requests=metrics_enabled,
+        metrics_path=METRICS_PATH,
+    )
+    if cors is not None:
+        app.add_middleware(
+            CORSMiddleware,
+            position=MiddlewarePosition.BEFORE_EXCEPTION,
+            allow_origins=cors.origins,
+            allow_methods=cors.methods,
+            allow_headers=cors.headers,
+            expose_headers=[REQUEST_ID_HEADER],
+        )
     app.add_middleware(LineBreakPathMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION)
     if basic_auth:
         # Before the document is served or any route is matched: all of /api is guarded.
@@ -123,6 +180,15 @@ def mount_contract(
             credentials=basic_auth,
             exempt_paths=public_paths(spec),
         )
+    paths, prefixes = document_endpoints(base_path=base_path, title=spec["info"]["title"])
+    if metrics_enabled:
+        paths[METRICS_PATH] = metrics_endpoint
+    app.add_middleware(
+        ReadOnlyEndpoints,
+        position=MiddlewarePosition.BEFORE_SWAGGER,
+        paths=paths,
+        prefixes=prefixes,
+    )
     app.add_middleware(
         MethodNotAllowedMiddleware,
         position=MiddlewarePosition.BEFORE_ROUTING,

@@ -29,7 +29,7 @@ from app.contract.middleware import (
 )
 from app.contract.validation import RequestValidationError
 from app.db.database import DatabaseUnavailable
-from app.services.errors import Conflict, NotFound, Unprocessable
+from app.services.errors import Conflict, NotFound, NotReady, Unprocessable
 from generated.routes import InvalidRequestModel
 
 logger = logging.getLogger(__name__)
@@ -177,6 +177,12 @@ async def _too_many_unfinished_bodies(
     return _retry_later(str(error))
 
 
+async def _not_ready(_request: ConnexionRequest, error: NotReady) -> ConnexionResponse:
+    # Prefect's server answers its readiness check with `message`, not `detail`.
+    logger.warning("not ready: %s", error)
+    return json_response(503, {"message": str(error)})
+
+
 async def _http_exception(_request: ConnexionRequest, error: HTTPException) -> ConnexionResponse:
     # Routing outcomes: unknown path (404), wrong method (405).
     return detail_response(
@@ -206,6 +212,7 @@ ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
     **dict.fromkeys(DETAIL_STATUSES, _detail),
     TooManyUnfinishedBodies: _too_many_unfinished_bodies,
     DatabaseUnavailable: _database_unavailable,
+    NotReady: _not_ready,
     HTTPException: _http_exception,
     ProblemException: _problem,
     Exception: _unexpected,

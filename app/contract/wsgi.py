@@ -20,7 +20,7 @@ import asyncio
 import contextvars
 import functools
 import io
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from a2wsgi import WSGIMiddleware
@@ -44,6 +44,17 @@ class BufferedWSGIBridge:
     def __init__(self, wsgi_app: Any, *, threads: int) -> None:
         self.wsgi_app = wsgi_app
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flask")
+        # The pool's calls not finished yet, whether or not their requests still wait.
+        self._unfinished: set[Future[WSGIResult]] = set()
+
+    @property
+    def running(self) -> int:
+        """How many requests the pool has taken on and not finished.
+
+        A request whose ASGI side was cancelled goes on in its thread until the application
+        returns; this counts it until then.
+        """
+        return len(self._unfinished)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -57,8 +68,11 @@ class BufferedWSGIBridge:
         environ["CONTENT_LENGTH"] = str(len(body))
         # Connexion's context (the operation being served) lives in context variables.
         respond = functools.partial(contextvars.copy_context().run, self._respond, environ)
-        loop = asyncio.get_running_loop()
-        status, headers, content = await loop.run_in_executor(self.executor, respond)
+        future = self.executor.submit(respond)
+        # A set adds and discards atomically: no lock for the pool's threads to contend for.
+        self._unfinished.add(future)
+        future.add_done_callback(self._unfinished.discard)
+        status, headers, content = await asyncio.wrap_future(future)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 

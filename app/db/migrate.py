@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
 
 from app.db.database import use_wal
 
@@ -35,3 +39,17 @@ def downgrade(database_url: str, revision: str) -> None:
 def check(database_url: str) -> None:
     """Raise if the tables in app/db/tables.py differ from what the migrations create."""
     command.check(alembic_config(database_url))
+
+
+@cache
+def head_revision() -> str:
+    """The newest migration of app/db/migrations (the schema this code expects)."""
+    head = ScriptDirectory.from_config(alembic_config("")).get_current_head()
+    if head is None:
+        raise RuntimeError("app/db/migrations has no migration")
+    return head
+
+
+def current_revisions(connection: Connection) -> tuple[str, ...]:
+    """The migrations the database's schema is at (none for an empty database)."""
+    return tuple(MigrationContext.configure(connection).get_current_heads())

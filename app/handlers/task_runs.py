@@ -6,6 +6,7 @@ from typing import Literal
 from uuid import UUID
 
 from app.db.database import Database
+from app.observability import metrics
 from app.services import task_run_states, task_runs
 from generated import models
 
@@ -49,4 +50,5 @@ class TaskRunHandlers:
             outcome = task_run_states.set_task_run_state(
                 connection=connection, task_run_id=id, proposed=body.state, force=body.force
             )
+        metrics.count_orchestration(outcome.transition.status.value)
         return outcome.result, 201 if outcome.written else 200

@@ -19,3 +19,7 @@ class Conflict(DomainError):
 
 class Unprocessable(DomainError):
     """The request is well formed but the service will not carry it out."""
+
+
+class NotReady(DomainError):
+    """The service cannot serve requests now (its database is unavailable or not migrated)."""

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
+from app.db.migrate import downgrade, head_revision, upgrade
 from app.main import create_app
 from app.settings import Settings
 
@@ -23,11 +24,14 @@ def basic(credentials: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
 
 
-def every_operation() -> Iterator[tuple[str, str]]:
-    """(method, path under /api) of every operation in the document, ids filled in."""
+def every_operation() -> Iterator[tuple[str, str, bool]]:
+    """(method, path under /api, whether it is public) of every operation in the document,
+    ids filled in; public operations say `security: []`.
+    """
     for path, operations in SPEC["paths"].items():
-        for method in operations:
-            yield method.upper(), "/api" + path.replace("{id}", str(uuid.uuid4()))
+        for method, operation in operations.items():
+            public = operation.get("security") == []
+            yield method.upper(), "/api" + path.replace("{id}", str(uuid.uuid4())), public
 
 
 class TestHealthCheck:
@@ -37,6 +41,55 @@ class TestHealthCheck:
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/json"
         assert response.json() is True
+
+
+class TestPerformReadinessCheck:
+    @staticmethod
+    def ready(database_url: str, *, credentials: str | None = None) -> tuple[int, dict[str, str]]:
+        """Status and body of the readiness check of a service over `database_url`."""
+        settings = Settings(
+            database_url=database_url, validate_responses=True, api_auth_string=credentials
+        )
+        with create_app(settings).test_client() as test_client:
+            response = test_client.get("/api/ready")
+        assert response.headers["content-type"] == "application/json"
+        return response.status_code, response.json()
+
+    def test_a_migrated_database_is_ready(self, client: TestClient) -> None:
+        response = client.get("/api/ready")
+
+        assert response.status_code == 200
+        assert response.json() == {"message": "OK"}
+
+    def test_an_empty_database_is_not(self, tmp_path: Path) -> None:
+        status, body = self.ready(f"sqlite:///{tmp_path / 'empty.db'}")
+
+        assert status == 503
+        assert body == {
+            "message": f"Database schema is at no revision, not at {head_revision()}: "
+            "run `taskrun-api db upgrade`"
+        }
+
+    def test_a_database_behind_the_newest_migration_is_not(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'behind.db'}"
+        upgrade(url)
+        downgrade(url, "-1")
+
+        status, body = self.ready(url)
+
+        assert status == 503
+        assert body["message"].startswith("Database schema is at ")
+        assert f"not at {head_revision()}" in body["message"]
+
+    def test_an_unreachable_database_is_not(self, tmp_path: Path) -> None:
+        status, body = self.ready(f"sqlite:///{tmp_path / 'no-such-directory' / 'x.db'}")
+
+        assert (status, body) == (503, {"message": "Database is not available"})
+
+    def test_needs_no_credentials(self, database_url: str) -> None:
+        status, body = self.ready(database_url, credentials=CREDENTIALS)
+
+        assert (status, body) == (200, {"message": "OK"})
 
 
 class TestServerVersion:
@@ -98,15 +151,20 @@ class TestBasicAuthentication:
         with create_app(settings).test_client() as test_client:
             yield test_client
 
-    @pytest.mark.parametrize(("method", "path"), list(every_operation()))
-    def test_every_operation_but_health_needs_credentials(
-        self, guarded: TestClient, method: str, path: str
+    def test_only_health_and_readiness_are_public(self) -> None:
+        public = {path for _, path, is_public in every_operation() if is_public}
+
+        assert public == {"/api/health", "/api/ready"}
+
+    @pytest.mark.parametrize(("method", "path", "public"), list(every_operation()))
+    def test_every_operation_but_the_public_ones_needs_credentials(
+        self, guarded: TestClient, method: str, path: str, public: bool
     ) -> None:
         for headers in ({}, basic("admin:wrong"), {"Authorization": "Bearer token"}):
             response = guarded.request(method, path, headers=headers)
 
-            if path == "/api/health":
-                assert response.status_code == 200
+            if public:
+                assert response.status_code != 401, (method, path, headers)
             else:
                 assert response.status_code == 401, (method, path, headers)
                 assert response.json() == {"detail": "Unauthorized"}

@@ -1,0 +1,87 @@
+"""Logging: readable text or one JSON object per line, each line naming its request.
+
+The request id lives in asgi-correlation-id's context variable, set by its middleware for
+the whole of a request (the handler's thread included, which runs in a copy of the
+request's context), so any code can name it with `current_request_id()`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from asgi_correlation_id.context import correlation_id
+from pythonjsonlogger.core import RESERVED_ATTRS
+
+LogFormat = Literal["text", "json"]
+NO_REQUEST = "-"
+TEXT_FORMAT = "%(levelname)-8s %(request_id)s %(message)s"
+# uvicorn adds an ANSI-coloured copy of some messages; a JSON line needs the plain one only.
+_NOT_IN_JSON = [*RESERVED_ATTRS, "color_message"]
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served, or None outside of one."""
+    return correlation_id.get()
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to every record: the current request's, or "-" outside of one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = correlation_id.get() or NO_REQUEST
+        return True
+
+
+def _formatter(log_format: LogFormat) -> dict[str, Any]:
+    if log_format == "json":
+        return {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            # An ISO 8601 instant in UTC.
+            "timestamp": "time",
+            "reserved_attrs": _NOT_IN_JSON,
+        }
+    return {"format": TEXT_FORMAT}
+
+
+def log_config(*, level: str, log_format: LogFormat) -> dict[str, Any]:
+    """The logging configuration of the server and the service (`logging.config` schema).
+
+    Every logger, uvicorn's included, writes through one handler on the root logger, in
+    one format, each line naming the request it was logged for.
+    """
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": RequestIdFilter}},
+        "formatters": {"lines": _formatter(log_format)},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "formatter": "lines",
+                "filters": ["request_id"],
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": level},
+        # uvicorn's loggers: at the same level, and through the root logger's handler.
+        "loggers": {
+            name: {"level": level, "handlers": [], "propagate": True}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        },
+    }
+
+
+def skip_unused_record_fields() -> None:
+    """Stop the logging module from collecting what no line of the service shows.
+
+    Finding the calling file and line, and the thread and process names, is most of the
+    cost of a log record (the "Optimization" section of Python's logging HOWTO names these
+    switches); the service logs a line per request, so it is worth saving.
+    """
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False

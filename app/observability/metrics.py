@@ -1,0 +1,117 @@
+"""Prometheus metrics, counted across all the worker processes of one server.
+
+prometheus-client decides once, when it is imported, whether values live in this process or
+in files shared by every worker (multiprocess mode: PROMETHEUS_MULTIPROC_DIR names the
+directory). `taskrun-api serve` sets that variable before it starts the workers, so each
+worker writes its own files and any worker's `/metrics` answer adds up all of them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from sqlalchemy import Engine, event
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Read at import, as prometheus-client does: the two must agree for the life of the process.
+MULTIPROCESS = MULTIPROCESS_DIR_ENV in os.environ
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+# The label of requests that matched no operation of the document (unknown paths, the docs).
+NO_OPERATION = "none"
+# Requests take milliseconds; the buckets resolve that range and still catch slow outliers.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# The service's own metrics only: in one process they are rendered from this registry, and
+# in multiprocess mode from the files their values are written to.
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "taskrun_http_requests",
+    "HTTP requests answered, by operationId of openapi.yaml and status.",
+    ["operation_id", "status"],
+    registry=REGISTRY,
+)
+REQUEST_DURATION = Histogram(
+    "taskrun_http_request_duration_seconds",
+    "Time from receiving a request to the end of its response, by operationId.",
+    ["operation_id"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+REQUESTS_IN_FLIGHT = Gauge(
+    "taskrun_http_requests_in_flight",
+    "Requests received and not yet answered.",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+DATABASE_CONNECTIONS_IN_USE = Gauge(
+    "taskrun_database_connections_in_use",
+    "Database connections of the pools checked out right now.",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+ORCHESTRATION_RESULTS = Counter(
+    "taskrun_orchestration_results",
+    "Proposed task-run states decided by set_state, by the decision's status.",
+    ["status"],
+    registry=REGISTRY,
+)
+
+
+def count_orchestration(status: str) -> None:
+    """Count one set_state decision (ACCEPT, REJECT, WAIT or ABORT)."""
+    ORCHESTRATION_RESULTS.labels(status).inc()
+
+
+# The labelled series of each (operationId, status): found once, not on every request.
+_series: dict[tuple[str | None, int], tuple[Any, Any]] = {}
+
+
+def observe_request(*, operation_id: str | None, status: int, seconds: float) -> None:
+    """Count one answered request and its duration."""
+    series = _series.get((operation_id, status))
+    if series is None:
+        operation = operation_id or NO_OPERATION
+        series = (REQUESTS.labels(operation, str(status)), REQUEST_DURATION.labels(operation))
+        _series[(operation_id, status)] = series
+    requests, duration = series
+    requests.inc()
+    duration.observe(seconds)
+
+
+def watch_pool(engine: Engine) -> None:
+    """Keep DATABASE_CONNECTIONS_IN_USE current as `engine`'s pool lends connections."""
+
+    def checked_out(*_arguments: Any) -> None:
+        DATABASE_CONNECTIONS_IN_USE.inc()
+
+    def checked_in(*_arguments: Any) -> None:
+        DATABASE_CONNECTIONS_IN_USE.dec()
+
+    event.listen(engine, "checkout", checked_out)
+    event.listen(engine, "checkin", checked_in)
+
+
+def render() -> bytes:
+    """The metrics in Prometheus's text format, every worker's values added up."""
+    if not MULTIPROCESS:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def forget_this_process() -> None:
+    """At a worker's exit: drop its gauges (its counters stay in the totals)."""
+    if MULTIPROCESS:
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
