@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from connexion import FlaskApp
 
-from app.contract.api import CorsPolicy, mount_contract
+from app.contract.api import CorsPolicy, contract_middlewares, mount_contract
 from app.contract.middleware import BodyLimits
 from app.contract.spec import load_spec
 from app.contract.websockets import SocketHandler, mount_websockets
@@ -104,8 +104,14 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
         database.dispose()
         metrics.forget_this_process()
 
-    app = FlaskApp(__name__, lifespan=close_on_shutdown)
-    bridge = install_wsgi_bridge(app, threads=settings.threads_per_worker)
+    app = FlaskApp(
+        __name__,
+        lifespan=close_on_shutdown,
+        middlewares=contract_middlewares(validate_responses=settings.validate_responses),
+    )
+    bridge = install_wsgi_bridge(
+        app, threads=settings.threads_per_worker, read_threads=settings.read_threads_per_worker
+    )
     auth_string = settings.api_auth_string
     mount_contract(
         app,

@@ -10,9 +10,14 @@ from asgi_correlation_id import CorrelationIdMiddleware
 from connexion import FlaskApp
 from connexion.exceptions import ResolverError
 from connexion.middleware import MiddlewarePosition
-from connexion.options import SwaggerUIOptions
+from connexion.middleware.context import ContextMiddleware
+from connexion.middleware.exceptions import ExceptionMiddleware
+from connexion.middleware.lifespan import LifespanMiddleware
+from connexion.middleware.request_validation import RequestValidationMiddleware
+from connexion.middleware.response_validation import ResponseValidationMiddleware
+from connexion.middleware.routing import RoutingMiddleware
+from connexion.middleware.server_error import ServerErrorMiddleware
 from connexion.resolver import Resolver
-from connexion.security import AbstractSecurityHandler
 from starlette.middleware.cors import CORSMiddleware
 
 from app.contract.documents import document_endpoints
@@ -33,6 +38,7 @@ from app.contract.observability import (
     metrics_endpoint,
     new_request_id,
 )
+from app.contract.operations import prepare_operations_once
 from app.contract.spec import enable_openapi_31, load_spec
 from app.contract.validation import VALIDATOR_MAP
 from generated.routes import Routes
@@ -45,15 +51,23 @@ class MissingHandlers(RuntimeError):
     """An operation of openapi.yaml has no handler method."""
 
 
-class BasicAuthCheckedBeforeRouting(AbstractSecurityHandler):  # type: ignore[misc]
-    """Connexion's part in the document's `basicAuth` scheme: none.
+def contract_middlewares(*, validate_responses: bool) -> list[type]:
+    """Connexion's middleware, less what the service does otherwise or does not need.
 
-    BasicAuthMiddleware has already checked the credentials, or the service runs without
-    them; either way the request may go on, as the document's anonymous alternative allows.
+    Left out: the Swagger UI middleware (app/contract/documents.py serves the document and
+    its docs page), the security middleware (BasicAuthMiddleware decides before routing; the
+    document's other alternative is anonymous access) and, unless responses are validated,
+    the response validation middleware. Each one skipped is a layer less on every request.
     """
-
-    def get_fn(self, security_scheme: dict[str, Any], required_scopes: list[str]) -> None:  # noqa: ARG002
-        return None
+    middlewares: list[type] = [
+        ServerErrorMiddleware,
+        ExceptionMiddleware,
+        RoutingMiddleware,
+        RequestValidationMiddleware,
+    ]
+    if validate_responses:
+        middlewares.append(ResponseValidationMiddleware)
+    return [*middlewares, LifespanMiddleware, ContextMiddleware]
 
 
 class RoutesResolver(Resolver):  # type: ignore[misc]
@@ -129,7 +143,10 @@ def mount_contract(
     document and its docs page, the metrics when enabled, a request id, a log line and
     metrics for every request, and CORS when a policy is given.
     """
+    if validate_responses and ResponseValidationMiddleware not in app.middleware.middlewares:
+        raise ValueError("validate_responses needs contract_middlewares(validate_responses=True)")
     enable_openapi_31()
+    prepare_operations_once()
     ensure_every_operation_handled(routes)
     spec = load_spec()
     base_path = spec["servers"][0]["url"].rstrip("/")
@@ -138,10 +155,6 @@ def mount_contract(
         resolver=RoutesResolver(routes),
         validator_map=VALIDATOR_MAP,
         validate_responses=validate_responses,
-        security_map={"basic": BasicAuthCheckedBeforeRouting},
-        # Connexion's bundled Swagger UI cannot render OpenAPI 3.1, and its copy of the
-        # document is an expanded one: app/contract/documents.py serves both instead.
-        swagger_ui_options=SwaggerUIOptions(swagger_ui=False, serve_spec=False),
     )
     register_error_handlers(app)
     # Middleware added at one position runs in the order added: the request id first, so
@@ -176,7 +189,7 @@ def mount_contract(
         # Before the document is served or any route is matched: all of /api is guarded.
         app.add_middleware(
             BasicAuthMiddleware,
-            position=MiddlewarePosition.BEFORE_SWAGGER,
+            position=MiddlewarePosition.BEFORE_ROUTING,
             credentials=basic_auth,
             exempt_paths=public_paths(spec),
         )
@@ -185,7 +198,7 @@ def mount_contract(
         paths[METRICS_PATH] = metrics_endpoint
     app.add_middleware(
         ReadOnlyEndpoints,
-        position=MiddlewarePosition.BEFORE_SWAGGER,
+        position=MiddlewarePosition.BEFORE_ROUTING,
         paths=paths,
         prefixes=prefixes,
     )

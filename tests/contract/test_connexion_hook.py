@@ -60,7 +60,7 @@ def test_the_wsgi_bridge_replaces_a2wsgi(tmp_path: Path) -> None:
 
 def test_the_wsgi_bridge_refuses_an_unexpected_layout() -> None:
     app = FlaskApp(__name__)
-    install_wsgi_bridge(app, threads=1)
+    install_wsgi_bridge(app, threads=1, read_threads=1)
 
     with pytest.raises(UnexpectedConnexionLayout, match="a2wsgi"):
-        install_wsgi_bridge(app, threads=1)
+        install_wsgi_bridge(app, threads=1, read_threads=1)
