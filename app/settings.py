@@ -52,9 +52,12 @@ class Settings(BaseSettings):
     # On SIGTERM, requests in flight get this long to finish before they are cancelled.
     graceful_shutdown_seconds: Annotated[int, Field(ge=0)] = 20
     # Threads per worker process that run the handlers, and database connections for them:
-    # a thread holds one connection at a time, so more connections than threads sit idle.
+    # a thread holds one connection at a time, so more connections than threads (of both
+    # kinds) sit idle.
     threads_per_worker: Annotated[int, Field(ge=1)] = 10
-    database_pool_size: Annotated[int, Field(ge=1)] = 10
+    # Threads per worker process that run the reads (GET), apart from the writes.
+    read_threads_per_worker: Annotated[int, Field(ge=1)] = 2
+    database_pool_size: Annotated[int, Field(ge=1)] = 12
     max_request_body_bytes: Annotated[int, Field(ge=1)] = 10 * 1024 * 1024
     # Bytes of request bodies one worker holds at a time (stalled uploads included); a body
     # that would go past it is answered with 503.

@@ -6,7 +6,12 @@ three to four cross-thread round trips per request, each a wake-up of the loop a
 the thread. The API only exchanges small JSON documents, so this bridge reads the whole
 request first, runs Flask once in a thread pool, and sends the whole response back: one hop
 there, one back. It also makes the number of Flask threads configurable, which Connexion
-hard-codes to 10 (spec-first/connexion#1979).
+hard-codes to 10 (spec-first/connexion#1979), and gives reads threads of their own.
+
+Reads (GET and HEAD) and writes run in separate pools. A write may wait for its turn and for
+the disk; reads never queue behind such waits. And reads are CPU work from end to end: a few
+threads keep both cores busy, while more would only take the interpreter from one another
+(and from the event loop) more often.
 
 It replaces the a2wsgi adapter inside Connexion's FlaskApp (`_middleware_app.asgi_app`),
 the second private part of Connexion this project touches; `install_wsgi_bridge` checks
@@ -38,12 +43,19 @@ class UnexpectedConnexionLayout(RuntimeError):
     """Connexion's FlaskApp no longer serves Flask through the adapter this module replaces."""
 
 
-class BufferedWSGIBridge:
-    """An ASGI application that runs a WSGI application in a thread pool, one call per request."""
+# Methods whose requests run on the read threads.
+READ_METHODS = frozenset({"GET", "HEAD"})
 
-    def __init__(self, wsgi_app: Any, *, threads: int) -> None:
+
+class BufferedWSGIBridge:
+    """An ASGI application that runs a WSGI application in thread pools, one call per request."""
+
+    def __init__(self, wsgi_app: Any, *, threads: int, read_threads: int) -> None:
         self.wsgi_app = wsgi_app
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flask")
+        self.read_executor = ThreadPoolExecutor(
+            max_workers=read_threads, thread_name_prefix="flask-read"
+        )
         # The pool's calls not finished yet, whether or not their requests still wait.
         self._unfinished: set[Future[WSGIResult]] = set()
 
@@ -68,7 +80,8 @@ class BufferedWSGIBridge:
         environ["CONTENT_LENGTH"] = str(len(body))
         # Connexion's context (the operation being served) lives in context variables.
         respond = functools.partial(contextvars.copy_context().run, self._respond, environ)
-        future = self.executor.submit(respond)
+        executor = self.read_executor if scope["method"] in READ_METHODS else self.executor
+        future = executor.submit(respond)
         # A set adds and discards atomically: no lock for the pool's threads to contend for.
         self._unfinished.add(future)
         future.add_done_callback(self._unfinished.discard)
@@ -106,6 +119,7 @@ class BufferedWSGIBridge:
     def shutdown(self) -> None:
         """Stop the threads once they finish their requests."""
         self.executor.shutdown(wait=True)
+        self.read_executor.shutdown(wait=True)
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -130,7 +144,7 @@ async def _answer_lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def install_wsgi_bridge(app: FlaskApp, *, threads: int) -> BufferedWSGIBridge:
+def install_wsgi_bridge(app: FlaskApp, *, threads: int, read_threads: int) -> BufferedWSGIBridge:
     """Serve `app`'s Flask application through a BufferedWSGIBridge instead of a2wsgi."""
     adapter_holder = getattr(app, "_middleware_app", None)
     adapter = getattr(adapter_holder, "asgi_app", None)
@@ -140,6 +154,6 @@ def install_wsgi_bridge(app: FlaskApp, *, threads: int) -> BufferedWSGIBridge:
             "WSGIMiddleware around the Flask app; check the Connexion upgrade"
         )
     adapter.executor.shutdown(wait=False)
-    bridge = BufferedWSGIBridge(app.app.wsgi_app, threads=threads)
+    bridge = BufferedWSGIBridge(app.app.wsgi_app, threads=threads, read_threads=read_threads)
     adapter_holder.asgi_app = bridge  # type: ignore[union-attr]
     return bridge

@@ -1,13 +1,18 @@
-"""No request can stall a worker: hostile bodies are refused in bounded time, off the loop."""
+"""No request can stall a worker: hostile bodies are refused in bounded time, off the loop, and
+websocket heartbeats are answered under load."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from websockets.sync.client import connect
+from websockets.sync.connection import Connection
+from websockets.typing import Subprotocol
 
 from tests.support.databases import sqlite_database
 from tests.support.server import RunningServer, running_server
@@ -110,3 +115,48 @@ class TestCreateTaskRun:
             }
         ]
         assert deep.json()["request_body"] is None
+
+
+PING_INTERVAL_SECONDS = 0.05
+LOADED_SECONDS = 3.0
+PONG_WITHIN_SECONDS = 1.0
+
+
+def keep_busy(api_url: str, number: int, *, until: float) -> int:
+    """Creates and reads on one kept-alive connection until `until`; how many were answered."""
+    answered = 0
+    with httpx.Client(base_url=api_url, timeout=30) as client:
+        while time.monotonic() < until:
+            body = {"task_key": f"load-{number}", "dynamic_key": str(answered)}
+            created = client.post("/task_runs/", json=body)
+            assert created.status_code == 201
+            assert client.get(f"/task_runs/{created.json()['id']}").status_code == 200
+            answered += 2
+    return answered
+
+
+def pong_latencies(socket: Connection, *, until: float) -> list[float]:
+    latencies = []
+    while time.monotonic() < until:
+        started = time.monotonic()
+        assert socket.ping().wait(timeout=10), "no pong within 10 s"
+        latencies.append(time.monotonic() - started)
+        time.sleep(PING_INTERVAL_SECONDS)
+    return latencies
+
+
+class TestWebsockets:
+    def test_heartbeats_are_answered_promptly_under_http_load(self, server: RunningServer) -> None:
+        ws_url = server.api_url.replace("http://", "ws://") + "/events/in"
+        with connect(ws_url, subprotocols=[Subprotocol("prefect")]) as socket:
+            socket.send(json.dumps({"type": "auth", "token": None}))
+            assert json.loads(socket.recv(timeout=10)) == {"type": "auth_success"}
+            until = time.monotonic() + LOADED_SECONDS
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                load = [pool.submit(keep_busy, server.api_url, n, until=until) for n in range(8)]
+                latencies = pong_latencies(socket, until=until)
+                answered = sum(future.result() for future in load)
+
+        assert answered >= 100  # the service was busy all along
+        assert len(latencies) >= 10
+        assert max(latencies) < PONG_WITHIN_SECONDS, sorted(latencies)[-5:]
