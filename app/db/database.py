@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
@@ -24,7 +24,10 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import StaticPool
 
+from app.db.group_commit import GroupCommit, WriteUnit
 from app.db.writer_lock import WriterLock, WriterLockTimeout, WriterLockUnavailable
+
+_Result = TypeVar("_Result")
 
 # How long a writer waits for its turn (and a request for a pooled connection), and how long
 # a PostgreSQL statement may run, unless the settings say otherwise (seconds).
@@ -110,6 +113,7 @@ class Database:
             if self.is_sqlite
             else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
+        self._group_commit = GroupCommit(self._commit_batch)
 
     def _lock_path(self) -> Path | None:
         """The file SQLite writers of every process lock (none for a PostgreSQL or memory one)."""
@@ -175,6 +179,53 @@ class Database:
             _AFTER_COMMIT.reset(reset_token)
         _call_all(callbacks)
 
+    def write(self, work: Callable[[Connection], _Result]) -> _Result:
+        """Run `work` in a write transaction and return its result once committed.
+
+        On SQLite the writes of this process that wait for their turn at the same time are
+        committed together (app/db/group_commit.py); `work` then runs in another thread, in
+        a copy of this thread's context, and must not start another write. An exception it
+        raises undoes its own changes only, and is raised here.
+        """
+        if not self.is_sqlite:
+            with self.transaction() as connection:
+                return work(connection)
+        callbacks: list[Callable[[], None]] = []
+
+        def work_with_callbacks(connection: Connection) -> _Result:
+            # Set in the unit's own copy of the context: no reset needed.
+            _AFTER_COMMIT.set(callbacks)
+            return work(connection)
+
+        result = self._group_commit.write(work_with_callbacks)
+        _call_all(callbacks)
+        return result
+
+    @property
+    def queued_writes(self) -> int:
+        """How many writes of this process wait for the next group commit (SQLite)."""
+        return self._group_commit.queued
+
+    def _commit_batch(self, batch: list[WriteUnit[Any]]) -> None:
+        """Run each unit in a savepoint of one transaction, then commit it (SQLite)."""
+        self._refuse_unwritable_shared_memory()
+        with _unavailable_on_connection_errors(), self._write_engine.connect() as connection:
+            try:
+                if len(batch) == 1:
+                    # Alone in its transaction: if it fails, the rollback undoes it.
+                    _run_alone(batch[0], connection)
+                else:
+                    # The transaction (and the writer's turn) begins before the first savepoint.
+                    connection.exec_driver_sql("SELECT 1")
+                    for unit in batch:
+                        _run_in_savepoint(connection, unit)
+                connection.commit()
+            except BaseException:
+                connection.rollback()
+                raise
+            finally:
+                self._writer_lock.release_if_held()
+
     @contextmanager
     def snapshot(self) -> Iterator[Connection]:
         """A connection for reads; every statement sees the data committed when it starts."""
@@ -204,12 +255,47 @@ class Database:
 def after_commit(callback: Callable[[], None]) -> None:
     """Call `callback` once the current write transaction has committed (not if it does not).
 
-    :raises RuntimeError: there is no write transaction in this thread.
+    :raises RuntimeError: there is no write transaction here (`transaction()` or `write()`).
     """
     callbacks = _AFTER_COMMIT.get()
     if callbacks is None:
-        raise RuntimeError("after_commit outside Database.transaction()")
+        raise RuntimeError("after_commit outside a write transaction")
     callbacks.append(callback)
+
+
+def _run_alone(unit: WriteUnit[Any], connection: Connection) -> None:
+    unit.run(connection)
+    if unit.error is not None:
+        raise unit.error
+
+
+def _run_in_savepoint(connection: Connection, unit: WriteUnit[Any]) -> None:
+    """Run `unit`; undo its changes if it raised. A fault of the database, rather than of
+    the unit's statements, is raised: the transaction cannot go on.
+
+    The savepoint is SQLite's own, on the driver's connection: SQLAlchemy's nested
+    transactions cost more than the statements of a small unit.
+    """
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    with _savepoint_faults_unavailable():
+        driver.execute("SAVEPOINT unit")
+    unit.run(connection)
+    if isinstance(unit.error, DBAPIError) and _means_unavailable(unit.error):
+        raise unit.error
+    with _savepoint_faults_unavailable():
+        if unit.error is not None:
+            driver.execute("ROLLBACK TO unit")
+        driver.execute("RELEASE unit")
+
+
+@contextmanager
+def _savepoint_faults_unavailable() -> Iterator[None]:
+    # SQLite ends the whole transaction after some faults; then the savepoint is gone too.
+    try:
+        yield
+    except sqlite3.Error as error:
+        raise DatabaseUnavailable(f"the transaction ended: {type(error).__name__}") from error
 
 
 def _call_all(callbacks: list[Callable[[], None]]) -> None:

@@ -21,8 +21,9 @@ class TaskRunHandlers:
         self, *, body: models.TaskRunCreate
     ) -> tuple[models.TaskRun, Literal[200, 201]]:
         """Create a task run: 201 when this request inserted it, 200 when it already existed."""
-        with self._database.transaction() as connection:
-            outcome = task_runs.create_task_run(connection=connection, task_run=body)
+        outcome = self._database.write(
+            lambda connection: task_runs.create_task_run(connection=connection, task_run=body)
+        )
         return outcome.task_run, 201 if outcome.created else 200
 
     def read_task_run(self, *, id: UUID) -> tuple[models.TaskRun, Literal[200]]:
@@ -32,23 +33,28 @@ class TaskRunHandlers:
 
     def update_task_run(self, *, id: UUID, body: models.TaskRunUpdate) -> tuple[None, Literal[204]]:
         """Rename a task run."""
-        with self._database.transaction() as connection:
-            task_runs.rename_task_run(connection=connection, task_run_id=id, update=body)
+        self._database.write(
+            lambda connection: task_runs.rename_task_run(
+                connection=connection, task_run_id=id, update=body
+            )
+        )
         return None, 204
 
     def delete_task_run(self, *, id: UUID) -> tuple[None, Literal[204]]:
         """Delete a task run with its states."""
-        with self._database.transaction() as connection:
-            task_runs.delete_task_run(connection=connection, task_run_id=id)
+        self._database.write(
+            lambda connection: task_runs.delete_task_run(connection=connection, task_run_id=id)
+        )
         return None, 204
 
     def set_task_run_state(
         self, *, id: UUID, body: models.SetTaskRunStateBody
     ) -> tuple[models.OrchestrationResult, Literal[200, 201]]:
         """Propose a state: 201 when a state was written, 200 when none was."""
-        with self._database.transaction() as connection:
-            outcome = task_run_states.set_task_run_state(
+        outcome = self._database.write(
+            lambda connection: task_run_states.set_task_run_state(
                 connection=connection, task_run_id=id, proposed=body.state, force=body.force
             )
+        )
         metrics.count_orchestration(outcome.transition.status.value)
         return outcome.result, 201 if outcome.written else 200
