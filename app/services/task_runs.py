@@ -11,7 +11,6 @@ from uuid import UUID
 
 from sqlalchemy import Connection
 
-from app.db import task_run_states as state_rows
 from app.db import task_runs as rows
 from app.db.records import TaskRunRecord, TaskRunStateRecord
 from app.services.clock import to_utc, utcnow
@@ -84,9 +83,8 @@ def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -
     # No rule that governs a first state leaves the run without one.
     state = transition.proposal
     enter_state(run, state)
-    if rows.insert_task_run_unless_conflicting(connection, run):
+    if rows.insert_task_run_with_first_state(connection, run, state):
         answer = task_run_model(run, state, now=now)
-        state_rows.insert_state(connection, state)
         orchestration.written()
         return CreateOutcome(created=True, inserted=answer)
 
