@@ -9,7 +9,7 @@ DEV := $(VENV)/.dev-installed
 .DEFAULT_GOAL := help
 .PHONY: help install run test browser generate client check check-generated check-handlers \
 	check-asyncapi lint typecheck fuzz clean \
-	bench bench-prefect bench-wrk
+	bench bench-prefect bench-wrk bench-cpu profile
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -130,3 +130,10 @@ bench: $(DEV) bench-wrk ## wrk against the service on SQLite and PostgreSQL (QUI
 bench-prefect: $(DEV) bench-wrk $(PREFECT_INSTALLED) ## the same cells against Prefect 3.9.1 too, side by side
 	TEST_POSTGRES_URL="$${TEST_POSTGRES_URL-$(BENCH_POSTGRES_URL)}" \
 	  $(BIN)/python -m tests.bench --prefect $(BENCH_FLAGS)
+
+OP ?= read
+bench-cpu: $(DEV) ## CPU ms per request of each operation in this process, no HTTP server
+	$(BIN)/python -m tests.bench.inprocess
+
+profile: $(DEV) ## the top frames by self time of one operation (OP=read|create|set_state|health)
+	$(BIN)/python -m tests.bench.profile --operation $(OP)

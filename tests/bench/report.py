@@ -31,7 +31,9 @@ TARGET_FRACTION_OF_PREFECT_P99 = 0.1
 TARGET_SHARE_OF_HEALTH = {CREATE_NEW: 0.5, READ: 0.7}
 TARGET_PEAK_RSS_MB = 150.0
 # set_state: successful (2xx) requests per second, times Prefect's, by database.
-TARGET_SET_STATE_TIMES_PREFECT = {"sqlite": 10.0, "postgresql": 5.0}
+TARGET_SET_STATE_TIMES_PREFECT = {"sqlite": 15.0, "postgresql": 15.0}
+# The workers' CPU ms per request at the target concurrency, on SQLite.
+TARGET_CPU_MS_PER_REQUEST = {READ: 0.5, CREATE_NEW: 1.0}
 TARGET_BACKGROUND_TIMES_PREFECT = 3.0
 
 MET, NOT_MET, UNAVAILABLE = "met", "NOT MET", "unavailable"
@@ -108,7 +110,7 @@ def server_table(run: ServerRun) -> str:
     """Every cell measured against one server."""
     headers = [
         "operation", "conc", "req/s", "p50 ms", "p99 ms", "non-2xx", "sock err",
-        "of health", "worker CPU s", "wrk CPU s", "other CPU s",
+        "of health", "CPU ms/req", "worker CPU s", "wrk CPU s", "other CPU s",
         "worker peak RSS MB", "statuses",
     ]  # fmt: skip
     rows = [
@@ -121,6 +123,7 @@ def server_table(run: ServerRun) -> str:
             str(cell.non_2xx),
             str(cell.socket_errors),
             _percent(run.share_of_health(cell)) if cell.operation != HEALTH else "",
+            _number(cell.cpu_ms_per_request, 2),
             _per_worker(cell.worker_cpu_seconds(), 1) + (" !" if cell.imbalanced() else ""),
             _number(cell.wrk_cpu_seconds),
             _number(cell.other_cpu_seconds),
@@ -189,7 +192,8 @@ def side_by_side(ours: ServerRun, prefect: ServerRun) -> str:
     """Our cells next to Prefect's on the same database, with the ratios ours/Prefect."""
     headers = [
         "operation", "conc", "req/s ours", "req/s Prefect", "ours/Prefect",
-        "p99 ms ours", "p99 ms Prefect", "ours/Prefect", "non-2xx ours", "non-2xx Prefect",
+        "p99 ms ours", "p99 ms Prefect", "ours/Prefect", "CPU ms/req ours",
+        "CPU ms/req Prefect", "non-2xx ours", "non-2xx Prefect",
     ]  # fmt: skip
     rows = []
     for cell in ours.measured_cells:
@@ -208,6 +212,8 @@ def side_by_side(ours: ServerRun, prefect: ServerRun) -> str:
                 _number(cell.p99_ms, 2),
                 _number(theirs.p99_ms, 2),
                 "-" if p99_ratio is None else f"{p99_ratio:.3f}",
+                _number(cell.cpu_ms_per_request, 2),
+                _number(theirs.cpu_ms_per_request, 2),
                 _errors(cell.non_2xx, cell.socket_errors),
                 _errors(theirs.non_2xx, theirs.socket_errors),
             ]
@@ -260,6 +266,11 @@ def check_targets(ours: ServerRun, prefect: ServerRun | None) -> list[TargetChec
         _health_share_target(ours, op, share) for op, share in TARGET_SHARE_OF_HEALTH.items()
     )
     checks.append(_memory_target(ours))
+    if ours.database == "sqlite":
+        checks.extend(
+            _cpu_target(ours, operation, limit)
+            for operation, limit in TARGET_CPU_MS_PER_REQUEST.items()
+        )
     return checks
 
 
@@ -327,6 +338,16 @@ def _set_state_targets(ours: ServerRun, prefect: ServerRun) -> list[TargetCheck]
                 f" = {_number(ratio)}x",
             )
         )
+        p99 = _ratio(mine.p99_ms, theirs.p99_ms)
+        checks.append(
+            _check(
+                ours.database,
+                f"{operation} c={TARGET_CONCURRENCY} p99 <= 1/"
+                f"{1 / TARGET_FRACTION_OF_PREFECT_P99:.0f} of Prefect's",
+                None if p99 is None else p99 <= TARGET_FRACTION_OF_PREFECT_P99,
+                f"{mine.p99_ms:,.2f} ms vs {theirs.p99_ms:,.2f} ms = {_number(p99, 3)}",
+            )
+        )
     return checks
 
 
@@ -378,6 +399,15 @@ def _memory_target(ours: ServerRun) -> TargetCheck:
     highest, cell = max(peaks, key=lambda peak: peak[0])
     detail = f"highest {highest:.0f} MB ({cell.operation} c={cell.concurrency})"
     return _check(ours.database, target, highest <= TARGET_PEAK_RSS_MB, detail)
+
+
+def _cpu_target(ours: ServerRun, operation: str, limit_ms: float) -> TargetCheck:
+    target = f"{operation} c={TARGET_CONCURRENCY} CPU per request <= {limit_ms} ms"
+    cell = ours.cell(operation, TARGET_CONCURRENCY)
+    measured = None if cell is None else cell.cpu_ms_per_request
+    if measured is None:
+        return _check(ours.database, target, None, "not measured")
+    return _check(ours.database, target, measured <= limit_ms, f"{measured:.2f} ms")
 
 
 def targets_section(checks: list[TargetCheck]) -> str:

@@ -111,9 +111,18 @@ class Repetition:
         total = sum(known)
         return [value / total for value in known] if total > 0 else None
 
+    @property
+    def cpu_ms_per_request(self) -> float | None:
+        """The workers' CPU time per request answered, in ms; None if unknown."""
+        seconds = [usage.cpu_seconds for usage in self.workers]
+        if not seconds or any(value is None for value in seconds) or not self.wrk.requests:
+            return None
+        return 1000 * sum(value for value in seconds if value is not None) / self.wrk.requests
+
     def as_json(self) -> dict[str, Any]:
         return {
             **self.wrk.as_json(),
+            "cpu_ms_per_request": self.cpu_ms_per_request,
             "workers": [usage.as_json() for usage in self.workers],
             "worker_cpu_shares": self.worker_cpu_shares(),
             "wrk_cpu_seconds": round(self.wrk_cpu_seconds, 2),
@@ -187,6 +196,16 @@ class Cell:
         """The median over the repetitions."""
         return self._median(lambda repetition: repetition.other_cpu_seconds)
 
+    @property
+    def cpu_ms_per_request(self) -> float | None:
+        """The workers' CPU ms per request, the median over the repetitions that know it."""
+        known = [
+            value
+            for repetition in self.repetitions
+            if (value := repetition.cpu_ms_per_request) is not None
+        ]
+        return statistics.median(known) if known else None
+
     def worker_cpu_seconds(self) -> list[float | None]:
         """Each worker's CPU seconds (median over the repetitions), in worker order."""
         columns = _per_worker(self.repetitions, lambda usage: usage.cpu_seconds)
@@ -237,6 +256,7 @@ class Cell:
             "worker_peak_rss_mb": [round(value, 1) for value in self.worker_peak_rss_mb()],
             "wrk_cpu_seconds": round(self.wrk_cpu_seconds, 2),
             "other_cpu_seconds": round(self.other_cpu_seconds, 2),
+            "cpu_ms_per_request": self.cpu_ms_per_request,
             "lowest_worker_cpu_share": self.lowest_cpu_share(),
             "imbalanced": self.imbalanced(),
             "repetitions": [repetition.as_json() for repetition in self.repetitions],

@@ -1,0 +1,216 @@
+"""The application's own cost per request, in this process: no network, no HTTP server.
+
+    python -m tests.bench.inprocess                     # CPU ms per request, by operation
+    python -m tests.bench.inprocess --instructions      # instructions per request (callgrind)
+
+Requests go straight to the ASGI application (every middleware, Flask and the handler, on an
+SQLite file), one at a time. CPU time depends on what else the machine runs; instruction
+counts do not, which makes them the measure of small changes: the same code counts the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+OPERATIONS = ("health", "read", "create", "set_state")
+Request = tuple[str, str, bytes]
+
+
+class Driver:
+    """Sends requests to an ASGI application on one event loop, as an HTTP server would."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.loop = asyncio.new_event_loop()
+        self._lifespan: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.loop.run_until_complete(self._start())
+
+    async def _start(self) -> None:
+        started = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            return await self._lifespan.get()
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                started.set()
+
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+        self._lifespan_task = asyncio.ensure_future(self.app(scope, receive, send))
+        await self._lifespan.put({"type": "lifespan.startup"})
+        await started.wait()
+
+    def close(self) -> None:
+        """Shut the application down (its lifespan), and the loop."""
+
+        async def stop() -> None:
+            await self._lifespan.put({"type": "lifespan.shutdown"})
+            await self._lifespan_task
+
+        self.loop.run_until_complete(stop())
+        self.loop.close()
+
+    def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        return self.loop.run_until_complete(self._request(method, path, body))
+
+    async def _request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        path, _, query = path.partition("?")
+        headers = [(b"host", b"bench"), (b"x-prefect-api-version", b"0.8.4")]
+        if body:
+            headers += [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+            "query_string": query.encode(), "root_path": "", "headers": headers,
+            "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 4200), "state": {},
+        }  # fmt: skip
+        sent = False
+        status = 0
+        chunks: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                await asyncio.sleep(3600)
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, send)
+        return status, b"".join(chunks)
+
+
+def requests_of(operation: str, driver: Driver, count: int) -> list[Request]:
+    """`count` requests of `operation`, with what they need created beforehand."""
+
+    def create_body(key: str, **fields: Any) -> bytes:
+        return json.dumps({"task_key": key, "dynamic_key": "0", **fields}).encode()
+
+    def new_run() -> dict[str, Any]:
+        status, body = driver.request("POST", "/api/task_runs/", create_body(uuid.uuid4().hex))
+        assert status == 201, body
+        run: dict[str, Any] = json.loads(body)
+        return run
+
+    if operation == "health":
+        return [("GET", "/api/health", b"")] * count
+    if operation == "read":
+        run = new_run()
+        return [("GET", f"/api/task_runs/{run['id']}", b"")] * count
+    if operation == "create":
+        prefix = uuid.uuid4().hex
+        return [
+            ("POST", "/api/task_runs/", create_body(f"{prefix}-{n}", tags=["bench"]))
+            for n in range(count)
+        ]
+    if operation == "set_state":
+        running = b'{"state":{"type":"RUNNING"}}'
+        return [
+            ("POST", f"/api/task_runs/{new_run()['id']}/set_state", running) for _ in range(count)
+        ]
+    raise ValueError(operation)
+
+
+def measure(operations: list[str], count: int, *, timed: bool) -> dict[str, float]:
+    """CPU ms per request of each operation (or, untimed, just send them)."""
+    from app.db.migrate import upgrade  # noqa: PLC0415 - after the environment is set
+    from app.main import create_app  # noqa: PLC0415
+    from app.settings import Settings  # noqa: PLC0415
+
+    directory = Path(tempfile.mkdtemp(prefix="taskrun-inprocess-"))
+    try:
+        url = f"sqlite:///{directory / 'bench.db'}"
+        upgrade(url)
+        driver = Driver(create_app(Settings(database_url=url)))
+        results: dict[str, float] = {}
+        try:
+            for operation in operations:
+                prepared = requests_of(operation, driver, count)
+                send_all(driver, prepared[: max(1, count // 10)] if timed else [])
+                began = time.process_time()
+                send_all(driver, prepared)
+                results[operation] = (time.process_time() - began) * 1000 / max(count, 1)
+        finally:
+            driver.close()
+        return results
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def send_all(driver: Driver, prepared: list[Request]) -> None:
+    for method, path, body in prepared:
+        status, answer = driver.request(method, path, body)
+        assert 200 <= status < 300, (status, answer[:300])
+
+
+def instructions(operation: str, count: int) -> float:
+    """Instructions per request of `operation`, counted by callgrind: a run with `count`
+    requests less one with none (the start-up), over `count`.
+    """
+
+    def run(requests: int) -> int:
+        with tempfile.TemporaryDirectory() as directory:
+            out = Path(directory) / "callgrind.out"
+            subprocess.run(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                 sys.executable, "-m", "tests.bench.inprocess", "--operations", operation,
+                 "--requests", str(requests), "--untimed"],
+                capture_output=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
+            )  # fmt: skip
+            summary = re.search(r"^summary: (\d+)", out.read_text(errors="replace"), re.M)
+            assert summary is not None
+            return int(summary.group(1))
+
+    return (run(count) - run(0)) / count
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.inprocess", description=__doc__)
+    parser.add_argument("--operations", nargs="+", choices=OPERATIONS, default=list(OPERATIONS))
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--instructions", action="store_true", help="count with callgrind")
+    parser.add_argument("--untimed", action="store_true", help=argparse.SUPPRESS)
+    arguments = parser.parse_args(argv)
+    if arguments.untimed:
+        measure(arguments.operations, arguments.requests, timed=False)
+        return 0
+    report: Callable[[str], str]
+    if arguments.instructions:
+        if shutil.which("valgrind") is None:
+            print("--instructions needs valgrind (Debian package valgrind)", file=sys.stderr)  # noqa: T201
+            return 2
+        count = min(arguments.requests, 200)
+        values = {op: instructions(op, count) for op in arguments.operations}
+        report = lambda op: f"{values[op] / 1e6:8.3f} M instructions per request"  # noqa: E731
+    else:
+        values = measure(arguments.operations, arguments.requests, timed=True)
+        report = lambda op: f"{values[op]:8.3f} ms of CPU per request"  # noqa: E731
+    for operation in arguments.operations:
+        print(f"{operation:<10} {report(operation)}")  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
