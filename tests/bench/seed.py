@@ -109,7 +109,7 @@ class Dataset:
     seconds: float
     # The window of expected start times: [window_end - DAYS, window_end).
     window_end: datetime
-    flow_run_ids: tuple[uuid.UUID, ...]
+    flow_run_ids: tuple[str, ...]
     tags: tuple[str, ...] = TAGS
 
     @property
@@ -455,7 +455,7 @@ def seed(
         rows=counts,
         seconds=time.monotonic() - began,
         window_end=end,
-        flow_run_ids=generator.flow_run_ids,
+        flow_run_ids=tuple(str(flow_run_id) for flow_run_id in generator.flow_run_ids),
     )
 
 
