@@ -15,7 +15,7 @@ from app.db.records import (
     TaskRunRecord,
     TaskRunStateRecord,
 )
-from app.db.tables import task_run, task_run_state
+from app.db.tables import task_run, task_run_state, task_run_tag
 
 
 class StoredTaskRun(NamedTuple):
@@ -73,6 +73,7 @@ _RENAME = (
     )
 )
 _DELETE = task_run.delete().where(task_run.c.id == bindparam("run_id"))
+_DELETE_TAGS = task_run_tag.delete().where(task_run_tag.c.task_run_id == bindparam("run_id"))
 # Waits for, then holds until the transaction ends, the run's row (PostgreSQL).
 _LOCK = select(task_run.c.id).where(task_run.c.id == bindparam("run_id")).with_for_update()
 
@@ -98,7 +99,17 @@ def insert_task_run_unless_conflicting(connection: Connection, run: TaskRunRecor
     One statement, and the database decides: no select-then-insert race is possible.
     """
     statement = _INSERT_TASK_RUN_UNLESS_CONFLICTING[connection.dialect.name]
-    return connection.execute(statement, run.values()).first() is not None
+    inserted = connection.execute(statement, run.values()).first() is not None
+    if inserted:
+        _insert_tags(connection, run)
+    return inserted
+
+
+def _insert_tags(connection: Connection, run: TaskRunRecord) -> None:
+    """One task_run_tag row per distinct tag of the run."""
+    rows = [{"task_run_id": run.id, "tag": tag} for tag in dict.fromkeys(run.tags)]
+    if rows:
+        connection.execute(task_run_tag.insert(), rows)
 
 
 def find_task_run_to_change(connection: Connection, task_run_id: UUID) -> StoredTaskRun | None:
@@ -123,6 +134,9 @@ def update_reported_fields(connection: Connection, run: TaskRunRecord) -> None:
     """Write every field of the run an event may report (all but its id, key and creation)."""
     values = {f"new_{name}": getattr(run, name) for name in _REPORTED_COLUMNS}
     connection.execute(_UPDATE_REPORTED, {"run_id": run.id, **values})
+    # The tags may be among the changes.
+    connection.execute(_DELETE_TAGS, {"run_id": run.id})
+    _insert_tags(connection, run)
 
 
 def rename_task_run(
@@ -136,7 +150,9 @@ def rename_task_run(
 
 
 def delete_task_run(connection: Connection, task_run_id: UUID) -> bool:
-    """Delete the run; its states and their cache entries go with it (ON DELETE CASCADE)."""
+    """Delete the run; its states, their cache entries and its tags go with it (ON DELETE
+    CASCADE).
+    """
     return connection.execute(_DELETE, {"run_id": task_run_id}).rowcount == 1
 
 
@@ -160,8 +176,11 @@ _RUN_WIDTH = len(TASK_RUN_COLUMNS)
 
 
 def _stored(row: Row[Any] | None) -> StoredTaskRun | None:
-    if row is None:
-        return None
+    return None if row is None else stored_task_run(row)
+
+
+def stored_task_run(row: Row[Any]) -> StoredTaskRun:
+    """A run and its state from a row of its columns followed by its state's."""
     run = TaskRunRecord(**dict(zip(TASK_RUN_COLUMNS, row[:_RUN_WIDTH], strict=True)))
     state_values = row[_RUN_WIDTH:]
     if state_values[0] is None:
