@@ -15,6 +15,7 @@ PostgreSQL is loaded with COPY, SQLite with executemany, in large transactions.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import time
@@ -44,7 +45,7 @@ RANDOM_SEED = 9
 BATCH_RUNS = 20_000
 PROGRESS_EVERY_RUNS = 100_000
 
-# Fifty tags, areas by kinds; a few are common, most are rare (weights 1/rank).
+# Fifty tags, areas by kinds; a few are common, most are rare (weights 1/rank, cumulative).
 TAG_AREAS = (
     "etl",
     "ml",
@@ -59,7 +60,7 @@ TAG_AREAS = (
 )
 TAG_KINDS = ("nightly", "hourly", "critical", "dev", "prod")
 TAGS = tuple(f"{area}-{kind}" for kind in TAG_KINDS for area in TAG_AREAS)
-TAG_WEIGHTS = tuple(1 / rank for rank in range(1, len(TAGS) + 1))
+TAG_WEIGHTS = tuple(itertools.accumulate(1 / rank for rank in range(1, len(TAGS) + 1)))
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ STATE_KINDS = (
         "SCHEDULED", "AwaitingRetry", 0.05, (_PENDING, _RUNNING, ("SCHEDULED", "AwaitingRetry"))
     ),
 )  # fmt: skip
-STATE_WEIGHTS = tuple(kind.share for kind in STATE_KINDS)
+# Cumulative, as random.choices takes them fastest.
+STATE_WEIGHTS = tuple(itertools.accumulate(kind.share for kind in STATE_KINDS))
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class Generator:
         # Evenly spread with jitter, so that ids (by creation time) ascend with the number.
         expected = self.window_end - span + span * ((number + rng.random()) / self.runs)
         created = expected - timedelta(seconds=rng.uniform(0, 60))
-        kind = rng.choices(STATE_KINDS, STATE_WEIGHTS)[0]
+        kind = rng.choices(STATE_KINDS, cum_weights=STATE_WEIGHTS)[0]
         function = rng.randrange(TASK_FUNCTIONS)
         flow_run_id = (
             None if rng.random() < SHARE_WITHOUT_FLOW_RUN else rng.choice(self.flow_run_ids)
@@ -183,7 +185,9 @@ class Generator:
                 "retry_delay": None,
                 "retry_jitter_factor": None,
             },
-            "tags": sorted(set(rng.choices(TAGS, TAG_WEIGHTS, k=rng.randint(0, MAX_TAGS)))),
+            "tags": sorted(
+                set(rng.choices(TAGS, cum_weights=TAG_WEIGHTS, k=rng.randint(0, MAX_TAGS)))
+            ),
             "labels": {} if flow_run_id is None else {"prefect.flow-run.id": str(flow_run_id)},
             "task_inputs": {},
             "state_id": current["id"],
@@ -333,11 +337,18 @@ class Batch:
 Writer = Callable[[Batch], None]
 
 
-def _copy_value(column: Column[Any], value: Any) -> Any:
-    """A value as COPY takes it: JSON as its text, the rest as psycopg adapts it."""
-    if value is not None and isinstance(column.type, JSON):
-        return json.dumps(value, separators=(",", ":"))
-    return value
+def _copy_rows(table: Table, rows: list[dict[str, Any]]) -> Iterator[list[Any]]:
+    """The rows as COPY takes them: JSON columns as their text, the rest as psycopg adapts
+    them.
+    """
+    names = list(rows[0])
+    json_names = {name for name in names if isinstance(table.c[name].type, JSON)}
+    for row in rows:
+        values = dict(row)
+        for name in json_names:
+            if values[name] is not None:
+                values[name] = json.dumps(values[name], separators=(",", ":"))
+        yield [values[name] for name in names]
 
 
 def copy_batch(connection: psycopg.Connection[Any], batch: Batch) -> None:
@@ -346,12 +357,10 @@ def copy_batch(connection: psycopg.Connection[Any], batch: Batch) -> None:
         for table, rows in batch.rows.items():
             if not rows:
                 continue
-            names = list(rows[0])
-            columns = [table.c[name] for name in names]
-            quoted = ", ".join(f'"{name}"' for name in names)
+            quoted = ", ".join(f'"{name}"' for name in rows[0])
             with cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
-                for row in rows:
-                    copy.write_row([_copy_value(column, row[column.name]) for column in columns])
+                for values in _copy_rows(table, rows):
+                    copy.write_row(values)
 
 
 def insert_batch(connection: Connection, batch: Batch) -> None:
@@ -365,29 +374,54 @@ def insert_batch(connection: Connection, batch: Batch) -> None:
 @dataclass(frozen=True)
 class Target:
     """Where the rows go: a writer of batches, and what to do once all are in (fill the tag
-    tables, ANALYZE; returns the rows put in each tag table).
+    tables, build the indexes, ANALYZE; returns the rows put in each tag table).
     """
 
     write: Writer
     finish: Callable[[], dict[str, int]]
 
 
+def loaded_tables() -> list[str]:
+    """The tables the loader writes to."""
+    return [tables.task_run.name, tables.task_run_state.name, *(t.name for t in tag_tables())]
+
+
+# Secondary indexes are dropped before the load and built again after it, as each
+# database's own definitions say: building an index once is far cheaper than keeping it up
+# to date row by row. Primary keys and constraints stay.
+_POSTGRESQL_INDEXES = """
+    SELECT indexname, indexdef FROM pg_indexes
+    WHERE schemaname = current_schema() AND tablename = ANY(%s)
+      AND indexname NOT IN (SELECT conname FROM pg_constraint)
+"""
+_SQLITE_INDEXES = (
+    "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+    " AND tbl_name IN ({})"
+)
+
+
 @contextmanager
 def _postgresql_target(database_url: str) -> Iterator[Target]:
     libpq_url = make_url(database_url).set(drivername="postgresql")
     dsn = libpq_url.render_as_string(hide_password=False)
-    with psycopg.connect(dsn, options="-c timezone=UTC") as connection:
+    with psycopg.connect(dsn, options="-c timezone=UTC -c maintenance_work_mem=256MB") as db:
+        indexes = db.execute(_POSTGRESQL_INDEXES, [loaded_tables()]).fetchall()
+        for name, _definition in indexes:
+            db.execute(f'DROP INDEX "{name}"')
+        db.commit()
 
         def finish() -> dict[str, int]:
             counts = {
-                table.name: connection.execute(tag_rows_statement(table, "postgresql")).rowcount
+                table.name: db.execute(tag_rows_statement(table, "postgresql")).rowcount
                 for table in tag_tables()
             }
-            connection.commit()
-            connection.execute("ANALYZE")
+            for _name, definition in indexes:
+                db.execute(definition)
+            db.commit()
+            db.execute("ANALYZE")
             return counts
 
-        yield Target(lambda batch: copy_batch(connection, batch), finish)
+        yield Target(lambda batch: copy_batch(db, batch), finish)
 
 
 def _quick_sqlite_writes(dbapi_connection: Any, _record: Any) -> None:
@@ -400,20 +434,26 @@ def _sqlite_target(database_url: str) -> Iterator[Target]:
     engine = create_engine(normalise_url(database_url))
     event.listen(engine, "connect", _quick_sqlite_writes)
     try:
-        with engine.connect() as connection:
+        with engine.connect() as db:
+            names = loaded_tables()
+            query = _SQLITE_INDEXES.format(", ".join("?" for _ in names))
+            with db.begin():
+                indexes = db.exec_driver_sql(query, tuple(names)).all()
+                for name, _definition in indexes:
+                    db.exec_driver_sql(f'DROP INDEX "{name}"')
 
             def finish() -> dict[str, int]:
-                with connection.begin():
+                with db.begin():
                     counts = {
-                        table.name: connection.exec_driver_sql(
-                            tag_rows_statement(table, "sqlite")
-                        ).rowcount
+                        table.name: db.exec_driver_sql(tag_rows_statement(table, "sqlite")).rowcount
                         for table in tag_tables()
                     }
-                    connection.exec_driver_sql("ANALYZE")
+                    for _name, definition in indexes:
+                        db.exec_driver_sql(definition)
+                    db.exec_driver_sql("ANALYZE")
                 return counts
 
-            yield Target(lambda batch: insert_batch(connection, batch), finish)
+            yield Target(lambda batch: insert_batch(db, batch), finish)
     finally:
         engine.dispose()
 
