@@ -353,17 +353,16 @@ def task_run_history(
     condition: Condition,
     *,
     start: datetime,
+    end: datetime,
     interval: timedelta,
-    intervals: int,
     now: datetime,
 ) -> list[HistoryRow]:
-    """The matching runs counted by interval of their expected start and by state.
+    """The matching runs expected to start in [start, end), counted by interval and state.
 
     Interval `i` holds the runs expected to start in [start + i * interval, start + (i + 1) *
     interval); the intervals are numbered in whole microseconds, exactly on both databases.
     """
     interval_microseconds = interval // _MICROSECOND
-    end = min(start + interval * intervals, datetime.max.replace(tzinfo=UTC))
     offset = _EpochMicroseconds(task_run.c.expected_start_time) - bindparam(
         "start_microseconds", epoch_microseconds(start), type_=BigInteger
     )

@@ -95,8 +95,8 @@ def task_run_history(
         connection,
         matching(body),
         start=start,
+        end=_later(starts[-1], interval),
         interval=interval,
-        intervals=len(starts),
         now=utcnow(),
     )
     states: list[list[models.HistoryResponseState]] = [[] for _ in starts]
