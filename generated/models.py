@@ -1055,7 +1055,7 @@ class TaskRunPaginationResponse(BaseModel):
 
 class ReadTaskRunsBody(BaseModel):
     """
-    Which task runs to read, in what order. Keys other than these are ignored.
+    Which task runs to read, in what order. Keys other than these are ignored; `null` is the same as no body.
     """
 
     sort: Annotated[
@@ -1108,7 +1108,7 @@ class ReadTaskRunsBody(BaseModel):
 
 class CountTaskRunsBody(BaseModel):
     """
-    Which task runs to count. Keys other than these are ignored.
+    Which task runs to count. Keys other than these are ignored; `null` is the same as no body.
     """
 
     flows: Annotated[
@@ -1140,7 +1140,7 @@ class CountTaskRunsBody(BaseModel):
 
 class PaginateTaskRunsBody(BaseModel):
     """
-    Which page of which task runs, in what order. Keys other than these are ignored.
+    Which page of which task runs, in what order. Keys other than these are ignored; `null` is the same as no body.
     """
 
     sort: Annotated[
