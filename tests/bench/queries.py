@@ -56,7 +56,7 @@ def query_cells(dataset: Dataset) -> list[QueryCell]:
             "/api/task_runs/filter",
             _filter({"flow_run_id": {"any_": [dataset.flow_run_ids[0]]}}),
             LIST_P99_MS,
-            "filter by flow_run_id (one of the flow runs)",
+            "filter by flow_run_id (the flow run with the most task runs)",
         ),
         QueryCell(
             "q_state_sorted",

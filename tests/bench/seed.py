@@ -20,6 +20,7 @@ import json
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -111,6 +112,7 @@ class Dataset:
     seconds: float
     # The window of expected start times: [window_end - DAYS, window_end).
     window_end: datetime
+    # The flow runs, those with the most task runs first.
     flow_run_ids: tuple[str, ...]
     tags: tuple[str, ...] = TAGS
 
@@ -135,9 +137,14 @@ class Generator:
     window_end: datetime
     rng: random.Random = field(default_factory=lambda: random.Random(RANDOM_SEED))
     flow_run_ids: tuple[uuid.UUID, ...] = ()
+    runs_per_flow_run: Counter[uuid.UUID] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.flow_run_ids = tuple(self._uuid4() for _ in range(FLOW_RUNS))
+
+    def busiest_flow_runs(self) -> tuple[str, ...]:
+        """The flow runs generated so far, those with the most task runs first."""
+        return tuple(str(flow_run_id) for flow_run_id, _ in self.runs_per_flow_run.most_common())
 
     def _uuid4(self) -> uuid.UUID:
         return uuid.UUID(int=self.rng.getrandbits(128), version=4)
@@ -162,6 +169,8 @@ class Generator:
         flow_run_id = (
             None if rng.random() < SHARE_WITHOUT_FLOW_RUN else rng.choice(self.flow_run_ids)
         )
+        if flow_run_id is not None:
+            self.runs_per_flow_run[flow_run_id] += 1
         run_id = self._uuid7(created)
         start = expected + timedelta(seconds=rng.expovariate(1 / 2)) if kind.ran else None
         duration = rng.lognormvariate(1.5, 1.5) if kind.ran else 0.0
@@ -495,7 +504,7 @@ def seed(
         rows=counts,
         seconds=time.monotonic() - began,
         window_end=end,
-        flow_run_ids=tuple(str(flow_run_id) for flow_run_id in generator.flow_run_ids),
+        flow_run_ids=generator.busiest_flow_runs(),
     )
 
 
