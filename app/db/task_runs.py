@@ -106,8 +106,13 @@ def insert_task_run_unless_conflicting(connection: Connection, run: TaskRunRecor
 
 
 def _insert_tags(connection: Connection, run: TaskRunRecord) -> None:
-    """One task_run_tag row per distinct tag of the run."""
-    rows = [{"task_run_id": run.id, "tag": tag} for tag in dict.fromkeys(run.tags)]
+    """One task_run_tag row per distinct tag of the run that a filter can ask for.
+
+    A tag holding U+0000 is left out: PostgreSQL cannot store it in a column of its own, and
+    no filter can name it (the contract forbids U+0000 in filters).
+    """
+    searchable = (tag for tag in dict.fromkeys(run.tags) if "\x00" not in tag)
+    rows = [{"task_run_id": run.id, "tag": tag} for tag in searchable]
     if rows:
         connection.execute(task_run_tag.insert(), rows)
 

@@ -159,6 +159,18 @@ class TestReadTaskRuns:
         with database.snapshot() as connection:
             assert connection.execute(select(task_run_tag)).all() == []
 
+    def test_a_tag_holding_nul_is_a_tag_no_filter_can_name(self, client: TestClient) -> None:
+        mixed = new_run(client, tags=["ok", "bad\x00"])
+        only_nul = new_run(client, tags=["\x00"])
+
+        assert filter_ids(client, task_runs(tags={"all_": ["ok"]})) == [mixed["id"]]
+        assert filter_ids(client, task_runs(tags={"is_null_": False})) == newest_first(
+            [mixed, only_nul]
+        )
+        assert filter_ids(client, task_runs(tags={"is_null_": True})) == []
+        response = client.post(FILTER, json=task_runs(tags={"all_": ["\x00"]}))
+        assert_validation_error(response, ["body", "task_runs", "tags", "all_", 0], "pattern")
+
     def test_state_type_and_name(self, client: TestClient) -> None:
         pending = new_run(client)
         completed = new_run(client, state_type="COMPLETED")

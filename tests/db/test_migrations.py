@@ -116,7 +116,9 @@ def test_the_query_migration_copies_every_runs_distinct_tags(fresh_database_url:
     engine = create_engine(normalise_url(fresh_database_url))
     tagged, untagged = uuid.uuid4(), uuid.uuid4()
     with engine.begin() as connection:
-        for run_id, tags in ((tagged, ["a", "b", "a", "é"]), (untagged, [])):
+        # A tag holding U+0000 is left out; one holding the text "\\u0000" is not.
+        tags_given = ["a", "b", "a", "é", "nul\x00", "\\u0000"]
+        for run_id, tags in ((tagged, tags_given), (untagged, [])):
             connection.execute(
                 text(
                     "INSERT INTO task_run (id, created, updated, name, task_key, dynamic_key,"
@@ -138,6 +140,7 @@ def test_the_query_migration_copies_every_runs_distinct_tags(fresh_database_url:
         rows = connection.execute(select(task_run_tag.c.task_run_id, task_run_tag.c.tag)).all()
     engine.dispose()
     assert sorted((str(run_id), tag) for run_id, tag in rows) == [
+        (str(tagged), "\\u0000"),
         (str(tagged), "a"),
         (str(tagged), "b"),
         (str(tagged), "é"),

@@ -34,17 +34,37 @@ POSTGRESQL_INDEXES = {
     "ix_task_run__end_time_desc_id_desc": "(end_time DESC NULLS LAST, id DESC)",
     "ix_task_run__lower_name_trgm": "USING gin (lower(name) gin_trgm_ops)",
 }
-# Every distinct tag of every run (the backfill).
-BACKFILL_TAGS = {
-    "sqlite": (
-        "INSERT INTO task_run_tag (task_run_id, tag) "
-        "SELECT DISTINCT task_run.id, json_each.value FROM task_run, json_each(task_run.tags)"
-    ),
-    "postgresql": (
-        "INSERT INTO task_run_tag (task_run_id, tag) "
-        "SELECT DISTINCT id, json_array_elements_text(tags) FROM task_run"
-    ),
-}
+# Every distinct tag of every run (the backfill), but those holding U+0000, which no filter
+# can name and PostgreSQL cannot store as text: in the JSON, the escape \u0000 after an even
+# number of backslashes. (SQLite's json_each cuts such a string short, so there the tags are
+# copied by Python.)
+POSTGRESQL_BACKFILL = (
+    "INSERT INTO task_run_tag (task_run_id, tag) "
+    "SELECT DISTINCT task_run.id, element #>> '{}' "
+    "FROM task_run, json_array_elements(task_run.tags) AS element "
+    r"WHERE element::text !~ '(^|[^\\])(\\\\)*\\u0000'"
+)
+BATCH = 10_000
+
+
+def _backfill_tags(connection: sa.Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        op.execute(POSTGRESQL_BACKFILL)
+        return
+    runs = sa.table("task_run", sa.column("id", sa.Uuid()), sa.column("tags", sa.JSON()))
+    tags = sa.table("task_run_tag", sa.column("task_run_id", sa.Uuid()), sa.column("tag"))
+    rows: list[dict[str, object]] = []
+    for run_id, run_tags in connection.execute(sa.select(runs.c.id, runs.c.tags)).all():
+        rows.extend(
+            {"task_run_id": run_id, "tag": tag}
+            for tag in dict.fromkeys(run_tags)
+            if "\x00" not in tag
+        )
+        if len(rows) >= BATCH:
+            connection.execute(tags.insert(), rows)
+            rows = []
+    if rows:
+        connection.execute(tags.insert(), rows)
 
 
 def upgrade() -> None:
@@ -64,7 +84,7 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_task_run_tag__tag_task_run_id"), "task_run_tag", ["tag", "task_run_id"]
     )
-    op.execute(BACKFILL_TAGS[dialect])
+    _backfill_tags(op.get_bind())
     if dialect == "postgresql":
         op.execute('ALTER TABLE task_run ALTER COLUMN name TYPE text COLLATE "C"')
     for name, columns in INDEXES.items():
