@@ -18,6 +18,7 @@ from connexion import FlaskApp
 
 from app.db.migrate import upgrade
 from app.main import database_of
+from generated.models import StateType
 from tests.bench.plans import (
     RequestPlans,
     Statement,
@@ -27,10 +28,11 @@ from tests.bench.plans import (
     service_in_process,
 )
 from tests.bench.queries import QueryCell, query_cells
-from tests.bench.seed import Dataset, seed
+from tests.bench.seed import MAX_TAGS, Dataset, seed
 from tests.support.databases import POSTGRES_ENV, empty_database, postgres_server_url
 
 RUNS = {"postgresql": 100_000, "sqlite": 20_000}
+STATE_TYPES = [state_type.value for state_type in StateType]
 _PLACEHOLDER = Dataset(
     runs=0,
     rows={},
@@ -115,6 +117,59 @@ class TestQueryCellPlans:
         plan = explain(engine, Statement(sql, parameters))
 
         assert full_scans(engine.dialect.name, sql, plan) != [], plan
+
+
+LOADER_RUNS = 3_000
+
+
+@pytest.fixture(scope="module")
+def small_load(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FlaskApp, Dataset]]:
+    """The service on an SQLite database the loader filled with LOADER_RUNS runs."""
+    with empty_database("sqlite", tmp_path_factory.mktemp("loader")) as url:
+        upgrade(url)
+        dataset = seed(url, runs=LOADER_RUNS)
+        with service_in_process(url) as app:
+            yield app, dataset
+
+
+class TestLoader:
+    """The loaded runs are what the service itself would serve, with the promised spread."""
+
+    def test_every_run_is_served_with_its_states(
+        self, small_load: tuple[FlaskApp, Dataset]
+    ) -> None:
+        app, _dataset = small_load
+        with app.test_client() as client:
+            runs = client.post("/api/task_runs/filter", json={"limit": 5}).json()
+            assert client.post("/api/task_runs/count", json={}).json() == LOADER_RUNS
+            for run in runs:
+                assert client.get(f"/api/task_runs/{run['id']}").json() == run
+                states = client.get("/api/task_run_states/", params={"task_run_id": run["id"]})
+                assert states.json()[-1]["id"] == run["state"]["id"]
+
+    def test_runs_spread_over_states_tags_and_flow_runs(
+        self, small_load: tuple[FlaskApp, Dataset]
+    ) -> None:
+        app, dataset = small_load
+
+        def count(criteria: dict[str, object]) -> int:
+            response = client.post("/api/task_runs/count", json={"task_runs": criteria})
+            assert response.status_code == 200, response.text
+            number: int = response.json()
+            return number
+
+        with app.test_client() as client:
+            for state_type in STATE_TYPES:
+                assert count({"state": {"type": {"any_": [state_type]}}}) > 0, state_type
+            assert count({"tags": {"all_": list(dataset.tags[:2])}}) > 0
+            assert count({"tags": {"is_null_": True}}) > 0
+            assert 0 < count({"flow_run_id": {"is_null_": True}}) < LOADER_RUNS / 10
+            assert count({"flow_run_id": {"any_": [dataset.flow_run_ids[0]]}}) > 1
+            tagged = client.post(
+                "/api/task_runs/filter", json={"task_runs": {"tags": {"is_null_": False}}}
+            ).json()
+            assert {tag for run in tagged for tag in run["tags"]} <= set(dataset.tags)
+            assert max(len(run["tags"]) for run in tagged) <= MAX_TAGS
 
 
 class TestFullScanDetection:
