@@ -23,6 +23,8 @@ from app.settings import Settings
 TABLE = "task_run"
 # A scan of every row of the table: not one through an index.
 SQLITE_FULL_SCAN = re.compile(r"^SCAN (\w+)$")
+# A walk through a whole index of the table, in its order: all of it unless a LIMIT stops it.
+SQLITE_INDEX_WALK = re.compile(r"^SCAN (\w+) USING (?:COVERING )?INDEX \w+$")
 POSTGRESQL_FULL_SCAN = re.compile(rf"Seq Scan on {TABLE}\b")
 
 
@@ -41,6 +43,7 @@ class StatementPlan:
     sql: str
     plan: list[str]
     full_scans: list[str]
+    index_walks: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -123,6 +126,20 @@ def full_scans(dialect: str, sql: str, plan: Sequence[str]) -> list[str]:
     return [line.strip() for line in plan if POSTGRESQL_FULL_SCAN.search(line.strip())]
 
 
+def index_walks(dialect: str, sql: str, plan: Sequence[str]) -> list[str]:
+    """SQLite's steps that walk a whole index of the task-run table (not flagged as full
+    scans: with a LIMIT they stop early, as paging in index order does).
+    """
+    if dialect != "sqlite":
+        return []
+    names = aliases_of_table(sql)
+    return [
+        line.strip()
+        for line in plan
+        if (found := SQLITE_INDEX_WALK.match(line.strip())) and found.group(1) in names
+    ]
+
+
 def plans_of_request(app: FlaskApp, path: str, body: dict[str, Any]) -> RequestPlans:
     """Send one request through `app` and explain every SELECT it ran."""
     engine = database_of(app).engine
@@ -136,6 +153,7 @@ def plans_of_request(app: FlaskApp, path: str, body: dict[str, Any]) -> RequestP
                 sql=statement.sql,
                 plan=plan,
                 full_scans=full_scans(engine.dialect.name, statement.sql, plan),
+                index_walks=index_walks(engine.dialect.name, statement.sql, plan),
             )
         )
     return result

@@ -70,7 +70,12 @@ class QueryRun:
                 name: {
                     "status": plans.status,
                     "statements": [
-                        {"sql": s.sql, "plan": s.plan, "full_scans": s.full_scans}
+                        {
+                            "sql": s.sql,
+                            "plan": s.plan,
+                            "full_scans": s.full_scans,
+                            "index_walks": s.index_walks,
+                        }
                         for s in plans.statements
                     ],
                 }

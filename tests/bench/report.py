@@ -461,6 +461,10 @@ def query_plans(query: QueryRun) -> str:
             lines.append(f"  SQL: {shown}")
             lines.extend(f"    {line}" for line in statement.plan)
             lines.extend(f"  !! FULL SCAN of task_run: {scan}" for scan in statement.full_scans)
+            lines.extend(
+                f"  !  walks a whole index of task_run unless a LIMIT stops it: {walk}"
+                for walk in statement.index_walks
+            )
         if not found.full_scans and found.statements:
             lines.append("  no full scan of task_run")
     return "\n".join(lines)
