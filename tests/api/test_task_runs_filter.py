@@ -7,6 +7,7 @@ PostgreSQL shows that both give the same pages for the same data.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from tests.support.queries import (
     new_run,
     task_runs,
 )
+from tests.support.sockets import EVENTS_IN, authenticated, eventually, task_run_event
 
 NO_FLOWS = "This service stores no flow runs"
 
@@ -170,6 +172,27 @@ class TestReadTaskRuns:
         assert filter_ids(client, task_runs(tags={"is_null_": True})) == []
         response = client.post(FILTER, json=task_runs(tags={"all_": ["\x00"]}))
         assert_validation_error(response, ["body", "task_runs", "tags", "all_", 0], "pattern")
+
+    def test_a_run_recorded_from_events_is_found_by_its_latest_tags(
+        self, client: TestClient
+    ) -> None:
+        run_id = str(uuid.uuid4())
+        fields = {"task_key": "evented", "dynamic_key": "0", "tags": ["first"]}
+        now = datetime.now(UTC)
+
+        with authenticated(client, EVENTS_IN) as socket:
+            socket.send_json(task_run_event(run_id, "PENDING", occurred=now, task_run=fields))
+            socket.send_json(
+                task_run_event(
+                    run_id,
+                    "RUNNING",
+                    occurred=now + timedelta(seconds=1),
+                    task_run=fields | {"tags": ["second", "second"]},
+                )
+            )
+            eventually(lambda: filter_ids(client, task_runs(tags={"all_": ["second"]})) == [run_id])
+
+        assert filter_ids(client, task_runs(tags={"all_": ["first"]})) == []
 
     def test_state_type_and_name(self, client: TestClient) -> None:
         pending = new_run(client)
