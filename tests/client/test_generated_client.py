@@ -256,7 +256,9 @@ def read_task_runs(operation: Any, session: Session) -> None:
     )
 
     found = operation.sync_detailed(client=session.client, body=body)
-    everything = operation.sync_detailed(client=session.client)
+    everything = operation.sync_detailed(
+        client=session.client, body=models.BodyReadTaskRunsTaskRunsFilterPost()
+    )
 
     assert found.status_code == 200
     assert [run.id for run in found.parsed] == [runs[0].id]
