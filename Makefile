@@ -9,7 +9,7 @@ DEV := $(VENV)/.dev-installed
 .DEFAULT_GOAL := help
 .PHONY: help install run test browser generate client check check-generated check-handlers \
 	check-asyncapi lint typecheck fuzz clean \
-	bench bench-prefect bench-wrk bench-cpu profile
+	bench bench-queries bench-prefect bench-wrk bench-cpu profile
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -103,8 +103,10 @@ clean: ## remove the virtualenv and caches
 
 # ---------------------------------------------------------------------------------------
 # Benchmarks (tests/bench): wrk against the service as a real process, on SQLite and on
-# PostgreSQL (TEST_POSTGRES_URL; set it empty to skip PostgreSQL). QUICK=1 takes about a
-# minute. Results are printed and written to bench-results/ (git-ignored).
+# PostgreSQL (TEST_POSTGRES_URL; set it empty to skip PostgreSQL), then the query cells on
+# a table loaded by tests/bench/seed.py (200,000 runs on SQLite, 1,000,000 on PostgreSQL;
+# QUICK=1: 20,000) with the plan of each. QUICK=1 takes about three minutes. Results are
+# printed and written to bench-results/ (git-ignored).
 BENCH_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/test
 BENCH_FLAGS = $(if $(filter-out 0 false no,$(QUICK)),--quick)
 # Prefect's own server, in a virtualenv of its own, for `make bench-prefect`.
@@ -123,9 +125,13 @@ $(PREFECT_INSTALLED): tests/bench/prefect_install.py | $(DEV)
 	  --version $(PREFECT_VERSION) --replace $(PREFECT_CERTIFI)
 	touch $@
 
-bench: $(DEV) bench-wrk ## wrk against the service on SQLite and PostgreSQL (QUICK=1: ~1 min)
+bench: $(DEV) bench-wrk ## wrk against the service on SQLite and PostgreSQL, query cells too (QUICK=1: ~3 min)
 	TEST_POSTGRES_URL="$${TEST_POSTGRES_URL-$(BENCH_POSTGRES_URL)}" \
 	  $(BIN)/python -m tests.bench $(BENCH_FLAGS)
+
+bench-queries: $(DEV) bench-wrk ## only the query cells, on a loaded table, with their plans
+	TEST_POSTGRES_URL="$${TEST_POSTGRES_URL-$(BENCH_POSTGRES_URL)}" \
+	  $(BIN)/python -m tests.bench --queries-only $(BENCH_FLAGS)
 
 bench-prefect: $(DEV) bench-wrk $(PREFECT_INSTALLED) ## the same cells against Prefect 3.9.1 too, side by side
 	TEST_POSTGRES_URL="$${TEST_POSTGRES_URL-$(BENCH_POSTGRES_URL)}" \

@@ -11,6 +11,205 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel
 from typing_extensions import TypeAliasType
 
 
+class TaskRunSort(StrEnum):
+    """
+    Defines task run sorting options. Every sort ends with `id` in its own direction; runs without a value for the sorted field come last; names compare by Unicode code point. `DURATION_*` sort by `estimated_run_time`, then by `expected_start_time` newest first.
+    """
+
+    ID_DESC = "ID_DESC"
+    EXPECTED_START_TIME_ASC = "EXPECTED_START_TIME_ASC"
+    EXPECTED_START_TIME_DESC = "EXPECTED_START_TIME_DESC"
+    NAME_ASC = "NAME_ASC"
+    NAME_DESC = "NAME_DESC"
+    NEXT_SCHEDULED_START_TIME_ASC = "NEXT_SCHEDULED_START_TIME_ASC"
+    END_TIME_DESC = "END_TIME_DESC"
+    DURATION_ASC = "DURATION_ASC"
+    DURATION_DESC = "DURATION_DESC"
+
+
+class Operator(StrEnum):
+    """
+    Operators for combining filter criteria.
+    """
+
+    and_ = "and_"
+    or_ = "or_"
+
+
+class TaskRunFilterId(BaseModel):
+    """
+    Filter by `TaskRun.id`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    any_: Annotated[
+        list[UUID] | None,
+        Field(
+            description="A list of task run ids to include (`[]` matches none).",
+            max_length=1000,
+            title="Any",
+        ),
+    ] = None
+
+
+class AnyItem(RootModel[str]):
+    root: Annotated[str, Field(pattern="^[^\\x00]*$")]
+
+
+class TaskRunFilterName(BaseModel):
+    """
+    Filter by `TaskRun.name`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    any_: Annotated[
+        list[AnyItem] | None,
+        Field(
+            description="A list of task run names to include (exact, case-sensitive).",
+            examples=[["my-task-run-1", "my-task-run-2"]],
+            max_length=1000,
+            title="Any",
+        ),
+    ] = None
+    like_: Annotated[
+        str | None,
+        Field(
+            description="A substring the name must contain, compared without regard to the case of the ASCII letters A-Z. `%` and `_` match themselves: the text is not a pattern.",
+            examples=["marvin"],
+            pattern="^[^\\x00]*$",
+            title="Like",
+        ),
+    ] = None
+
+
+class AllItem(RootModel[str]):
+    root: Annotated[str, Field(pattern="^[^\\x00]*$")]
+
+
+class TaskRunFilterTags(BaseModel):
+    """
+    Filter by `TaskRun.tags`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    operator: Annotated[Operator, Field(description="How `all_` and `is_null_` combine.")] = (
+        Operator.and_
+    )
+    all_: Annotated[
+        list[AllItem] | None,
+        Field(
+            description="A list of tags. Task runs will be returned only if their tags are a superset of the list (`[]` matches every run).",
+            examples=[["tag-1", "tag-2"]],
+            max_length=1000,
+            title="All",
+        ),
+    ] = None
+    is_null_: Annotated[
+        bool | None,
+        Field(
+            description="If true, only include task runs without tags; if false, only with tags.",
+            title="Is Null",
+        ),
+    ] = None
+
+
+class TaskRunFilterStateName(BaseModel):
+    """
+    Filter by `TaskRun.state_name`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    any_: Annotated[
+        list[AnyItem] | None,
+        Field(
+            description="A list of task run state names to include (`[]` matches none).",
+            max_length=1000,
+            title="Any",
+        ),
+    ] = None
+
+
+class TaskRunFilterSubFlowRuns(BaseModel):
+    """
+    Filter by whether a task run is the parent of a subflow run.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    exists_: Annotated[
+        bool | None,
+        Field(
+            description="If true, only include task runs that are the parent of a subflow run; if false, exclude them. This service stores no flow runs, so no task run is such a parent: true matches none, false matches all.",
+            title="Exists",
+        ),
+    ] = None
+
+
+class TaskRunFilterFlowRunId(BaseModel):
+    """
+    Filter by `TaskRun.flow_run_id`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    operator: Annotated[Operator, Field(description="How `any_` and `is_null_` combine.")] = (
+        Operator.and_
+    )
+    any_: Annotated[
+        list[UUID] | None,
+        Field(
+            description="A list of flow run ids to include (`[]` matches none).",
+            max_length=1000,
+            title="Any",
+        ),
+    ] = None
+    is_null_: Annotated[
+        bool | None,
+        Field(
+            description="If true, only include task runs without a flow run id (`any_` is then ignored). If false (the default), only include task runs with one: those in `any_` when it is given. `null` applies no filter.",
+            title="Is Null",
+        ),
+    ] = False
+
+
+class FlowRunFilterId(BaseModel):
+    """
+    Filter by `FlowRun.id`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    any_: Annotated[
+        list[UUID] | None,
+        Field(
+            description="A list of flow run ids to include (`[]` matches none).",
+            max_length=1000,
+            title="Any",
+        ),
+    ] = None
+
+
+class FlowFilter(BaseModel):
+    """
+    Filter by the flow of the task run's flow run. This service stores no flows: any criterion is a 422.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+
+
 class TaskRunUpdate(BaseModel):
     """
     Data used by the Prefect REST API to update a task run
@@ -275,6 +474,135 @@ class StateDetails(BaseModel):
     ] = None
 
 
+class TaskRunFilterStateType(BaseModel):
+    """
+    Filter by `TaskRun.state_type`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    any_: Annotated[
+        list[StateType] | None,
+        Field(
+            description="A list of task run state types to include (`[]` matches none).",
+            max_length=1000,
+            title="Any",
+        ),
+    ] = None
+
+
+class TaskRunFilterStartTime(BaseModel):
+    """
+    Filter by `TaskRun.start_time`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    before_: Annotated[
+        AwareDatetime | None,
+        Field(description="Only include task runs starting at or before this time"),
+    ] = None
+    after_: Annotated[
+        AwareDatetime | None,
+        Field(description="Only include task runs starting at or after this time"),
+    ] = None
+    is_null_: Annotated[
+        bool | None,
+        Field(description="If true, only return task runs without a start time", title="Is Null"),
+    ] = None
+
+
+class TaskRunFilterEndTime(BaseModel):
+    """
+    Filter by `TaskRun.end_time`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    before_: Annotated[
+        AwareDatetime | None,
+        Field(description="Only include task runs ending at or before this time"),
+    ] = None
+    after_: Annotated[
+        AwareDatetime | None,
+        Field(description="Only include task runs ending at or after this time"),
+    ] = None
+    is_null_: Annotated[
+        bool | None,
+        Field(description="If true, only return task runs without an end time", title="Is Null"),
+    ] = None
+
+
+class TaskRunFilterExpectedStartTime(BaseModel):
+    """
+    Filter by `TaskRun.expected_start_time`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    before_: Annotated[
+        AwareDatetime | None,
+        Field(description="Only include task runs expected to start at or before this time"),
+    ] = None
+    after_: Annotated[
+        AwareDatetime | None,
+        Field(description="Only include task runs expected to start at or after this time"),
+    ] = None
+
+
+class FlowRunFilter(BaseModel):
+    """
+    Filter by the task run's flow run. This service stores no flow runs, so only their ids can be matched, against the task runs' `flow_run_id` (the flow run need not be known here); any other criterion of Prefect's is a 422.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    operator: Annotated[
+        Operator, Field(description="How the criteria combine; there is only one here.")
+    ] = Operator.and_
+    id: Annotated[FlowRunFilterId | None, Field(description="Filter criteria for `FlowRun.id`")] = (
+        None
+    )
+
+
+class HistoryResponseState(BaseModel):
+    """
+    Represents a single state's history over an interval.
+    """
+
+    state_type: Annotated[StateType, Field(description="The state type.")]
+    state_name: Annotated[str, Field(description="The state name.", title="State Name")]
+    count_runs: Annotated[
+        int,
+        Field(
+            description="The number of runs in the specified state during the interval.",
+            ge=1,
+            title="Count Runs",
+        ),
+    ]
+    sum_estimated_run_time: Annotated[
+        float,
+        Field(
+            description="The total estimated run time of all runs during the interval, in seconds.",
+            ge=0.0,
+            title="Sum Estimated Run Time",
+        ),
+    ]
+    sum_estimated_lateness: Annotated[
+        float,
+        Field(
+            description="The sum of differences between actual and expected start time during the interval, in seconds.",
+            ge=0.0,
+            title="Sum Estimated Lateness",
+        ),
+    ]
+
+
 TaskInputsAdditionalProperty = TypeAliasType(
     "TaskInputsAdditionalProperty",
     Annotated[list[TaskRunResult | FlowRunResult | Parameter | Constant], Field(max_length=10000)],
@@ -378,6 +706,42 @@ class SetTaskRunStateBody(BaseModel):
             title="Force",
         ),
     ] = False
+
+
+class TaskRunFilterState(BaseModel):
+    """
+    Filter by the current state of a task run.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    operator: Annotated[Operator, Field(description="How `type` and `name` combine.")] = (
+        Operator.and_
+    )
+    type: Annotated[
+        TaskRunFilterStateType | None, Field(description="Filter criteria for `TaskRun.state_type`")
+    ] = None
+    name: Annotated[
+        TaskRunFilterStateName | None, Field(description="Filter criteria for `TaskRun.state_name`")
+    ] = None
+
+
+class HistoryResponse(BaseModel):
+    """
+    Represents a history of aggregation states over an interval
+    """
+
+    interval_start: Annotated[
+        AwareDatetime, Field(description="The start date of the interval.", title="Interval Start")
+    ]
+    interval_end: Annotated[
+        AwareDatetime, Field(description="The end date of the interval.", title="Interval End")
+    ]
+    states: Annotated[
+        list[HistoryResponseState],
+        Field(description="A list of state histories during the interval.", title="States"),
+    ]
 
 
 class OrchestrationResult(BaseModel):
@@ -614,3 +978,258 @@ class TaskRun(BaseModel):
         ),
     ] = 0
     state: Annotated[State | None, Field(description="The current task run state.")] = None
+
+
+class TaskRunFilter(BaseModel):
+    """
+    Filter task runs. Only task runs matching all criteria will be returned (or any of them, with `operator: or_`). A criterion given as an empty object matches every run, except `flow_run_id`, whose `is_null_` defaults to false.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    operator: Annotated[
+        Operator, Field(description="How the criteria combine (`and_`, the default, or `or_`).")
+    ] = Operator.and_
+    id: Annotated[TaskRunFilterId | None, Field(description="Filter criteria for `TaskRun.id`")] = (
+        None
+    )
+    name: Annotated[
+        TaskRunFilterName | None, Field(description="Filter criteria for `TaskRun.name`")
+    ] = None
+    tags: Annotated[
+        TaskRunFilterTags | None, Field(description="Filter criteria for `TaskRun.tags`")
+    ] = None
+    state: Annotated[
+        TaskRunFilterState | None, Field(description="Filter criteria for `TaskRun.state`")
+    ] = None
+    start_time: Annotated[
+        TaskRunFilterStartTime | None, Field(description="Filter criteria for `TaskRun.start_time`")
+    ] = None
+    end_time: Annotated[
+        TaskRunFilterEndTime | None, Field(description="Filter criteria for `TaskRun.end_time`")
+    ] = None
+    expected_start_time: Annotated[
+        TaskRunFilterExpectedStartTime | None,
+        Field(description="Filter criteria for `TaskRun.expected_start_time`"),
+    ] = None
+    subflow_runs: Annotated[
+        TaskRunFilterSubFlowRuns | None,
+        Field(description="Filter criteria for `TaskRun.subflow_run`"),
+    ] = None
+    flow_run_id: Annotated[
+        TaskRunFilterFlowRunId | None,
+        Field(description="Filter criteria for `TaskRun.flow_run_id`"),
+    ] = None
+
+
+class TaskRunPaginationResponse(BaseModel):
+    """
+    A page of task runs.
+    """
+
+    results: Annotated[
+        list[TaskRun],
+        Field(
+            description="The runs of the page, full as `/task_runs/filter` returns them.",
+            max_length=200,
+            title="Results",
+        ),
+    ]
+    count: Annotated[
+        int, Field(description="How many runs match, on every page.", ge=0, title="Count")
+    ]
+    limit: Annotated[
+        int, Field(description="The largest number of runs on a page.", ge=0, title="Limit")
+    ]
+    pages: Annotated[
+        int,
+        Field(
+            description="How many pages the matching runs fill, `ceil(count / limit)`.",
+            ge=0,
+            title="Pages",
+        ),
+    ]
+    page: Annotated[int, Field(description="The number of this page, from 1.", ge=1, title="Page")]
+
+
+class ReadTaskRunsBody(BaseModel):
+    """
+    Which task runs to read, in what order. Keys other than these are ignored; `null` is the same as no body.
+    """
+
+    sort: Annotated[
+        TaskRunSort | None,
+        Field(description="The order of the runs; `null` or absent is `ID_DESC`."),
+    ] = None
+    limit: Annotated[
+        int | None,
+        Field(
+            description='At most how many runs to return, from 0 to 200; `null` or absent is 200. A limit outside those bounds is a 422 whose `msg` is Prefect\'s ("Invalid limit: must be less than or equal to 200.").',
+            ge=0,
+            le=200,
+            title="Limit",
+        ),
+    ] = None
+    offset: Annotated[
+        int | None,
+        Field(
+            description="How many matching runs to skip first; `null` or absent is 0.",
+            ge=0,
+            title="Offset",
+        ),
+    ] = None
+    flows: Annotated[
+        FlowFilter | None,
+        Field(
+            description="Filters on the flows of the task runs' flow runs. Only `{}` is accepted: it keeps the task runs that have a flow run (every flow run has a flow)."
+        ),
+    ] = None
+    flow_runs: Annotated[
+        FlowRunFilter | None,
+        Field(
+            description="Filters on the task runs' flow runs. Any object, `{}` included, keeps only task runs that have a flow run."
+        ),
+    ] = None
+    task_runs: Annotated[
+        TaskRunFilter | None,
+        Field(
+            description="Filters on the task runs themselves; `null` or absent matches every run."
+        ),
+    ] = None
+    deployments: Annotated[
+        None,
+        Field(
+            description="Prefect's filter on the deployments of the task runs' flow runs. This service stores no deployments, so only `null` (or leaving it out) is accepted.",
+            title="DeploymentFilter",
+        ),
+    ] = None
+
+
+class CountTaskRunsBody(BaseModel):
+    """
+    Which task runs to count. Keys other than these are ignored; `null` is the same as no body.
+    """
+
+    flows: Annotated[
+        FlowFilter | None,
+        Field(
+            description="Filters on the flows of the task runs' flow runs. Only `{}` is accepted: it keeps the task runs that have a flow run (every flow run has a flow)."
+        ),
+    ] = None
+    flow_runs: Annotated[
+        FlowRunFilter | None,
+        Field(
+            description="Filters on the task runs' flow runs. Any object, `{}` included, keeps only task runs that have a flow run."
+        ),
+    ] = None
+    task_runs: Annotated[
+        TaskRunFilter | None,
+        Field(
+            description="Filters on the task runs themselves; `null` or absent matches every run."
+        ),
+    ] = None
+    deployments: Annotated[
+        None,
+        Field(
+            description="Prefect's filter on the deployments of the task runs' flow runs. This service stores no deployments, so only `null` (or leaving it out) is accepted.",
+            title="DeploymentFilter",
+        ),
+    ] = None
+
+
+class PaginateTaskRunsBody(BaseModel):
+    """
+    Which page of which task runs, in what order. Keys other than these are ignored; `null` is the same as no body.
+    """
+
+    sort: Annotated[
+        TaskRunSort | None,
+        Field(description="The order of the runs; `null` or absent is `ID_DESC`."),
+    ] = None
+    limit: Annotated[
+        int | None,
+        Field(
+            description='At most how many runs to return, from 0 to 200; `null` or absent is 200. A limit outside those bounds is a 422 whose `msg` is Prefect\'s ("Invalid limit: must be less than or equal to 200.").',
+            ge=0,
+            le=200,
+            title="Limit",
+        ),
+    ] = None
+    page: Annotated[
+        int | None,
+        Field(description="The page to return, from 1; `null` or absent is 1.", ge=1, title="Page"),
+    ] = None
+    flows: Annotated[
+        FlowFilter | None,
+        Field(
+            description="Filters on the flows of the task runs' flow runs. Only `{}` is accepted: it keeps the task runs that have a flow run (every flow run has a flow)."
+        ),
+    ] = None
+    flow_runs: Annotated[
+        FlowRunFilter | None,
+        Field(
+            description="Filters on the task runs' flow runs. Any object, `{}` included, keeps only task runs that have a flow run."
+        ),
+    ] = None
+    task_runs: Annotated[
+        TaskRunFilter | None,
+        Field(
+            description="Filters on the task runs themselves; `null` or absent matches every run."
+        ),
+    ] = None
+    deployments: Annotated[
+        None,
+        Field(
+            description="Prefect's filter on the deployments of the task runs' flow runs. This service stores no deployments, so only `null` (or leaving it out) is accepted.",
+            title="DeploymentFilter",
+        ),
+    ] = None
+
+
+class TaskRunHistoryBody(BaseModel):
+    """
+    The intervals to count task runs in, and which runs. Keys other than these are ignored.
+    """
+
+    history_start: Annotated[
+        AwareDatetime, Field(description="The start of the first interval.", title="History Start")
+    ]
+    history_end: Annotated[
+        AwareDatetime,
+        Field(description="The intervals go on until one holds this instant.", title="History End"),
+    ]
+    history_interval_seconds: Annotated[
+        float,
+        Field(
+            description="The length of each interval in seconds, at least 1 (and at most 10,000 years).",
+            ge=1.0,
+            le=315537897600.0,
+            title="History Interval Seconds",
+        ),
+    ]
+    flows: Annotated[
+        FlowFilter | None,
+        Field(
+            description="Filters on the flows of the task runs' flow runs. Only `{}` is accepted: it keeps the task runs that have a flow run (every flow run has a flow)."
+        ),
+    ] = None
+    flow_runs: Annotated[
+        FlowRunFilter | None,
+        Field(
+            description="Filters on the task runs' flow runs. Any object, `{}` included, keeps only task runs that have a flow run."
+        ),
+    ] = None
+    task_runs: Annotated[
+        TaskRunFilter | None,
+        Field(
+            description="Filters on the task runs themselves; `null` or absent matches every run."
+        ),
+    ] = None
+    deployments: Annotated[
+        None,
+        Field(
+            description="Prefect's filter on the deployments of the task runs' flow runs. This service stores no deployments, so only `null` (or leaving it out) is accepted.",
+            title="DeploymentFilter",
+        ),
+    ] = None

@@ -107,6 +107,30 @@ class TaskRunsOperations(Protocol):
         """POST /task_runs/: Create Task Run."""
         ...
 
+    def count_task_runs(
+        self, *, body: models.CountTaskRunsBody | None = None
+    ) -> tuple[int, Literal[200]]:
+        """POST /task_runs/count: Count Task Runs."""
+        ...
+
+    def task_run_history(
+        self, *, body: models.TaskRunHistoryBody
+    ) -> tuple[list[models.HistoryResponse], Literal[200]]:
+        """POST /task_runs/history: Task Run History."""
+        ...
+
+    def read_task_runs(
+        self, *, body: models.ReadTaskRunsBody | None = None
+    ) -> tuple[list[models.TaskRun], Literal[200]]:
+        """POST /task_runs/filter: Read Task Runs."""
+        ...
+
+    def paginate_task_runs(
+        self, *, body: models.PaginateTaskRunsBody | None = None
+    ) -> tuple[models.TaskRunPaginationResponse, Literal[200]]:
+        """POST /task_runs/paginate: Paginate Task Runs."""
+        ...
+
     def read_task_run(self, *, id: UUID) -> tuple[models.TaskRun, Literal[200]]:
         """GET /task_runs/{id}: Read Task Run."""
         ...
@@ -160,6 +184,40 @@ class Routes:
         """POST /task_runs/: Create Task Run."""
         result, status = self._task_runs.create_task_run(
             body=_request_model(models.TaskRunCreate, body)
+        )
+        return _response(result, status)
+
+    def count_task_runs_task_runs_count_post(
+        self, body: dict[str, Any] | None = None
+    ) -> ConnexionResponse:
+        """POST /task_runs/count: Count Task Runs."""
+        result, status = self._task_runs.count_task_runs(
+            body=None if body is None else _request_model(models.CountTaskRunsBody, body)
+        )
+        return _response(result, status)
+
+    def task_run_history_task_runs_history_post(self, body: dict[str, Any]) -> ConnexionResponse:
+        """POST /task_runs/history: Task Run History."""
+        result, status = self._task_runs.task_run_history(
+            body=_request_model(models.TaskRunHistoryBody, body)
+        )
+        return _response(result, status)
+
+    def read_task_runs_task_runs_filter_post(
+        self, body: dict[str, Any] | None = None
+    ) -> ConnexionResponse:
+        """POST /task_runs/filter: Read Task Runs."""
+        result, status = self._task_runs.read_task_runs(
+            body=None if body is None else _request_model(models.ReadTaskRunsBody, body)
+        )
+        return _response(result, status)
+
+    def paginate_task_runs_task_runs_paginate_post(
+        self, body: dict[str, Any] | None = None
+    ) -> ConnexionResponse:
+        """POST /task_runs/paginate: Paginate Task Runs."""
+        result, status = self._task_runs.paginate_task_runs(
+            body=None if body is None else _request_model(models.PaginateTaskRunsBody, body)
         )
         return _response(result, status)
 
@@ -234,6 +292,10 @@ class Routes:
 # operationId -> (handler group, handler method), for the check that names a missing one.
 HANDLERS: dict[str, tuple[str, str]] = {
     "create_task_run_task_runs__post": ("task_runs", "create_task_run"),
+    "count_task_runs_task_runs_count_post": ("task_runs", "count_task_runs"),
+    "task_run_history_task_runs_history_post": ("task_runs", "task_run_history"),
+    "read_task_runs_task_runs_filter_post": ("task_runs", "read_task_runs"),
+    "paginate_task_runs_task_runs_paginate_post": ("task_runs", "paginate_task_runs"),
     "read_task_run_task_runs__id__get": ("task_runs", "read_task_run"),
     "delete_task_run_task_runs__id__delete": ("task_runs", "delete_task_run"),
     "update_task_run_task_runs__id__patch": ("task_runs", "update_task_run"),

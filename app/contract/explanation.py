@@ -29,6 +29,8 @@ MAX_REPORTED_ERRORS = 50
 # at most (a member matched against four alternatives of an `anyOf` takes ~70 us).
 EXPLANATION_BUDGET = 1_000
 TOO_MANY_ERRORS = "too_many_errors"
+# The vendor keyword of a schema that words its own rejections: keyword -> message.
+MESSAGES_KEYWORD = "x-messages"
 
 Item = dict[str, Any]
 
@@ -260,6 +262,27 @@ def _causes(error: SchemaError) -> Iterator[SchemaError]:
 
 
 def _items(error: SchemaError, *, prefix: list[str | int]) -> list[Item]:
+    items = _plain_items(error, prefix=prefix)
+    message = _own_message(error)
+    if message is not None:
+        for item in items:
+            item["msg"] = message
+    return items
+
+
+def _own_message(error: SchemaError) -> str | None:
+    """The message the schema gives for failing this keyword (`x-messages`), if any.
+
+    Some rejections have words of Prefect's, or need to say why the service refuses them.
+    """
+    schema: Any = error.schema
+    messages = schema.get(MESSAGES_KEYWORD) if isinstance(schema, dict) else None
+    if isinstance(messages, dict) and isinstance(messages.get(error.validator), str):
+        return shorten(messages[error.validator])
+    return None
+
+
+def _plain_items(error: SchemaError, *, prefix: list[str | int]) -> list[Item]:
     loc: list[str | int] = [*prefix, *error.absolute_path]
     instance: Any = error.instance
     if error.validator == "required":

@@ -38,7 +38,10 @@ task_run = Table(
     Column("id", Uuid, primary_key=True),
     Column("created", UTCDateTime, nullable=False),
     Column("updated", UTCDateTime, nullable=False),
-    Column("name", Text, nullable=False),
+    # Names sort by code point on both databases: SQLite compares bytes of UTF-8, and
+    # PostgreSQL does the same under the "C" collation (which also makes lower() fold ASCII
+    # letters only, as SQLite's does).
+    Column("name", Text().with_variant(Text(collation="C"), "postgresql"), nullable=False),
     Column("flow_run_id", Uuid, nullable=True),
     Column("task_key", Text, nullable=False),
     Column("dynamic_key", Text, nullable=False),
@@ -93,6 +96,47 @@ task_run = Table(
     # Without it SQLite scans every run whenever a state row is inserted, to settle the
     # deferred foreign key above: creates slowed down with the size of the table.
     Index(None, "state_id"),
+    # The queries (app/db/task_run_queries.py): one index per criterion and per sort, each
+    # ending with id, which breaks every tie. flow_run_id is served by the idempotency key.
+    Index(None, "name", "id"),
+    Index(None, "state_type", "expected_start_time", "id"),
+    Index(None, "state_name", "id"),
+    Index(None, "expected_start_time", "id"),
+    Index(None, "next_scheduled_start_time", "id"),
+    Index(None, "start_time", "id"),
+    Index(None, "end_time", "id"),
+)
+
+# Indexes PostgreSQL alone has, created by the migrations and left out of the comparison
+# with these tables (SQLite has no such indexes, and Alembic cannot compare them).
+# PostgreSQL puts NULLs first when it reads an ascending index backwards, so the descending
+# sorts, which put runs without a value last, need indexes in their own order; SQLite reads
+# the ascending ones backwards, NULL being its smallest value. Names are searched by
+# substring (`like_`) through trigrams of the folded name the search compares.
+POSTGRESQL_ONLY_INDEXES = {
+    "ix_task_run__state_type_expected_start_time_desc_id_desc": (
+        "(state_type, expected_start_time DESC NULLS LAST, id DESC)"
+    ),
+    "ix_task_run__expected_start_time_desc_id_desc": (
+        "(expected_start_time DESC NULLS LAST, id DESC)"
+    ),
+    "ix_task_run__end_time_desc_id_desc": "(end_time DESC NULLS LAST, id DESC)",
+    "ix_task_run__lower_name_trgm": "USING gin (lower(name) gin_trgm_ops)",
+}
+
+# The tags of each run, one row per distinct tag, so that "has all of these tags" is answered
+# from an index instead of by reading every run's list. Written with the run, gone with it.
+task_run_tag = Table(
+    "task_run_tag",
+    metadata,
+    Column(
+        "task_run_id",
+        Uuid,
+        ForeignKey("task_run.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("tag", Text, primary_key=True),
+    Index(None, "tag", "task_run_id"),
 )
 
 # One state a task run entered; the run's history is its states by timestamp.

@@ -15,7 +15,7 @@ from app.db.records import (
     TaskRunRecord,
     TaskRunStateRecord,
 )
-from app.db.tables import task_run, task_run_state
+from app.db.tables import task_run, task_run_state, task_run_tag
 from app.db.task_run_states import insert_state
 
 
@@ -105,6 +105,7 @@ _RENAME = (
     )
 )
 _DELETE = task_run.delete().where(task_run.c.id == bindparam("run_id"))
+_DELETE_TAGS = task_run_tag.delete().where(task_run_tag.c.task_run_id == bindparam("run_id"))
 # Waits for, then holds until the transaction ends, the run's row (PostgreSQL).
 _LOCK = select(task_run.c.id).where(task_run.c.id == bindparam("run_id")).with_for_update()
 
@@ -130,7 +131,22 @@ def insert_task_run_unless_conflicting(connection: Connection, run: TaskRunRecor
     One statement, and the database decides: no select-then-insert race is possible.
     """
     statement = _INSERT_TASK_RUN_UNLESS_CONFLICTING[connection.dialect.name]
-    return connection.execute(statement, run.values()).first() is not None
+    inserted = connection.execute(statement, run.values()).first() is not None
+    if inserted:
+        _insert_tags(connection, run)
+    return inserted
+
+
+def _insert_tags(connection: Connection, run: TaskRunRecord) -> None:
+    """One task_run_tag row per distinct tag of the run that a filter can ask for.
+
+    A tag holding U+0000 is left out: PostgreSQL cannot store it in a column of its own, and
+    no filter can name it (the contract forbids U+0000 in filters).
+    """
+    searchable = (tag for tag in dict.fromkeys(run.tags) if "\x00" not in tag)
+    rows = [{"task_run_id": run.id, "tag": tag} for tag in searchable]
+    if rows:
+        connection.execute(task_run_tag.insert(), rows)
 
 
 def insert_task_run_with_first_state(
@@ -139,7 +155,8 @@ def insert_task_run_with_first_state(
     """INSERT the run and its first state unless the run's id or idempotency key is taken;
     return whether they went in.
 
-    On PostgreSQL one statement does both (one round trip to the server instead of two).
+    On PostgreSQL one statement does both (one round trip to the server instead of two);
+    the run's tags, if it has any, take another.
     """
     if connection.dialect.name != "postgresql":
         if not insert_task_run_unless_conflicting(connection, run):
@@ -148,7 +165,10 @@ def insert_task_run_with_first_state(
         return True
     parameters = {f"run_{name}": value for name, value in run.values().items()}
     parameters.update({f"state_{name}": value for name, value in state.values().items()})
-    return connection.execute(_INSERT_RUN_WITH_FIRST_STATE, parameters).first() is not None
+    inserted = connection.execute(_INSERT_RUN_WITH_FIRST_STATE, parameters).first() is not None
+    if inserted:
+        _insert_tags(connection, run)
+    return inserted
 
 
 def find_task_run_to_change(connection: Connection, task_run_id: UUID) -> StoredTaskRun | None:
@@ -173,6 +193,9 @@ def update_reported_fields(connection: Connection, run: TaskRunRecord) -> None:
     """Write every field of the run an event may report (all but its id, key and creation)."""
     values = {f"new_{name}": getattr(run, name) for name in _REPORTED_COLUMNS}
     connection.execute(_UPDATE_REPORTED, {"run_id": run.id, **values})
+    # The tags may be among the changes.
+    connection.execute(_DELETE_TAGS, {"run_id": run.id})
+    _insert_tags(connection, run)
 
 
 def rename_task_run(
@@ -186,7 +209,9 @@ def rename_task_run(
 
 
 def delete_task_run(connection: Connection, task_run_id: UUID) -> bool:
-    """Delete the run; its states and their cache entries go with it (ON DELETE CASCADE)."""
+    """Delete the run; its states, their cache entries and its tags go with it (ON DELETE
+    CASCADE).
+    """
     return connection.execute(_DELETE, {"run_id": task_run_id}).rowcount == 1
 
 
@@ -210,8 +235,11 @@ _RUN_WIDTH = len(TASK_RUN_COLUMNS)
 
 
 def _stored(row: Row[Any] | None) -> StoredTaskRun | None:
-    if row is None:
-        return None
+    return None if row is None else stored_task_run(row)
+
+
+def stored_task_run(row: Row[Any]) -> StoredTaskRun:
+    """A run and its state from a row of its columns followed by its state's."""
     run = TaskRunRecord(**dict(zip(TASK_RUN_COLUMNS, row[:_RUN_WIDTH], strict=True)))
     state_values = row[_RUN_WIDTH:]
     if state_values[0] is None:

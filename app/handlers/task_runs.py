@@ -7,7 +7,7 @@ from uuid import UUID
 
 from app.db.database import Database
 from app.observability import metrics
-from app.services import task_run_states, task_runs
+from app.services import task_run_queries, task_run_states, task_runs
 from generated import models
 
 
@@ -58,3 +58,31 @@ class TaskRunHandlers:
         )
         metrics.count_orchestration(outcome.transition.status.value)
         return outcome.result, 201 if outcome.written else 200
+
+    def read_task_runs(
+        self, *, body: models.ReadTaskRunsBody | None = None
+    ) -> tuple[list[models.TaskRun], Literal[200]]:
+        """The task runs that match the filters, in order."""
+        with self._database.snapshot() as connection:
+            return task_run_queries.read_task_runs(connection=connection, body=body), 200
+
+    def count_task_runs(
+        self, *, body: models.CountTaskRunsBody | None = None
+    ) -> tuple[int, Literal[200]]:
+        """How many task runs match the filters."""
+        with self._database.snapshot() as connection:
+            return task_run_queries.count_task_runs(connection=connection, body=body), 200
+
+    def paginate_task_runs(
+        self, *, body: models.PaginateTaskRunsBody | None = None
+    ) -> tuple[models.TaskRunPaginationResponse, Literal[200]]:
+        """A page of the task runs that match the filters."""
+        with self._database.snapshot() as connection:
+            return task_run_queries.paginate_task_runs(connection=connection, body=body), 200
+
+    def task_run_history(
+        self, *, body: models.TaskRunHistoryBody
+    ) -> tuple[list[models.HistoryResponse], Literal[200]]:
+        """Counts of the matching task runs by state, interval by interval."""
+        with self._database.snapshot() as connection:
+            return task_run_queries.task_run_history(connection=connection, body=body), 200

@@ -19,6 +19,15 @@ import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
 from tests.bench import report
+from tests.bench.querybench import (
+    FULL_RUNS,
+    PREFECT_QUICK_RUNS,
+    PREFECT_RUNS,
+    QUICK_RUNS,
+    QueryRun,
+    measure_queries,
+    table_size,
+)
 from tests.bench.runner import FULL_PLAN, OPERATIONS, QUICK_PLAN, Plan, ServerRun, measure
 from tests.bench.servers import (
     OURS,
@@ -62,6 +71,18 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="measure Prefect's server too and print both side by side",
     )
     parser.add_argument("--databases", nargs="+", choices=DATABASES, default=list(DATABASES))
+    queries = parser.add_mutually_exclusive_group()
+    queries.add_argument(
+        "--queries-only", action="store_true", help="only the query cells on a loaded table"
+    )
+    queries.add_argument("--no-queries", action="store_true", help="skip the query cells")
+    parser.add_argument(
+        "--query-runs",
+        type=int,
+        help=f"runs in the query cells' table (default: ours {FULL_RUNS['sqlite']:,} on"
+        f" SQLite, {FULL_RUNS['postgresql']:,} on PostgreSQL, quick {QUICK_RUNS:,};"
+        f" Prefect {PREFECT_RUNS:,}, quick {PREFECT_QUICK_RUNS:,})",
+    )
     parser.add_argument("--operations", nargs="+", choices=OPERATIONS)
     parser.add_argument("--seconds", type=int, help="per cell (default 10, quick 3)")
     parser.add_argument("--repetitions", type=int, help="per cell (default 3, quick 1)")
@@ -157,6 +178,48 @@ def run_server(
     return run
 
 
+def run_query_server(
+    system: str, database: str, directory: Path, plan: Plan, arguments: argparse.Namespace
+) -> QueryRun | None:
+    """Load a table, start one server on it, run the query cells; None when it failed."""
+    runs = table_size(system, database, quick=plan.quick, override=arguments.query_runs)
+    say(f"== {report.SYSTEM_NAMES[system]} on {report.DATABASE_NAMES[database]}: query cells")
+    try:
+        return measure_queries(
+            system,
+            database,
+            directory,
+            plan,
+            runs=runs,
+            workers=arguments.workers,
+            prefect_venv=arguments.prefect_venv,
+            progress=say,
+        )
+    except (RuntimeError, OSError, ValueError, httpx.HTTPError, SQLAlchemyError) as error:
+        say(f"  FAILED: query cells of {report.SYSTEM_NAMES[system]} on {database}: {error}")
+        return None
+
+
+def print_query_report(queries: list[QueryRun]) -> list[report.TargetCheck]:
+    """Each server's query cells and (ours) their plans, side by side; returns the checks."""
+    checks: list[report.TargetCheck] = []
+    for query in queries:
+        say("\n" + report.query_table(query))
+        if query.plans:
+            say("\n" + report.query_plans(query))
+    for database in DATABASES:
+        ours = [q for q in queries if (q.run.system, q.run.database) == (OURS, database)]
+        theirs = [q for q in queries if (q.run.system, q.run.database) == (PREFECT, database)]
+        if ours and theirs:
+            say(
+                f"\nQuery cells ({ours[0].runs:,} runs ours, {theirs[0].runs:,} Prefect's)\n"
+                + report.side_by_side(ours[0].run, theirs[0].run)
+            )
+        if ours:
+            checks.extend(report.query_targets(ours[0]))
+    return checks
+
+
 def print_report(runs: list[ServerRun]) -> list[report.TargetCheck]:
     """Every server's table, the side-by-side tables, the targets; returns the checks."""
     checks: list[report.TargetCheck] = []
@@ -237,12 +300,23 @@ def main(argv: list[str] | None = None) -> int:
     began = datetime.now(UTC)
     clock = time.monotonic()
     runs: list[ServerRun] = []
+    queries: list[QueryRun] = []
     with tempfile.TemporaryDirectory(prefix="taskrun-bench-") as temporary:
-        for database in databases:
+        for database in databases if not arguments.queries_only else []:
             for system in systems:
                 directory = Path(temporary) / f"{system}-{database}"
                 runs.append(run_server(system, database, directory, plan, arguments))
+        for database in databases if not arguments.no_queries else []:
+            for system in systems:
+                directory = Path(temporary) / f"queries-{system}-{database}"
+                query = run_query_server(system, database, directory, plan, arguments)
+                if query is not None:
+                    queries.append(query)
     checks = print_report(runs)
+    query_checks = print_query_report(queries)
+    if query_checks:
+        say("\n" + report.targets_section(query_checks))
+    checks += query_checks
     elapsed = time.monotonic() - clock
 
     label = result_label(arguments, plan)
@@ -257,12 +331,14 @@ def main(argv: list[str] | None = None) -> int:
             "plan": plan.as_json(),
             "skipped": skipped,
             "servers": [run.as_json() for run in runs],
+            "queries": [query.as_json() for query in queries],
             "targets": [check.as_json() for check in checks],
         },
     )
     shown = path.relative_to(REPOSITORY) if path.is_relative_to(REPOSITORY) else path
     say(f"\nresults: {shown}\nbench took {elapsed:.0f} s")
-    failed = sum(1 for run in runs if run.error is not None)
-    if failed and failed == len(runs):
+    expected_queries = 0 if arguments.no_queries else len(databases) * len(systems)
+    failed = sum(1 for run in runs if run.error is not None) + expected_queries - len(queries)
+    if failed and failed == len(runs) + expected_queries:
         return 2
     return 1 if failed else 0

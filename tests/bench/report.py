@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.bench.background import BackgroundRun
+from tests.bench.queries import QUERY_CONCURRENCY
+from tests.bench.querybench import QueryRun
 from tests.bench.runner import (
     CREATE_NEW,
     DESCRIPTIONS,
@@ -365,14 +367,16 @@ def _background_target(ours: ServerRun, prefect: ServerRun) -> TargetCheck:
     return _check(ours.database, target, met, detail)
 
 
-def _no_errors_target(ours: ServerRun) -> TargetCheck:
+def _no_errors_target(
+    ours: ServerRun, target: str = "zero non-2xx (and socket errors) under load"
+) -> TargetCheck:
     failing = [
         f"{cell.operation} c={cell.concurrency}: {_errors(cell.non_2xx, cell.socket_errors)}"
         for cell in ours.measured_cells
         if cell.non_2xx or cell.socket_errors
     ]
     detail = "; ".join(failing) if failing else f"0 in {len(ours.measured_cells)} cells"
-    return _check(ours.database, "zero non-2xx (and socket errors) under load", not failing, detail)
+    return _check(ours.database, target, not failing, detail)
 
 
 def _health_share_target(ours: ServerRun, operation: str, share: float) -> TargetCheck:
@@ -419,3 +423,113 @@ def targets_section(checks: list[TargetCheck]) -> str:
             f" {check.detail}"
         )
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# Query cells
+
+# How much of a statement the plans show (the whole of it is in the JSON).
+SQL_SHOWN_CHARACTERS = 400
+
+
+def query_header(query: QueryRun) -> str:
+    """Which table the query cells ran on."""
+    size = f"{query.runs:,} runs"
+    if query.quick:
+        size += " (QUICK: a small table, not the issue's)"
+    return (
+        f"{SYSTEM_NAMES[query.run.system]} on {DATABASE_NAMES[query.run.database]}: query"
+        f" cells on {size}; {query.load}"
+    )
+
+
+def query_table(query: QueryRun) -> str:
+    """Every query cell of one server, against its target."""
+    headers = [
+        "cell", "conc", "req/s", "p50 ms", "p99 ms", "p99 target", "", "non-2xx",
+        "worker CPU s", "statuses",
+    ]  # fmt: skip
+    targets = {cell.name: cell.target_p99_ms for cell in query.cells}
+    rows = []
+    for cell in query.run.measured_cells:
+        target = targets[cell.operation]
+        rows.append(
+            [
+                cell.operation,
+                str(cell.concurrency),
+                _number(cell.requests_per_second),
+                _number(cell.p50_ms, 2),
+                _number(cell.p99_ms, 2),
+                f"<= {target:.0f}",
+                MET if cell.p99_ms <= target else NOT_MET,
+                _errors(cell.non_2xx, cell.socket_errors),
+                _per_worker(cell.worker_cpu_seconds(), 1),
+                _statuses(cell),
+            ]
+        )
+    lines = [query_header(query), format_table(headers, rows)]
+    lines.extend(f"  {cell.name:<16} {cell.description}" for cell in query.cells)
+    lines.extend(f"  {name}: warm-up answered {text}" for name, text in query.failures.items())
+    if query.run.log_tracebacks:
+        lines.append(f"  note: the server logged {query.run.log_tracebacks} traceback(s)")
+    return "\n".join(lines)
+
+
+def query_plans(query: QueryRun) -> str:
+    """Each cell's request, the SELECTs it ran and their plans, full scans flagged."""
+    lines = [f"Query plans: {query_header(query)}"]
+    for cell in query.cells:
+        found = query.plans.get(cell.name)
+        lines.append(f"\n{cell.name}: POST {cell.path} {cell.body_text}")
+        if found is None:
+            lines.append("  (no plan)")
+            continue
+        lines.append(f"  answered {found.status} in process; {len(found.statements)} SELECT(s)")
+        for statement in found.statements:
+            sql = " ".join(statement.sql.split())
+            shown = sql if len(sql) <= SQL_SHOWN_CHARACTERS else sql[:SQL_SHOWN_CHARACTERS] + " ..."
+            lines.append(f"  SQL: {shown}")
+            lines.extend(f"    {line}" for line in statement.plan)
+            lines.extend(f"  !! FULL SCAN of task_run: {scan}" for scan in statement.full_scans)
+            lines.extend(
+                f"  !  walks a whole index of task_run unless a LIMIT stops it: {walk}"
+                for walk in statement.index_walks
+            )
+        if not found.full_scans and found.statements:
+            lines.append("  no full scan of task_run")
+    return "\n".join(lines)
+
+
+def query_targets(query: QueryRun) -> list[TargetCheck]:
+    """Each cell's p99 against its target, no non-2xx, and no full scan of task_run."""
+    database = query.run.database
+    size = f" ({query.runs:,} runs{', QUICK' if query.quick else ''})"
+    checks = []
+    for cell in query.cells:
+        measured = query.run.cell(cell.name, QUERY_CONCURRENCY)
+        target = f"{cell.name} c={QUERY_CONCURRENCY} p99 <= {cell.target_p99_ms:.0f} ms{size}"
+        if measured is None:
+            checks.append(_check(database, target, None, "not measured"))
+            continue
+        detail = f"{measured.p99_ms:,.2f} ms at {measured.requests_per_second:,.1f} req/s"
+        if measured.non_2xx:
+            # Fast failures are no answer: the target holds only for a cell that succeeded.
+            detail += f", but {measured.non_2xx} non-2xx"
+        met = measured.p99_ms <= cell.target_p99_ms and not measured.non_2xx
+        checks.append(_check(database, target, met, detail))
+    checks.append(_no_errors_target(query.run, "query cells: zero non-2xx (and socket errors)"))
+    if query.plans:
+        checks.append(_full_scan_target(query))
+    return checks
+
+
+def _full_scan_target(query: QueryRun) -> TargetCheck:
+    target = "query cells: no full scan of task_run"
+    unexplained = [name for name, found in query.plans.items() if found.status != 200]
+    if unexplained:
+        return _check(
+            query.run.database, target, None, "no plan: failed in " + ", ".join(unexplained)
+        )
+    scanning = [name for name, found in query.plans.items() if found.full_scans]
+    detail = "full scans in " + ", ".join(scanning) if scanning else "none in any cell"
+    return _check(query.run.database, target, not scanning, detail)

@@ -311,36 +311,46 @@ def our_command(port: int, workers: int) -> list[str]:
 
 
 @contextmanager
-def serve_ours(database: str, directory: Path, *, workers: int) -> Iterator[Server]:
-    """`taskrun-api serve` on a fresh database, answering; stopped afterwards."""
+def serve_ours(
+    database: str,
+    directory: Path,
+    *,
+    workers: int,
+    prepare: Callable[[str], None] | None = None,
+) -> Iterator[Server]:
+    """`taskrun-api serve` on a fresh database, answering; stopped afterwards.
+
+    `prepare`, when given, gets the new database's URL before the server starts (the query
+    bench migrates and loads it there).
+    """
     port = free_port()
     command = our_command(port, workers)
     log_path = directory / f"{OURS}-{database}.log"
     ours = our_settings_variables()
-    with (
-        empty_database(database, directory) as database_url,
-        server_process(
+    with empty_database(database, directory) as database_url:
+        if prepare is not None:
+            prepare(database_url)
+        with server_process(
             command,
             # Every other setting at its production default, whatever this shell has set.
             clean_environment(
                 ours.__contains__, {"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}
             ),
             log_path,
-        ) as process,
-    ):
-        server = Server(
-            system=OURS,
-            database=database,
-            base_url=f"http://127.0.0.1:{port}",
-            process=process,
-            log_path=log_path,
-            command=command,
-            new_flow_run_id=_any_flow_run_id,
-            create_pending_runs=_inserting_runs(database_url),
-        )
-        wait_until_ready(server, "/api/health", START_TIMEOUT_SECONDS[OURS])
-        wait_for_workers(server, workers)
-        yield server
+        ) as process:
+            server = Server(
+                system=OURS,
+                database=database,
+                base_url=f"http://127.0.0.1:{port}",
+                process=process,
+                log_path=log_path,
+                command=command,
+                new_flow_run_id=_any_flow_run_id,
+                create_pending_runs=_inserting_runs(database_url),
+            )
+            wait_until_ready(server, "/api/health", START_TIMEOUT_SECONDS[OURS])
+            wait_for_workers(server, workers)
+            yield server
 
 
 def prefect_command(prefect_venv: Path, port: int) -> list[str]:

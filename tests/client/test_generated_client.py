@@ -14,6 +14,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -227,6 +228,94 @@ def read_server_version(operation: Any, session: Session) -> None:
     assert re.fullmatch(r"3\.[0-9]+\.[0-9]+", operation.sync(client=session.client))
 
 
+def tagged_runs(session: Session, task_key: str) -> list[Any]:
+    """Three runs of `task_key`: two tagged "pick", one not."""
+    create = session.operation("create_task_run_task_runs__post")
+    return [
+        create.sync(
+            client=session.client,
+            body=session.models.TaskRunCreate(
+                task_key=task_key, dynamic_key=str(number), tags=tags
+            ),
+        )
+        for number, tags in enumerate([["pick"], ["pick", "x"], []])
+    ]
+
+
+def read_task_runs(operation: Any, session: Session) -> None:
+    runs = tagged_runs(session, "to-filter")
+    models = session.models
+    body = models.BodyReadTaskRunsTaskRunsFilterPost(
+        sort=models.TaskRunSort.ID_DESC,
+        limit=1,
+        offset=1,
+        task_runs=models.TaskRunFilter(
+            id=models.TaskRunFilterId(any_=[run.id for run in runs]),
+            tags=models.TaskRunFilterTags(all_=["pick"]),
+        ),
+    )
+
+    found = operation.sync_detailed(client=session.client, body=body)
+    everything = operation.sync_detailed(
+        client=session.client, body=models.BodyReadTaskRunsTaskRunsFilterPost()
+    )
+
+    assert found.status_code == 200
+    assert [run.id for run in found.parsed] == [runs[0].id]
+    assert isinstance(found.parsed[0], models.TaskRun)
+    assert everything.status_code == 200
+    assert len(everything.parsed) >= 3
+
+
+def count_task_runs(operation: Any, session: Session) -> None:
+    runs = tagged_runs(session, "to-count")
+    models = session.models
+    body = models.BodyCountTaskRunsTaskRunsCountPost(
+        task_runs=models.TaskRunFilter(
+            id=models.TaskRunFilterId(any_=[run.id for run in runs]),
+            tags=models.TaskRunFilterTags(is_null=False),
+        )
+    )
+
+    assert operation.sync(client=session.client, body=body) == 2
+
+
+def paginate_task_runs(operation: Any, session: Session) -> None:
+    runs = tagged_runs(session, "to-paginate")
+    models = session.models
+    body = models.BodyPaginateTaskRunsTaskRunsPaginatePost(
+        sort=models.TaskRunSort.ID_DESC,
+        limit=2,
+        page=2,
+        task_runs=models.TaskRunFilter(id=models.TaskRunFilterId(any_=[run.id for run in runs])),
+    )
+
+    page = operation.sync(client=session.client, body=body)
+
+    assert isinstance(page, models.TaskRunPaginationResponse)
+    assert (page.count, page.limit, page.pages, page.page) == (3, 2, 2, 2)
+    assert [run.id for run in page.results] == [runs[0].id]
+
+
+def task_run_history(operation: Any, session: Session) -> None:
+    runs = tagged_runs(session, "to-chart")
+    models = session.models
+    start = min(run.expected_start_time for run in runs)
+    body = models.BodyTaskRunHistoryTaskRunsHistoryPost(
+        history_start=start,
+        history_end=start + timedelta(hours=1),
+        history_interval_seconds=3600,
+        task_runs=models.TaskRunFilter(id=models.TaskRunFilterId(any_=[run.id for run in runs])),
+    )
+
+    (interval,) = operation.sync(client=session.client, body=body)
+
+    assert isinstance(interval, models.HistoryResponse)
+    assert interval.interval_start == start
+    (state,) = interval.states
+    assert (state.state_type, state.count_runs) == (models.StateType.PENDING, 3)
+
+
 EXERCISES: dict[str, Callable[[Any, Session], None]] = {
     "create_task_run_task_runs__post": create_task_run,
     "read_task_run_task_runs__id__get": read_task_run,
@@ -241,6 +330,10 @@ EXERCISES: dict[str, Callable[[Any, Session], None]] = {
     "hello_hello_get": hello,
     "create_csrf_token_csrf_token_get": create_csrf_token,
     "read_server_version_admin_version_get": read_server_version,
+    "read_task_runs_task_runs_filter_post": read_task_runs,
+    "count_task_runs_task_runs_count_post": count_task_runs,
+    "paginate_task_runs_task_runs_paginate_post": paginate_task_runs,
+    "task_run_history_task_runs_history_post": task_run_history,
 }
 
 

@@ -25,8 +25,16 @@ import httpx
 import pytest
 from packaging.version import Version
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+    TaskRunFilterState,
+    TaskRunFilterStateType,
+    TaskRunFilterTags,
+)
 from prefect.client.schemas.objects import State, StateDetails, StateType, TaskRun
 from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
+from prefect.client.schemas.sorting import TaskRunSort
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import (
     PREFECT_API_AUTH_STRING,
@@ -144,6 +152,15 @@ class ClientCalls(Protocol):
 
     def delete_task_run(self, task_run_id: uuid.UUID) -> None: ...
 
+    def read_task_runs(
+        self,
+        *,
+        task_run_filter: TaskRunFilter | None = None,
+        sort: TaskRunSort | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[TaskRun]: ...
+
 
 class SyncCalls:
     """`SyncPrefectClient`'s methods, as they are."""
@@ -197,6 +214,18 @@ class SyncCalls:
 
     def delete_task_run(self, task_run_id: uuid.UUID) -> None:
         self._client.delete_task_run(task_run_id)
+
+    def read_task_runs(
+        self,
+        *,
+        task_run_filter: TaskRunFilter | None = None,
+        sort: TaskRunSort | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[TaskRun]:
+        return self._client.read_task_runs(
+            task_run_filter=task_run_filter, sort=sort, limit=limit, offset=offset
+        )
 
 
 class AsyncCalls:
@@ -256,6 +285,20 @@ class AsyncCalls:
 
     def delete_task_run(self, task_run_id: uuid.UUID) -> None:
         self._runner.run(self._client.delete_task_run(task_run_id))
+
+    def read_task_runs(
+        self,
+        *,
+        task_run_filter: TaskRunFilter | None = None,
+        sort: TaskRunSort | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[TaskRun]:
+        return self._runner.run(
+            self._client.read_task_runs(
+                task_run_filter=task_run_filter, sort=sort, limit=limit, offset=offset
+            )
+        )
 
 
 @contextmanager
@@ -523,6 +566,56 @@ class TestReadTaskRun:
         assert isinstance(raised.value.http_exc, httpx.HTTPStatusError)
         assert raised.value.http_exc.response.status_code == 404
         assert requests_made(prefect) == [("GET", f"/api/task_runs/{unknown}")]
+
+
+class TestReadTaskRuns:
+    """`read_task_runs` with a TaskRunFilter, a sort, a limit and an offset."""
+
+    def test_filters_sorts_and_pages(self, prefect: ClientCalls) -> None:
+        flow_run_id = uuid.uuid4()
+        runs = [
+            prefect.create_task_run(RETRIED_TASK, flow_run_id, unique_key(), extra_tags=tags)
+            for tags in (["pick"], ["pick"], ["other"], ["pick"])
+        ]
+        prefect.create_task_run(RETRIED_TASK, None, unique_key(), extra_tags=["pick"])
+        for run in runs[:3]:
+            prefect.set_task_run_state(run.id, Running())
+            prefect.set_task_run_state(run.id, Completed())
+        task_run_filter = TaskRunFilter(
+            flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id]),
+            state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.COMPLETED])),
+            tags=TaskRunFilterTags(all_=["pick", "compat"]),
+        )
+        # The two completed runs tagged "pick" in the flow run; ends ordered as they completed.
+        expected = [runs[1].id, runs[0].id]
+
+        found = prefect.read_task_runs(
+            task_run_filter=task_run_filter, sort=TaskRunSort.END_TIME_DESC
+        )
+        first = prefect.read_task_runs(
+            task_run_filter=task_run_filter, sort=TaskRunSort.END_TIME_DESC, limit=1
+        )
+        second = prefect.read_task_runs(
+            task_run_filter=task_run_filter, sort=TaskRunSort.END_TIME_DESC, limit=1, offset=1
+        )
+
+        assert [run.id for run in found] == expected
+        assert all(isinstance(run, TaskRun) for run in found)
+        assert all(run.state_type == StateType.COMPLETED for run in found)
+        assert [run.id for run in first + second] == expected
+        assert comparable(found[0]) == comparable(prefect.read_task_run(expected[0]))
+
+    def test_the_whole_flow_run_by_id(self, prefect: ClientCalls) -> None:
+        flow_run_id = uuid.uuid4()
+        runs = [prefect.create_task_run(PLAIN_TASK, flow_run_id, unique_key()) for _ in range(3)]
+
+        found = prefect.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+        )
+
+        assert [run.id for run in found] == [run.id for run in runs]
+        assert prefect.exchanges[-1].path == "/api/task_runs/filter"
 
 
 class TestLifecycle:

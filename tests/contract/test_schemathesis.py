@@ -2,7 +2,8 @@
 
 Stateless: examples, coverage and fuzzed cases for every operation, positive and negative.
 Stateful: sequences that follow the document's links (create -> set_state, states, rename,
-delete, read), so that "a created run is usable" and "a deleted run is gone" are checked on real
+delete, read, and the queries: filter, count, paginate, history aimed at the created run), so
+that "a created run is usable" and "a deleted run is gone" are checked on real
 ids. Every example starts from an empty database, so that Hypothesis can replay any of them and
 get the same answers.
 """

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
 from app.db.database import normalise_url
-from app.db.tables import metadata
+from app.db.tables import POSTGRESQL_ONLY_INDEXES, metadata
 from app.settings import Settings
 
 config = context.config
@@ -25,7 +27,13 @@ def _configure(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
         transaction_per_migration=True,
+        include_object=_compared,
     )
+
+
+def _compared(item: Any, name: str | None, kind: str, reflected: bool, compared_to: Any) -> bool:  # noqa: ARG001
+    """Whether the schema comparison looks at this object: not at PostgreSQL's own indexes."""
+    return not (kind == "index" and name in POSTGRESQL_ONLY_INDEXES)
 
 
 def run_migrations() -> None:

@@ -1,0 +1,399 @@
+"""Finding task runs: the conditions a filter is made of, the orders, and the three queries
+(runs, count, history) built from them.
+
+The same data gives the same answers on SQLite and PostgreSQL: every order ends with the id,
+NULLs come last, names compare by code point (see the `name` column), a name search folds
+ASCII letters only, and time arithmetic is done in whole microseconds.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Float,
+    and_,
+    bindparam,
+    case,
+    cast,
+    exists,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.functions import FunctionElement
+
+from app.db.records import TASK_RUN_COLUMNS, TASK_RUN_STATE_COLUMNS
+from app.db.tables import task_run, task_run_state, task_run_tag
+from app.db.task_runs import StoredTaskRun, stored_task_run
+from app.db.types import UTCDateTime
+
+Condition = ColumnElement[bool]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+_LIKE_ESCAPE = "\\"
+_TERMINAL_STATE_TYPES = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
+
+
+class _EpochMicroseconds(FunctionElement[int]):
+    """Whole microseconds from 1970-01-01 UTC to a datetime column or parameter."""
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+@compiles(_EpochMicroseconds, "sqlite")
+def _epoch_microseconds_sqlite(
+    element: _EpochMicroseconds, compiler: SQLCompiler, **kw: Any
+) -> str:
+    # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff' (naive UTC): whole seconds, then the fraction.
+    value = compiler.process(next(iter(element.clauses)), **kw)
+    return (
+        f"(CAST(strftime('%s', {value}) AS INTEGER) * 1000000"
+        f" + CAST(substr({value}, 21, 6) AS INTEGER))"
+    )
+
+
+@compiles(_EpochMicroseconds, "postgresql")
+def _epoch_microseconds_postgresql(
+    element: _EpochMicroseconds, compiler: SQLCompiler, **kw: Any
+) -> str:
+    # EXTRACT gives an exact numeric (PostgreSQL 14 and later).
+    value = compiler.process(next(iter(element.clauses)), **kw)
+    return f"CAST(EXTRACT(EPOCH FROM {value}) * 1000000 AS BIGINT)"
+
+
+def epoch_microseconds(instant: datetime) -> int:
+    """What _EpochMicroseconds gives for `instant`, computed here."""
+    return (instant - _EPOCH) // _MICROSECOND
+
+
+def _seconds_between(
+    later: ColumnElement[Any], earlier: ColumnElement[Any]
+) -> ColumnElement[float]:
+    difference = _EpochMicroseconds(later) - _EpochMicroseconds(earlier)
+    return cast(cast(difference, Float) / 1_000_000.0, Float)
+
+
+def _not_negative(value: ColumnElement[float]) -> ColumnElement[float]:
+    return case((value > 0.0, value), else_=literal(0.0))
+
+
+def _instant(name: str, value: datetime) -> ColumnElement[datetime]:
+    return bindparam(name, value, type_=UTCDateTime)
+
+
+def estimated_run_time(now: datetime) -> ColumnElement[float]:
+    """A run's `estimated_run_time` at `now`, as the service computes it for its answer."""
+    running = and_(
+        task_run.c.state_type == "RUNNING",
+        task_run.c.state_timestamp.is_not(None),
+    )
+    return case(
+        (
+            running,
+            task_run.c.total_run_time
+            + _seconds_between(_instant("now_run_time", now), task_run.c.state_timestamp),
+        ),
+        else_=task_run.c.total_run_time,
+    )
+
+
+def estimated_lateness(now: datetime) -> ColumnElement[float]:
+    """A run's `estimated_start_time_delta` at `now`, as the service computes it."""
+    expected, started = task_run.c.expected_start_time, task_run.c.start_time
+    now_value = _instant("now_lateness", now)
+    return case(
+        (expected.is_(None), literal(0.0)),
+        (started.is_not(None), _not_negative(_seconds_between(started, expected))),
+        (
+            and_(
+                expected < now_value,
+                or_(
+                    task_run.c.state_type.is_(None),
+                    task_run.c.state_type.not_in(_TERMINAL_STATE_TYPES),
+                ),
+            ),
+            _seconds_between(now_value, expected),
+        ),
+        else_=literal(0.0),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Conditions
+
+
+def everything() -> Condition:
+    """Matches every run."""
+    return true()
+
+
+def nothing() -> Condition:
+    """Matches no run."""
+    return false()
+
+
+def all_of(conditions: Sequence[Condition]) -> Condition:
+    """Every condition holds (none given: every run)."""
+    return and_(true(), *conditions) if conditions else true()
+
+
+def any_of(conditions: Sequence[Condition]) -> Condition:
+    """At least one condition holds (none given: every run, as in Prefect)."""
+    return or_(*conditions) if conditions else true()
+
+
+def id_in(ids: Sequence[UUID]) -> Condition:
+    return task_run.c.id.in_(ids)
+
+
+def name_in(names: Sequence[str]) -> Condition:
+    return task_run.c.name.in_(names)
+
+
+def name_contains(text: str) -> Condition:
+    """The name contains `text`, literally, ASCII letters compared without case.
+
+    Both sides are folded the same way on both databases: SQLite's lower() and PostgreSQL's
+    under the "C" collation change A-Z only. `%`, `_` and the escape character are escaped.
+    """
+    folded = text.translate(_ASCII_LOWER)
+    escaped = "".join(_LIKE_ESCAPE + c if c in "%_" + _LIKE_ESCAPE else c for c in folded)
+    return func.lower(task_run.c.name).like(f"%{escaped}%", escape=_LIKE_ESCAPE)
+
+
+def has_all_tags(tags: Sequence[str]) -> Condition:
+    """The run has every one of `tags`: one index lookup in task_run_tag per tag."""
+    return all_of([_has_tag(tag) for tag in dict.fromkeys(tags)])
+
+
+def _has_tag(tag: str) -> Condition:
+    return exists().where(task_run_tag.c.task_run_id == task_run.c.id, task_run_tag.c.tag == tag)
+
+
+def has_no_tags() -> Condition:
+    # From the run's own list: task_run_tag leaves out the tags no filter can name.
+    return func.json_array_length(task_run.c.tags) == 0
+
+
+def state_type_in(state_types: Sequence[str]) -> Condition:
+    return task_run.c.state_type.in_(state_types)
+
+
+def state_name_in(state_names: Sequence[str]) -> Condition:
+    return task_run.c.state_name.in_(state_names)
+
+
+class TimeField(Enum):
+    """The datetime columns a filter can bound."""
+
+    START_TIME = "start_time"
+    END_TIME = "end_time"
+    EXPECTED_START_TIME = "expected_start_time"
+
+
+def at_or_before(field: TimeField, instant: datetime) -> Condition:
+    return task_run.c[field.value] <= instant
+
+
+def at_or_after(field: TimeField, instant: datetime) -> Condition:
+    return task_run.c[field.value] >= instant
+
+
+def time_is_null(field: TimeField) -> Condition:
+    return task_run.c[field.value].is_(None)
+
+
+def time_is_set(field: TimeField) -> Condition:
+    return task_run.c[field.value].is_not(None)
+
+
+def flow_run_id_in(flow_run_ids: Sequence[UUID]) -> Condition:
+    return task_run.c.flow_run_id.in_(flow_run_ids)
+
+
+def without_flow_run() -> Condition:
+    return task_run.c.flow_run_id.is_(None)
+
+
+def with_flow_run() -> Condition:
+    return task_run.c.flow_run_id.is_not(None)
+
+
+# ---------------------------------------------------------------------------------------
+# Orders
+
+
+class Sort(Enum):
+    """Prefect's sorts (TaskRunSort), each made total by the id."""
+
+    ID_DESC = "ID_DESC"
+    EXPECTED_START_TIME_ASC = "EXPECTED_START_TIME_ASC"
+    EXPECTED_START_TIME_DESC = "EXPECTED_START_TIME_DESC"
+    NAME_ASC = "NAME_ASC"
+    NAME_DESC = "NAME_DESC"
+    NEXT_SCHEDULED_START_TIME_ASC = "NEXT_SCHEDULED_START_TIME_ASC"
+    END_TIME_DESC = "END_TIME_DESC"
+    DURATION_ASC = "DURATION_ASC"
+    DURATION_DESC = "DURATION_DESC"
+
+
+# Sort -> (column, descending). Only the datetime columns can be NULL; `nulls_last` on a
+# column that cannot would keep PostgreSQL from reading the index backwards.
+_BY_COLUMN: dict[Sort, tuple[str, bool]] = {
+    Sort.EXPECTED_START_TIME_ASC: ("expected_start_time", False),
+    Sort.EXPECTED_START_TIME_DESC: ("expected_start_time", True),
+    Sort.NAME_ASC: ("name", False),
+    Sort.NAME_DESC: ("name", True),
+    Sort.NEXT_SCHEDULED_START_TIME_ASC: ("next_scheduled_start_time", False),
+    Sort.END_TIME_DESC: ("end_time", True),
+}
+
+
+def _directed(column: ColumnElement[Any], *, descending: bool) -> UnaryExpression[Any]:
+    return column.desc() if descending else column.asc()
+
+
+def order_by(sort: Sort, *, now: datetime) -> list[UnaryExpression[Any]]:
+    """The ORDER BY of a sort: its field (NULLs last), then the id, in the sort's direction."""
+    if sort is Sort.ID_DESC:
+        return [task_run.c.id.desc()]
+    if sort in _BY_COLUMN:
+        name, descending = _BY_COLUMN[sort]
+        column = task_run.c[name]
+        field = _directed(column, descending=descending)
+        return [
+            field.nulls_last() if column.nullable else field,
+            _directed(task_run.c.id, descending=descending),
+        ]
+    # Prefect's duration sorts: by estimated run time, then the newest expected start first.
+    descending = sort is Sort.DURATION_DESC
+    return [
+        _directed(estimated_run_time(now), descending=descending),
+        task_run.c.expected_start_time.desc().nulls_last(),
+        _directed(task_run.c.id, descending=descending),
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# Queries
+
+
+def find_task_runs(
+    connection: Connection,
+    condition: Condition,
+    *,
+    sort: Sort,
+    limit: int,
+    offset: int,
+    now: datetime,
+) -> list[StoredTaskRun]:
+    """The matching runs with their current states, in order, `offset` of them skipped.
+
+    The runs are chosen and ordered first and joined to their states only then, so that the
+    database walks an index of task_run alone.
+    """
+    page = (
+        select(task_run.c.id)
+        .where(condition)
+        .order_by(*order_by(sort, now=now))
+        .limit(limit)
+        .offset(offset)
+        .subquery("page")
+    )
+    ordered = select(
+        *(task_run.c[name] for name in TASK_RUN_COLUMNS),
+        *(task_run_state.c[name].label(f"state_{name}") for name in TASK_RUN_STATE_COLUMNS),
+    ).select_from(
+        page.join(task_run, task_run.c.id == page.c.id).outerjoin(
+            task_run_state, task_run_state.c.id == task_run.c.state_id
+        )
+    )
+    rows = connection.execute(ordered.order_by(*order_by(sort, now=now))).all()
+    return [stored_task_run(row) for row in rows]
+
+
+def count_task_runs(connection: Connection, condition: Condition) -> int:
+    """How many runs match."""
+    statement = select(func.count()).select_from(task_run).where(condition)
+    return int(connection.execute(statement).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """The runs of one interval in one state."""
+
+    interval: int
+    state_type: str
+    state_name: str
+    count_runs: int
+    sum_estimated_run_time: float
+    sum_estimated_lateness: float
+
+
+def task_run_history(
+    connection: Connection,
+    condition: Condition,
+    *,
+    start: datetime,
+    end: datetime,
+    interval: timedelta,
+    now: datetime,
+) -> list[HistoryRow]:
+    """The matching runs expected to start in [start, end), counted by interval and state.
+
+    Interval `i` holds the runs expected to start in [start + i * interval, start + (i + 1) *
+    interval); the intervals are numbered in whole microseconds, exactly on both databases.
+    """
+    interval_microseconds = interval // _MICROSECOND
+    offset = _EpochMicroseconds(task_run.c.expected_start_time) - bindparam(
+        "start_microseconds", epoch_microseconds(start), type_=BigInteger
+    )
+    divisor = bindparam("interval_microseconds", interval_microseconds, type_=BigInteger)
+    number = (offset // divisor).label("interval")
+    statement = (
+        select(
+            number,
+            task_run.c.state_type,
+            task_run.c.state_name,
+            func.count().label("count_runs"),
+            func.sum(estimated_run_time(now)).label("run_time"),
+            func.sum(estimated_lateness(now)).label("lateness"),
+        )
+        .where(
+            condition,
+            task_run.c.state_type.is_not(None),
+            task_run.c.expected_start_time >= start,
+            task_run.c.expected_start_time < end,
+        )
+        .group_by(number, task_run.c.state_type, task_run.c.state_name)
+    )
+    return [
+        HistoryRow(
+            interval=int(row.interval),
+            state_type=row.state_type,
+            state_name=row.state_name or "",
+            count_runs=int(row.count_runs),
+            sum_estimated_run_time=float(row.run_time or 0.0),
+            sum_estimated_lateness=float(row.lateness or 0.0),
+        )
+        for row in connection.execute(statement)
+    ]
