@@ -78,8 +78,9 @@ class TaskRunFilterName(BaseModel):
     like_: Annotated[
         str | None,
         Field(
-            description="A substring the name must contain, compared without regard to the case of the ASCII letters A-Z. `%` and `_` match themselves: the text is not a pattern.",
+            description="A substring the name must contain, compared without regard to the case of the ASCII letters A-Z. `%` and `_` match themselves: the text is not a pattern. At most 10,000 characters.",
             examples=["marvin"],
+            max_length=10000,
             pattern="^[^\\x00]*$",
             title="Like",
         ),

@@ -201,9 +201,23 @@ def name_contains(text: str) -> Condition:
     return func.lower(task_run.c.name).like(f"%{escaped}%", escape=_LIKE_ESCAPE)
 
 
+# Up to this many tags, each is looked up on its own; more are counted in one pass, which
+# keeps the statement small (SQLite limits an expression's depth, PostgreSQL plans each EXISTS).
+_TAGS_LOOKED_UP_ONE_BY_ONE = 8
+
+
 def has_all_tags(tags: Sequence[str]) -> Condition:
-    """The run has every one of `tags`: one index lookup in task_run_tag per tag."""
-    return all_of([_has_tag(tag) for tag in dict.fromkeys(tags)])
+    """The run has every one of `tags`: index lookups in task_run_tag by tag."""
+    distinct = list(dict.fromkeys(tags))
+    if len(distinct) <= _TAGS_LOOKED_UP_ONE_BY_ONE:
+        return all_of([_has_tag(tag) for tag in distinct])
+    with_every_tag = (
+        select(task_run_tag.c.task_run_id)
+        .where(task_run_tag.c.tag.in_(distinct))
+        .group_by(task_run_tag.c.task_run_id)
+        .having(func.count() == len(distinct))
+    )
+    return task_run.c.id.in_(with_every_tag)
 
 
 def _has_tag(tag: str) -> Condition:
