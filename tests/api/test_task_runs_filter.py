@@ -377,6 +377,7 @@ class TestReadTaskRuns:
         assert [len(page) for page in pages] == [3, 3, 1, 0]
         assert [run_id for page in pages for run_id in page] == sorted(ids(runs))
         assert filter_ids(client, {"limit": 0}) == []
+        assert filter_ids(client, {"offset": 10**15}) == []
 
     def test_limit_200_is_the_default_and_the_maximum(self, client: TestClient) -> None:
         too_many = client.post(FILTER, json={"limit": 201})
@@ -392,6 +393,7 @@ class TestReadTaskRuns:
         ("body", "loc", "kind"),
         [
             ({"offset": -1}, ["body", "offset"], "minimum"),
+            ({"offset": 10**15 + 1}, ["body", "offset"], "maximum"),
             ({"limit": 1.5}, ["body", "limit"], "type"),
             ({"limit": "5"}, ["body", "limit"], "type"),
             ({"sort": "NAME"}, ["body", "sort"], "enum"),
