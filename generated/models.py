@@ -78,8 +78,9 @@ class TaskRunFilterName(BaseModel):
     like_: Annotated[
         str | None,
         Field(
-            description="A substring the name must contain, compared without regard to the case of the ASCII letters A-Z. `%` and `_` match themselves: the text is not a pattern.",
+            description="A substring the name must contain, compared without regard to the case of the ASCII letters A-Z. `%` and `_` match themselves: the text is not a pattern. At most 10,000 characters.",
             examples=["marvin"],
+            max_length=10000,
             pattern="^[^\\x00]*$",
             title="Like",
         ),
@@ -1050,7 +1051,10 @@ class TaskRunPaginationResponse(BaseModel):
             title="Pages",
         ),
     ]
-    page: Annotated[int, Field(description="The number of this page, from 1.", ge=1, title="Page")]
+    page: Annotated[
+        int,
+        Field(description="The number of this page, from 1.", ge=1, le=1000000000000, title="Page"),
+    ]
 
 
 class ReadTaskRunsBody(BaseModel):
@@ -1074,8 +1078,9 @@ class ReadTaskRunsBody(BaseModel):
     offset: Annotated[
         int | None,
         Field(
-            description="How many matching runs to skip first; `null` or absent is 0.",
+            description="How many matching runs to skip first, at most 10^15; `null` or absent is 0.",
             ge=0,
+            le=1000000000000000,
             title="Offset",
         ),
     ] = None
@@ -1158,7 +1163,12 @@ class PaginateTaskRunsBody(BaseModel):
     ] = None
     page: Annotated[
         int | None,
-        Field(description="The page to return, from 1; `null` or absent is 1.", ge=1, title="Page"),
+        Field(
+            description="The page to return, from 1 to 10^12; `null` or absent is 1.",
+            ge=1,
+            le=1000000000000,
+            title="Page",
+        ),
     ] = None
     flows: Annotated[
         FlowFilter | None,

@@ -8,7 +8,6 @@ run has a flow run and which one, since this service stores no flow runs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Protocol
 from uuid import UUID
@@ -185,45 +184,44 @@ def task_run_condition(task_runs: models.TaskRunFilter) -> Condition:
     A criterion given as an object adds a condition even when the object sets nothing
     (then every run matches it), as in Prefect: under `or_` it matches every run.
     """
-    criteria: list[tuple[object | None, Callable[[], Condition]]] = [
-        (task_runs.id, lambda: _id_condition(task_runs.id)),
-        (task_runs.name, lambda: _name_condition(task_runs.name)),
-        (task_runs.tags, lambda: _tags_condition(task_runs.tags)),
-        (task_runs.state, lambda: _state_condition(task_runs.state)),
-        (
-            task_runs.start_time,
-            lambda: _time_condition(TimeField.START_TIME, task_runs.start_time),
-        ),
-        (task_runs.end_time, lambda: _time_condition(TimeField.END_TIME, task_runs.end_time)),
-        (
-            task_runs.expected_start_time,
-            lambda: _time_condition(TimeField.EXPECTED_START_TIME, task_runs.expected_start_time),
-        ),
-        (task_runs.subflow_runs, lambda: _subflow_condition(task_runs.subflow_runs)),
-        (task_runs.flow_run_id, lambda: _flow_run_id_condition(task_runs.flow_run_id)),
-    ]
-    conditions = [build() for given, build in criteria if given is not None]
+    conditions = []
+    if task_runs.id is not None:
+        conditions.append(_id_condition(task_runs.id))
+    if task_runs.name is not None:
+        conditions.append(_name_condition(task_runs.name))
+    if task_runs.tags is not None:
+        conditions.append(_tags_condition(task_runs.tags))
+    if task_runs.state is not None:
+        conditions.append(_state_condition(task_runs.state))
+    if (start := task_runs.start_time) is not None:
+        conditions.append(_time_condition(TimeField.START_TIME, start, start.is_null_))
+    if (end := task_runs.end_time) is not None:
+        conditions.append(_time_condition(TimeField.END_TIME, end, end.is_null_))
+    if (expected := task_runs.expected_start_time) is not None:
+        conditions.append(_time_condition(TimeField.EXPECTED_START_TIME, expected, None))
+    if task_runs.subflow_runs is not None:
+        conditions.append(_subflow_condition(task_runs.subflow_runs))
+    if task_runs.flow_run_id is not None:
+        conditions.append(_flow_run_id_condition(task_runs.flow_run_id))
     return _combined(task_runs.operator, conditions)
 
 
-def _id_condition(criterion: models.TaskRunFilterId | None) -> Condition:
-    if criterion is None or criterion.any_ is None:
+def _id_condition(criterion: models.TaskRunFilterId) -> Condition:
+    if criterion.any_ is None:
         return queries.everything()
     return queries.id_in(criterion.any_)
 
 
-def _name_condition(criterion: models.TaskRunFilterName | None) -> Condition:
+def _name_condition(criterion: models.TaskRunFilterName) -> Condition:
     conditions = []
-    if criterion is not None and criterion.any_ is not None:
+    if criterion.any_ is not None:
         conditions.append(queries.name_in([name.root for name in criterion.any_]))
-    if criterion is not None and criterion.like_ is not None:
+    if criterion.like_ is not None:
         conditions.append(queries.name_contains(criterion.like_))
     return queries.all_of(conditions)
 
 
-def _tags_condition(criterion: models.TaskRunFilterTags | None) -> Condition:
-    if criterion is None:
-        return queries.everything()
+def _tags_condition(criterion: models.TaskRunFilterTags) -> Condition:
     conditions = []
     if criterion.all_:
         conditions.append(queries.has_all_tags([tag.root for tag in criterion.all_]))
@@ -234,9 +232,7 @@ def _tags_condition(criterion: models.TaskRunFilterTags | None) -> Condition:
     return _combined(criterion.operator, conditions)
 
 
-def _state_condition(criterion: models.TaskRunFilterState | None) -> Condition:
-    if criterion is None:
-        return queries.everything()
+def _state_condition(criterion: models.TaskRunFilterState) -> Condition:
     conditions = []
     if criterion.type is not None and criterion.type.any_ is not None:
         conditions.append(queries.state_type_in([kind.value for kind in criterion.type.any_]))
@@ -245,20 +241,18 @@ def _state_condition(criterion: models.TaskRunFilterState | None) -> Condition:
     return _combined(criterion.operator, conditions)
 
 
-class _TimeCriterion(Protocol):
+class _TimeBounds(Protocol):
     before_: datetime | None
     after_: datetime | None
 
 
-def _time_condition(field: TimeField, criterion: _TimeCriterion | None) -> Condition:
-    if criterion is None:
-        return queries.everything()
+def _time_condition(field: TimeField, bounds: _TimeBounds, is_null: bool | None) -> Condition:
+    """Both bounds inclusive; `is_null` true or false asks for no time or for one."""
     conditions = []
-    if criterion.before_ is not None:
-        conditions.append(queries.at_or_before(field, to_utc(criterion.before_)))
-    if criterion.after_ is not None:
-        conditions.append(queries.at_or_after(field, to_utc(criterion.after_)))
-    is_null = getattr(criterion, "is_null_", None)
+    if bounds.before_ is not None:
+        conditions.append(queries.at_or_before(field, to_utc(bounds.before_)))
+    if bounds.after_ is not None:
+        conditions.append(queries.at_or_after(field, to_utc(bounds.after_)))
     if is_null is True:
         conditions.append(queries.time_is_null(field))
     elif is_null is False:
@@ -266,19 +260,17 @@ def _time_condition(field: TimeField, criterion: _TimeCriterion | None) -> Condi
     return queries.all_of(conditions)
 
 
-def _subflow_condition(criterion: models.TaskRunFilterSubFlowRuns | None) -> Condition:
+def _subflow_condition(criterion: models.TaskRunFilterSubFlowRuns) -> Condition:
     # No run here is the parent task of a subflow run: this service stores no flow runs.
-    if criterion is not None and criterion.exists_ is True:
+    if criterion.exists_ is True:
         return queries.nothing()
     return queries.everything()
 
 
-def _flow_run_id_condition(criterion: models.TaskRunFilterFlowRunId | None) -> Condition:
+def _flow_run_id_condition(criterion: models.TaskRunFilterFlowRunId) -> Condition:
     """Prefect's precedence: `is_null_` true wins over `any_`; false (the default) with no
     `any_` keeps the runs that have a flow run; `null` leaves `any_` alone.
     """
-    if criterion is None:
-        return queries.everything()
     if criterion.is_null_ is True:
         return queries.without_flow_run()
     conditions = []

@@ -194,6 +194,28 @@ class TestReadTaskRuns:
 
         assert filter_ids(client, task_runs(tags={"all_": ["first"]})) == []
 
+    @pytest.mark.parametrize("count", [2, 9, 1000])
+    def test_tags_all_with_many_tags(self, client: TestClient, count: int) -> None:
+        tags = [f"tag-{number}" for number in range(count)]
+        every = new_run(client, tags=tags)
+        new_run(client, tags=tags[:-1])
+
+        for path in (FILTER, "/api/task_runs/count", "/api/task_runs/paginate"):
+            response = client.post(path, json=task_runs(tags={"all_": tags}))
+            assert response.status_code == 200, response.text
+        assert filter_ids(client, task_runs(tags={"all_": tags})) == [every["id"]]
+        assert filter_ids(client, task_runs(tags={"all_": [*tags[1:], "other"]})) == []
+
+    def test_name_like_up_to_10000_characters_of_any_kind(self, client: TestClient) -> None:
+        run = new_run(client, name="%" * 10_000)
+
+        for text in ("%" * 10_000, "_" * 10_000, "\U0001d11e" * 10_000):
+            response = client.post(FILTER, json=task_runs(name={"like_": text}))
+            assert response.status_code == 200, response.text
+        assert filter_ids(client, task_runs(name={"like_": "%" * 10_000})) == [run["id"]]
+        too_long = client.post(FILTER, json=task_runs(name={"like_": "a" * 10_001}))
+        assert_validation_error(too_long, ["body", "task_runs", "name", "like_"], "maxLength")
+
     def test_state_type_and_name(self, client: TestClient) -> None:
         pending = new_run(client)
         completed = new_run(client, state_type="COMPLETED")
@@ -355,6 +377,7 @@ class TestReadTaskRuns:
         assert [len(page) for page in pages] == [3, 3, 1, 0]
         assert [run_id for page in pages for run_id in page] == sorted(ids(runs))
         assert filter_ids(client, {"limit": 0}) == []
+        assert filter_ids(client, {"offset": 10**15}) == []
 
     def test_limit_200_is_the_default_and_the_maximum(self, client: TestClient) -> None:
         too_many = client.post(FILTER, json={"limit": 201})
@@ -370,6 +393,7 @@ class TestReadTaskRuns:
         ("body", "loc", "kind"),
         [
             ({"offset": -1}, ["body", "offset"], "minimum"),
+            ({"offset": 10**15 + 1}, ["body", "offset"], "maximum"),
             ({"limit": 1.5}, ["body", "limit"], "type"),
             ({"limit": "5"}, ["body", "limit"], "type"),
             ({"sort": "NAME"}, ["body", "sort"], "enum"),

@@ -69,6 +69,13 @@ class TestPaginateTaskRuns:
         assert result["labels"] == {"k": 1}
         assert result["dynamic_key"] == filtered["dynamic_key"]
 
+    def test_the_last_page_allowed_is_empty(self, client: TestClient) -> None:
+        new_run(client)
+
+        page = paginate(client, {"page": 10**12})
+
+        assert (page["results"], page["count"], page["page"]) == ([], 1, 10**12)
+
     def test_no_runs_and_limit_zero(self, client: TestClient) -> None:
         assert paginate(client) | {"results": []} == {
             "results": [],
@@ -101,6 +108,7 @@ class TestPaginateTaskRuns:
             ({"page": -1}, ["body", "page"], "minimum"),
             ({"limit": 201}, ["body", "limit"], "maximum"),
             ({"limit": -1}, ["body", "limit"], "minimum"),
+            ({"page": 10**12 + 1}, ["body", "page"], "maximum"),
             ({"task_runs": {"unknown": {}}}, ["body", "task_runs", "unknown"], "extra_forbidden"),
         ],
     )

@@ -19,6 +19,7 @@ import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
 from tests.bench import report
+from tests.bench.queries import QUERY_CELLS
 from tests.bench.querybench import (
     FULL_RUNS,
     PREFECT_QUICK_RUNS,
@@ -292,10 +293,20 @@ def main(argv: list[str] | None = None) -> int:
     if (warning := busy_warning(facts)) is not None:
         say(warning)
     servers = len(databases) * len(systems)
-    say(
-        f"\n{servers} server(s), {plan.cells_per_server()} wrk runs each: about"
-        f" {servers * plan.load_seconds_per_server()} s of load plus start-ups\n"
-    )
+    if not arguments.queries_only:
+        say(
+            f"\n{servers} server(s), {plan.cells_per_server()} wrk runs each: about"
+            f" {servers * plan.load_seconds_per_server()} s of load plus start-ups"
+        )
+    if not arguments.no_queries:
+        query_seconds = len(QUERY_CELLS) * plan.repetitions * plan.seconds
+        then = "" if arguments.queries_only else "then "
+        say(
+            f"\n{then}{servers} server(s) on a loaded table, {len(QUERY_CELLS)} query cells"
+            f" x {plan.repetitions} repetition(s) each: about {servers * query_seconds} s of"
+            " load plus loading the tables"
+        )
+    say("")
 
     began = datetime.now(UTC)
     clock = time.monotonic()

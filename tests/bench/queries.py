@@ -27,6 +27,18 @@ STATE_TYPE = "FAILED"
 NAME_FRAGMENT = "task-417-"
 
 
+# The cells, in the order they run.
+QUERY_CELLS = (
+    "q_flow_run",
+    "q_state_sorted",
+    "q_two_tags",
+    "q_name_like",
+    "q_paginate",
+    "q_count_state",
+    "q_history",
+)
+
+
 @dataclass(frozen=True)
 class QueryCell:
     """One request of the query bench."""
@@ -47,10 +59,12 @@ def _filter(criteria: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 
 def query_cells(dataset: Dataset) -> list[QueryCell]:
-    """The cells of point 4 of the issue, with criteria taken from what was loaded."""
+    """The cells of point 4 of the issue (QUERY_CELLS), with criteria taken from what was
+    loaded.
+    """
     first_tags = list(dataset.tags[:2])
     history_start = dataset.window_end - timedelta(days=HISTORY_DAYS)
-    return [
+    cells = [
         QueryCell(
             "q_flow_run",
             "/api/task_runs/filter",
@@ -105,3 +119,5 @@ def query_cells(dataset: Dataset) -> list[QueryCell]:
             f"history of the last {HISTORY_DAYS} days in 1-hour intervals",
         ),
     ]
+    assert tuple(cell.name for cell in cells) == QUERY_CELLS
+    return cells

@@ -235,7 +235,10 @@ def load_through_api(server: Server, runs: int, progress: Progress) -> Dataset:
         def create(body: dict[str, Any]) -> None:
             post_setting_up(client, "/api/task_runs/", body).raise_for_status()
 
-        with ThreadPoolExecutor(max_workers=PREFECT_CREATE_THREADS) as pool:
+        # On SQLite, Prefect's server answers concurrent creates with 503 "database is
+        # locked" more often than its client would retry: one at a time there.
+        threads = 1 if server.database == "sqlite" else PREFECT_CREATE_THREADS
+        with ThreadPoolExecutor(max_workers=threads) as pool:
             for done, _ in enumerate(pool.map(create, bodies), start=1):
                 if done % 1000 == 0:
                     progress(f"    {done:,}/{runs:,} runs in {time.monotonic() - began:.0f} s")

@@ -72,6 +72,11 @@ def _per_worker(values: Sequence[float | None], digits: int) -> str:
     return " / ".join(_number(value, digits) for value in values)
 
 
+def _latency(cell: Cell, value: float) -> str:
+    """A latency, or "no answer" when not one request finished within the cell."""
+    return "no answer" if cell.requests_per_second == 0 else _number(value, 2)
+
+
 def _statuses(cell: Cell) -> str:
     return " ".join(f"{status}:{count}" for status, count in cell.statuses.items())
 
@@ -203,7 +208,7 @@ def side_by_side(ours: ServerRun, prefect: ServerRun) -> str:
         if theirs is None:
             continue
         rps_ratio = _ratio(cell.requests_per_second, theirs.requests_per_second)
-        p99_ratio = _ratio(cell.p99_ms, theirs.p99_ms)
+        p99_ratio = _ratio(cell.p99_ms, theirs.p99_ms) if theirs.requests_per_second else None
         rows.append(
             [
                 cell.operation,
@@ -211,8 +216,8 @@ def side_by_side(ours: ServerRun, prefect: ServerRun) -> str:
                 _number(cell.requests_per_second),
                 _number(theirs.requests_per_second),
                 "-" if rps_ratio is None else f"{rps_ratio:.1f}x",
-                _number(cell.p99_ms, 2),
-                _number(theirs.p99_ms, 2),
+                _latency(cell, cell.p99_ms),
+                _latency(theirs, theirs.p99_ms),
                 "-" if p99_ratio is None else f"{p99_ratio:.3f}",
                 _number(cell.cpu_ms_per_request, 2),
                 _number(theirs.cpu_ms_per_request, 2),
@@ -458,10 +463,10 @@ def query_table(query: QueryRun) -> str:
                 cell.operation,
                 str(cell.concurrency),
                 _number(cell.requests_per_second),
-                _number(cell.p50_ms, 2),
-                _number(cell.p99_ms, 2),
+                _latency(cell, cell.p50_ms),
+                _latency(cell, cell.p99_ms),
                 f"<= {target:.0f}",
-                MET if cell.p99_ms <= target else NOT_MET,
+                MET if cell.p99_ms <= target and cell.requests_per_second else NOT_MET,
                 _errors(cell.non_2xx, cell.socket_errors),
                 _per_worker(cell.worker_cpu_seconds(), 1),
                 _statuses(cell),
@@ -515,7 +520,13 @@ def query_targets(query: QueryRun) -> list[TargetCheck]:
         if measured.non_2xx:
             # Fast failures are no answer: the target holds only for a cell that succeeded.
             detail += f", but {measured.non_2xx} non-2xx"
-        met = measured.p99_ms <= cell.target_p99_ms and not measured.non_2xx
+        if not measured.requests_per_second:
+            detail = "no request finished within the cell"
+        met = (
+            measured.p99_ms <= cell.target_p99_ms
+            and measured.requests_per_second > 0
+            and not measured.non_2xx
+        )
         checks.append(_check(database, target, met, detail))
     checks.append(_no_errors_target(query.run, "query cells: zero non-2xx (and socket errors)"))
     if query.plans:
