@@ -207,9 +207,18 @@ class Database:
         return self._group_commit.queued
 
     def _commit_batch(self, batch: list[WriteUnit[Any]]) -> None:
-        """Run each unit in a savepoint of one transaction, then commit it (SQLite)."""
+        """Run each unit in a savepoint of one transaction, then commit it (SQLite).
+
+        The writer's turn is awaited until the lock timeout of the unit that has waited
+        longest: no request waits longer than the timeout in all, in the queue included.
+        """
         self._refuse_unwritable_shared_memory()
-        with _unavailable_on_connection_errors(), self._write_engine.connect() as connection:
+        deadline = min(unit.queued_at for unit in batch) + self.lock_timeout
+        with (
+            _unavailable_on_connection_errors(),
+            self._writer_lock.deadline(deadline),
+            self._write_engine.connect() as connection,
+        ):
             try:
                 if len(batch) == 1:
                     # Alone in its transaction: if it fails, the rollback undoes it.

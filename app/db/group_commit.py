@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -32,6 +33,8 @@ class WriteUnit(Generic[_Result]):
     def __init__(self, work: Callable[..., _Result]) -> None:
         self.work = work
         self.context = contextvars.copy_context()
+        # When its writer began to wait (time.monotonic()).
+        self.queued_at = time.monotonic()
         self.done = False
         self._result: _Result | None = None
         self._error: BaseException | None = None

@@ -6,6 +6,8 @@ import fcntl
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -41,6 +43,8 @@ class WriterLock:
         self._guard = threading.Lock()
         # The thread holding the lock, if one does.
         self._owner: int | None = None
+        # Per thread: when its writer gives up, if set (see `deadline`).
+        self._deadlines = threading.local()
 
     def acquire(self) -> None:
         """Wait for the lock, up to the timeout in all.
@@ -48,8 +52,10 @@ class WriterLock:
         :raises WriterLockTimeout: the lock stayed taken for the whole timeout.
         :raises WriterLockUnavailable: the lock file cannot be opened or locked.
         """
-        deadline = time.monotonic() + self._timeout
-        if not self._thread_lock.acquire(timeout=self._timeout):
+        deadline: float | None = getattr(self._deadlines, "value", None)
+        if deadline is None:
+            deadline = time.monotonic() + self._timeout
+        if not self._thread_lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
             raise WriterLockTimeout(f"no write turn within {self._timeout:g} s")
         try:
             if self._path is not None:
@@ -58,6 +64,18 @@ class WriterLock:
             self._thread_lock.release()
             raise
         self._owner = threading.get_ident()
+
+    @contextmanager
+    def deadline(self, deadline: float) -> Iterator[None]:
+        """Within the block, this thread's writers give up at `deadline` (a `time.monotonic()`
+        instant) instead of a timeout after they ask: a writer that acts for others who have
+        been waiting already (group commit) waits no longer than the first of them may.
+        """
+        self._deadlines.value = deadline
+        try:
+            yield
+        finally:
+            self._deadlines.value = None
 
     def release(self) -> None:
         """Let the next writer in."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from app.db.migrate import upgrade
 from app.main import create_app, database_of
 from app.settings import Settings
-from tests.db.test_writer_lock import hold_in_another_process
+from tests.support.locks import hold_in_another_process
 
 HOLD_SECONDS = 3.0
 

@@ -21,6 +21,7 @@ from app.db.group_commit import GroupCommit, NestedWrite, WriteUnit
 from app.db.migrate import upgrade
 from app.db.tables import event as event_table
 from app.db.tables import task_run
+from tests.support.locks import hold_in_another_process
 from tests.support.records import START, fresh_run
 
 WRITERS = 8
@@ -253,3 +254,35 @@ def test_a_failing_write_alone_in_its_batch_leaves_nothing(database: Database) -
 
     assert run_id not in stored_ids(database)
     assert database.write(lambda c: insert_run(c, run_id)) == run_id
+
+
+def test_a_queued_writer_waits_no_longer_than_the_lock_timeout_in_all(tmp_path: Path) -> None:
+    """Behind a leader that waits for a stalled lock, a writer's time in the queue counts."""
+    url = f"sqlite:///{tmp_path / 'taskrun.db'}"
+    upgrade(url)
+    timeout = 1.0
+    database = Database(url, lock_timeout=timeout)
+    holder = hold_in_another_process(Path(f"{tmp_path / 'taskrun.db'}-write.lock"), 10)
+    writers = Writers()
+    waited: dict[int, float] = {}
+
+    def timed_write(number: int) -> None:
+        began = time.monotonic()
+        try:
+            database.write(functools.partial(insert_run, run_id=str(uuid.uuid4())))
+        finally:
+            waited[number] = time.monotonic() - began
+
+    try:
+        writers.start(1, functools.partial(timed_write, 1))
+        time.sleep(timeout * 0.6)  # the first leads, waiting for the lock
+        writers.start(2, functools.partial(timed_write, 2))
+        writers.join()
+    finally:
+        holder.kill()
+        holder.communicate()
+        database.dispose()
+
+    assert all(isinstance(outcome, DatabaseUnavailable) for outcome in writers.outcomes.values())
+    # Without the deadline of the longest waiter, the second would wait 1.6 s.
+    assert waited[2] < timeout + 0.3, waited

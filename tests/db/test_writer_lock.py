@@ -18,27 +18,9 @@ from sqlalchemy.exc import OperationalError
 from app.db.database import Database, DatabaseUnavailable
 from app.db.migrate import upgrade
 from app.db.writer_lock import WriterLock, WriterLockTimeout
+from tests.support.locks import hold_in_another_process
 
 HOLD_SECONDS = 0.5
-
-
-def hold_in_another_process(path: Path, seconds: float) -> subprocess.Popen[str]:
-    """A process holding the file lock for `seconds`, started once it holds it."""
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, sys, time; f = open(sys.argv[1], 'ab'); fcntl.flock(f, fcntl.LOCK_EX);"
-            " print('held', flush=True); time.sleep(float(sys.argv[2]))",
-            str(path),
-            str(seconds),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout is not None
-    assert holder.stdout.readline().strip() == "held"
-    return holder
 
 
 def test_a_second_thread_waits_its_turn_and_gives_up_after_the_timeout(tmp_path: Path) -> None:
