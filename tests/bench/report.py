@@ -198,7 +198,7 @@ def imbalance_warnings(run: ServerRun) -> list[str]:
 def side_by_side(ours: ServerRun, prefect: ServerRun) -> str:
     """Our cells next to Prefect's on the same database, with the ratios ours/Prefect."""
     headers = [
-        "operation", "conc", "req/s ours", "req/s Prefect", "ours/Prefect",
+        "operation", "conc", "2xx/s ours", "2xx/s Prefect", "ours/Prefect",
         "p99 ms ours", "p99 ms Prefect", "ours/Prefect", "CPU ms/req ours",
         "CPU ms/req Prefect", "non-2xx ours", "non-2xx Prefect",
     ]  # fmt: skip
@@ -207,14 +207,14 @@ def side_by_side(ours: ServerRun, prefect: ServerRun) -> str:
         theirs = prefect.cell(cell.operation, cell.concurrency)
         if theirs is None:
             continue
-        rps_ratio = _ratio(cell.requests_per_second, theirs.requests_per_second)
+        rps_ratio = _ratio(cell.successful_per_second, theirs.successful_per_second)
         p99_ratio = _ratio(cell.p99_ms, theirs.p99_ms) if theirs.requests_per_second else None
         rows.append(
             [
                 cell.operation,
                 str(cell.concurrency),
-                _number(cell.requests_per_second),
-                _number(theirs.requests_per_second),
+                _number(cell.successful_per_second),
+                _number(theirs.successful_per_second),
                 "-" if rps_ratio is None else f"{rps_ratio:.1f}x",
                 _latency(cell, cell.p99_ms),
                 _latency(theirs, theirs.p99_ms),
@@ -303,14 +303,15 @@ def _prefect_targets(ours: ServerRun, prefect: ServerRun) -> list[TargetCheck]:
                     )
                 )
             continue
-        rps = _ratio(mine.requests_per_second, theirs.requests_per_second)
+        # Successful requests: Prefect answers many creates on SQLite with 503 at once.
+        rps = _ratio(mine.successful_per_second, theirs.successful_per_second)
         p99 = _ratio(mine.p99_ms, theirs.p99_ms)
         checks.append(
             _check(
                 ours.database,
-                f"{name} req/s >= {TARGET_TIMES_PREFECT_RPS:.0f}x Prefect's",
+                f"{name} 2xx/s >= {TARGET_TIMES_PREFECT_RPS:.0f}x Prefect's",
                 None if rps is None else rps >= TARGET_TIMES_PREFECT_RPS,
-                f"{mine.requests_per_second:,.1f} vs {theirs.requests_per_second:,.1f}"
+                f"{mine.successful_per_second:,.1f} vs {theirs.successful_per_second:,.1f}"
                 f" = {_number(rps)}x",
             )
         )
