@@ -242,6 +242,32 @@ class Database:
         with _unavailable_on_connection_errors(), self._read_engine.connect() as connection:
             yield connection
 
+    @contextmanager
+    def consistent_snapshot(self) -> Iterator[Connection]:
+        """A connection for reads whose statements all see the data committed when the first
+        one started: a read transaction (REPEATABLE READ on PostgreSQL), never committed.
+        """
+        self._refuse_unwritable_shared_memory()
+        engine = (
+            self._read_engine
+            if self.is_sqlite
+            else self.engine.execution_options(isolation_level="REPEATABLE READ")
+        )
+        with _unavailable_on_connection_errors(), engine.connect() as connection:
+            if self.is_sqlite:
+                # The driver leaves transactions to the service (isolation_level None).
+                connection.exec_driver_sql("BEGIN")
+            try:
+                yield connection
+            finally:
+                if self.is_sqlite:
+                    # A no-op when a fault already ended the transaction.
+                    driver = connection.connection.driver_connection
+                    assert driver is not None
+                    driver.rollback()
+                else:
+                    connection.rollback()
+
     def _refuse_unwritable_shared_memory(self) -> None:
         """Fail before SQLite touches a -shm file that can no longer be written.
 

@@ -77,7 +77,8 @@ class TaskRunHandlers:
         self, *, body: models.PaginateTaskRunsBody | None = None
     ) -> tuple[models.TaskRunPaginationResponse, Literal[200]]:
         """A page of the task runs that match the filters."""
-        with self._database.snapshot() as connection:
+        # The count and the page are two statements: both must see the same runs.
+        with self._database.consistent_snapshot() as connection:
             return task_run_queries.paginate_task_runs(connection=connection, body=body), 200
 
     def task_run_history(

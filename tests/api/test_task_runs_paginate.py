@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+from uuid import uuid4
 
 import pytest
+from sqlalchemy import Connection
 from starlette.testclient import TestClient
 
+from app.db import task_run_queries
+from app.db.database import Database
+from app.db.tables import task_run
 from tests.support.api import assert_validation_error
 from tests.support.queries import PAGINATE, filter_runs, ids, new_run, task_runs
+from tests.support.records import fresh_run
 
 
 def paginate(client: TestClient, body: Any = None) -> dict[str, Any]:
@@ -19,6 +26,26 @@ def paginate(client: TestClient, body: Any = None) -> dict[str, Any]:
 
 
 class TestPaginateTaskRuns:
+    def test_the_count_and_the_page_see_the_same_runs(
+        self, client: TestClient, database: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        new_run(client)
+        counted = task_run_queries.count_task_runs
+
+        def count_then_another_run_commits(connection: Connection, *args: Any) -> int:
+            count = counted(connection, *args)
+            # Committed by another connection between the two statements of the request.
+            database.write(_insert_another_run)
+            return count
+
+        monkeypatch.setattr(task_run_queries, "count_task_runs", count_then_another_run_commits)
+
+        page = paginate(client, {})
+
+        assert page["count"] == len(page["results"]) == 1
+        monkeypatch.undo()
+        assert paginate(client, {})["count"] == 2
+
     def test_page_math(self, client: TestClient) -> None:
         runs = [new_run(client, tags=["t"]) for _ in range(5)]
         newest_first = sorted(ids(runs), reverse=True)
@@ -116,3 +143,8 @@ class TestPaginateTaskRuns:
         self, client: TestClient, body: dict[str, Any], loc: list[str], kind: str
     ) -> None:
         assert_validation_error(client.post(PAGINATE, json=body), loc, kind)
+
+
+def _insert_another_run(connection: Connection) -> None:
+    record = dataclasses.replace(fresh_run(), id=uuid4(), task_key=f"another-{uuid4()}")
+    connection.execute(task_run.insert().values(**dataclasses.asdict(record)))
