@@ -113,6 +113,12 @@ class Database:
             if self.is_sqlite
             else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
+        # SQLite: a BEGIN on a read connection; PostgreSQL: one snapshot per transaction.
+        self._consistent_read_engine = (
+            self.engine
+            if self.is_sqlite
+            else self.engine.execution_options(isolation_level="REPEATABLE READ")
+        )
         self._group_commit = GroupCommit(self._commit_batch)
 
     def _lock_path(self) -> Path | None:
@@ -165,19 +171,27 @@ class Database:
         callbacks: list[Callable[[], None]] = []
         reset_token = _AFTER_COMMIT.set(callbacks)
         try:
-            with _unavailable_on_connection_errors(), self._write_engine.connect() as connection:
-                try:
-                    yield connection
-                    connection.commit()
-                except BaseException:
-                    connection.rollback()
-                    raise
-                finally:
-                    # Not a flag on the connection: a fault can discard it, and its flags with it.
-                    self._writer_lock.release_if_held()
+            with self._committed() as connection:
+                yield connection
         finally:
             _AFTER_COMMIT.reset(reset_token)
         _call_all(callbacks)
+
+    @contextmanager
+    def _committed(self) -> Iterator[Connection]:
+        """A write connection whose transaction is committed if the block ends normally and
+        rolled back if it raises; the writer's turn ends either way.
+        """
+        with _unavailable_on_connection_errors(), self._write_engine.connect() as connection:
+            try:
+                yield connection
+                connection.commit()
+            except BaseException:
+                connection.rollback()
+                raise
+            finally:
+                # Not a flag on the connection: a fault can discard it, and its flags with it.
+                self._writer_lock.release_if_held()
 
     def write(self, work: Callable[[Connection], _Result]) -> _Result:
         """Run `work` in a write transaction and return its result once committed.
@@ -214,26 +228,15 @@ class Database:
         """
         self._refuse_unwritable_shared_memory()
         deadline = min(unit.queued_at for unit in batch) + self.lock_timeout
-        with (
-            _unavailable_on_connection_errors(),
-            self._writer_lock.deadline(deadline),
-            self._write_engine.connect() as connection,
-        ):
-            try:
-                if len(batch) == 1:
-                    # Alone in its transaction: if it fails, the rollback undoes it.
-                    _run_alone(batch[0], connection)
-                else:
-                    # The transaction (and the writer's turn) begins before the first savepoint.
-                    connection.exec_driver_sql("SELECT 1")
-                    for unit in batch:
-                        _run_in_savepoint(connection, unit)
-                connection.commit()
-            except BaseException:
-                connection.rollback()
-                raise
-            finally:
-                self._writer_lock.release_if_held()
+        with self._writer_lock.deadline(deadline), self._committed() as connection:
+            if len(batch) == 1:
+                # Alone in its transaction: if it fails, the rollback undoes it.
+                _run_alone(batch[0], connection)
+            else:
+                # The transaction (and the writer's turn) begins before the first savepoint.
+                connection.exec_driver_sql("SELECT 1")
+                for unit in batch:
+                    _run_in_savepoint(connection, unit)
 
     @contextmanager
     def snapshot(self) -> Iterator[Connection]:
@@ -248,12 +251,10 @@ class Database:
         one started: a read transaction (REPEATABLE READ on PostgreSQL), never committed.
         """
         self._refuse_unwritable_shared_memory()
-        engine = (
-            self._read_engine
-            if self.is_sqlite
-            else self.engine.execution_options(isolation_level="REPEATABLE READ")
-        )
-        with _unavailable_on_connection_errors(), engine.connect() as connection:
+        with (
+            _unavailable_on_connection_errors(),
+            self._consistent_read_engine.connect() as connection,
+        ):
             if self.is_sqlite:
                 # The driver leaves transactions to the service (isolation_level None).
                 connection.exec_driver_sql("BEGIN")
