@@ -20,9 +20,8 @@ import httpx
 
 from app.db.migrate import upgrade
 from tests.bench.plans import RequestPlans, plans_of_request, service_in_process
-from tests.bench.procstat import machine_cpu_seconds, measured, waited_children_cpu_seconds
 from tests.bench.queries import QUERY_CONCURRENCY, QueryCell, query_cells
-from tests.bench.runner import Cell, Plan, Repetition, ServerRun, describe
+from tests.bench.runner import Cell, Plan, Repetition, ServerRun, describe, measured_wrk_run
 from tests.bench.seed import Dataset, Generator, seed
 from tests.bench.servers import (
     OURS,
@@ -32,7 +31,7 @@ from tests.bench.servers import (
     serve_ours,
     serve_prefect,
 )
-from tests.bench.wrk import run_wrk, write_script
+from tests.bench.wrk import write_script
 
 # The issue's tables; QUICK=1 loads a small one instead (and says so).
 FULL_RUNS = {"sqlite": 200_000, "postgresql": 1_000_000}
@@ -181,22 +180,12 @@ def warm_up(server: Server, cells: list[QueryCell]) -> dict[str, str]:
 
 def run_query(server: Server, script: Path, cell: QueryCell, seconds: int) -> Repetition:
     """One wrk run of the cell's request, with the CPU time and RSS used around it."""
-    server.check_running()
-    machine_before = machine_cpu_seconds()
-    wrk_before = waited_children_cpu_seconds()
-    with measured(server.worker_pids()) as usages:
-        result = run_wrk(
-            server.base_url,
-            script,
-            concurrency=QUERY_CONCURRENCY,
-            seconds=seconds,
-            arguments=[cell.path, cell.body_text],
-        )
-    return Repetition(
-        wrk=result,
-        workers=usages,
-        wrk_cpu_seconds=waited_children_cpu_seconds() - wrk_before,
-        machine_cpu_seconds=machine_cpu_seconds() - machine_before,
+    return measured_wrk_run(
+        server,
+        script,
+        concurrency=QUERY_CONCURRENCY,
+        seconds=seconds,
+        arguments=[cell.path, cell.body_text],
     )
 
 

@@ -489,6 +489,21 @@ def run_cell(
     start_pool: Path | None = None,
 ) -> Repetition:
     """One wrk run of the cell, with the CPU time and RSS used measured around it."""
+    return measured_wrk_run(
+        server,
+        script,
+        concurrency=cell.concurrency,
+        seconds=plan.seconds,
+        arguments=script_arguments(
+            cell.operation, fixtures, concurrency=cell.concurrency, start_pool=start_pool
+        ),
+    )
+
+
+def measured_wrk_run(
+    server: Server, script: Path, *, concurrency: int, seconds: float, arguments: list[str]
+) -> Repetition:
+    """One wrk run of `script` against the server, with the CPU time and RSS used around it."""
     server.check_running()
     machine_before = machine_cpu_seconds()
     wrk_before = waited_children_cpu_seconds()
@@ -496,11 +511,9 @@ def run_cell(
         result = run_wrk(
             server.base_url,
             script,
-            concurrency=cell.concurrency,
-            seconds=plan.seconds,
-            arguments=script_arguments(
-                cell.operation, fixtures, concurrency=cell.concurrency, start_pool=start_pool
-            ),
+            concurrency=concurrency,
+            seconds=seconds,
+            arguments=arguments,
         )
     return Repetition(
         wrk=result,
