@@ -13,15 +13,18 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
 from starlette.testclient import TestClient
 
-from app.db.database import normalise_url
 from app.db.migrate import upgrade
 from app.main import create_app, database_of
 from app.settings import Settings
 from tests.support.api import set_state
-from tests.support.databases import POSTGRES_ENV, empty_database, postgres_server_url
+from tests.support.databases import (
+    POSTGRES_ENV,
+    empty_database,
+    postgres_database,
+    postgres_server_url,
+)
 from tests.support.queries import at, filter_ids
 
 pytestmark = pytest.mark.postgresql
@@ -83,23 +86,11 @@ def natural_language_database() -> Iterator[str]:
     """
     server_url = postgres_server_url()
     assert server_url is not None
-    name = f"taskrun_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(normalise_url(server_url), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(
-                text(
-                    f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8' "
-                    "LOCALE 'C.UTF-8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
-                )
-            )
-        try:
-            yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    english = (
+        "TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C.UTF-8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+    )
+    with postgres_database(server_url, options=english) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

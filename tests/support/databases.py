@@ -28,13 +28,16 @@ def sqlite_database(directory: Path) -> Iterator[str]:
 
 
 @contextmanager
-def postgres_database(server_url: str) -> Iterator[str]:
-    """Create a uniquely named database on the server, yield its URL, then drop it."""
+def postgres_database(server_url: str, *, options: str = "") -> Iterator[str]:
+    """Create a uniquely named database on the server, yield its URL, then drop it.
+
+    `options` follow the name in CREATE DATABASE (a template, a locale).
+    """
     name = f"taskrun_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(normalise_url(server_url), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
+            connection.execute(text(f'CREATE DATABASE "{name}" {options}'.rstrip()))
         try:
             yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
         finally:
