@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import StaticPool
 
-from app.db.group_commit import GroupCommit, WriteUnit
+from app.db.group_commit import Batch, GroupCommit, WriteUnit
 from app.db.writer_lock import WriterLock, WriterLockTimeout, WriterLockUnavailable
 
 _Result = TypeVar("_Result")
@@ -220,22 +220,26 @@ class Database:
         """How many writes of this process wait for the next group commit (SQLite)."""
         return self._group_commit.queued
 
-    def _commit_batch(self, batch: list[WriteUnit[Any]]) -> None:
-        """Run each unit in a savepoint of one transaction, then commit it (SQLite).
+    def _commit_batch(self, batch: Batch) -> None:
+        """Wait for the writer's turn, then run each unit queued by then in a savepoint of one
+        transaction, and commit it (SQLite).
 
-        The writer's turn is awaited until the lock timeout of the unit that has waited
-        longest: no request waits longer than the timeout in all, in the queue included.
+        The turn is awaited until the lock timeout of the unit that has waited longest: no
+        request waits longer than the timeout in all, in the queue included. The units are
+        taken once the turn is this thread's, so that those queued while it waited are
+        committed with the others.
         """
         self._refuse_unwritable_shared_memory()
-        deadline = min(unit.queued_at for unit in batch) + self.lock_timeout
+        deadline = batch.oldest_queued_at + self.lock_timeout
         with self._writer_lock.deadline(deadline), self._committed() as connection:
-            if len(batch) == 1:
+            # The transaction, and the writer's turn, begin before any unit runs.
+            connection.exec_driver_sql("SELECT 1")
+            units = batch.take()
+            if len(units) == 1:
                 # Alone in its transaction: if it fails, the rollback undoes it.
-                _run_alone(batch[0], connection)
+                _run_alone(units[0], connection)
             else:
-                # The transaction (and the writer's turn) begins before the first savepoint.
-                connection.exec_driver_sql("SELECT 1")
-                for unit in batch:
+                for unit in units:
                     _run_in_savepoint(connection, unit)
 
     @contextmanager

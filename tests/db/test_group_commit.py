@@ -17,7 +17,7 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.exc import IntegrityError
 
 from app.db.database import Database, DatabaseUnavailable, after_commit
-from app.db.group_commit import GroupCommit, NestedWrite, WriteUnit
+from app.db.group_commit import Batch, GroupCommit, NestedWrite
 from app.db.migrate import upgrade
 from app.db.tables import event as event_table
 from app.db.tables import task_run
@@ -122,6 +122,34 @@ def test_writes_that_wait_together_are_committed_once(database: Database) -> Non
     assert [writers.outcomes[number] for number in range(1, WRITERS + 1)] == ids
     assert commits == [2]
     assert set(ids) <= stored_ids(database)
+
+
+def test_writes_queued_while_the_leader_waits_for_its_turn_join_its_batch(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the turn: the writers queued meanwhile go in with the leader."""
+    url = f"sqlite:///{tmp_path / 'taskrun.db'}"
+    upgrade(url)
+    database = Database(url)
+    commits = count_commits(database)
+    holder = hold_in_another_process(Path(f"{tmp_path / 'taskrun.db'}-write.lock"), 1.0)
+    writers = Writers()
+    ids = [str(uuid.uuid4()) for _ in range(WRITERS)]
+    try:
+        writers.start(0, functools.partial(write_run, database, ids[0]))
+        # The first leads, and waits for the lock with its unit still queued.
+        wait_until(lambda: database.queued_writes == 1)
+        for number, run_id in enumerate(ids[1:], start=1):
+            writers.start(number, functools.partial(write_run, database, run_id))
+        wait_until(lambda: database.queued_writes == WRITERS)
+        holder.communicate()
+        writers.join()
+    finally:
+        holder.kill()
+        database.dispose()
+
+    assert [writers.outcomes[number] for number in range(WRITERS)] == ids
+    assert commits == [1]
 
 
 def test_a_failing_write_does_not_fail_the_others_of_its_batch(database: Database) -> None:
@@ -234,7 +262,7 @@ def test_a_write_inside_a_write_is_refused(database: Database) -> None:
 
 
 def test_a_leader_whose_batch_raises_hands_the_error_to_every_writer() -> None:
-    def broken(batch: list[WriteUnit[Any]]) -> None:
+    def broken(batch: Batch) -> None:
         raise OSError("the disk went away")
 
     group = GroupCommit(broken)
