@@ -16,8 +16,10 @@ from app.contract.middleware import BodyLimits
 from app.contract.spec import load_spec
 from app.contract.websockets import SocketHandler, mount_websockets
 from app.contract.wsgi import install_wsgi_bridge
+from app.db import deliveries, events
 from app.db.database import LOCK_TIMEOUT_SECONDS, Database
 from app.db.migrate import head_revision
+from app.db.notifications import NotificationListener
 from app.db.threads import DatabaseThreads
 from app.handlers.events import EventsInHandler, EventsOutHandler
 from app.handlers.root import AdminHandlers, RootHandlers
@@ -90,10 +92,15 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
         metrics.watch_pool(database.engine)
     # The websocket channels' database work runs here, off the event loop.
     socket_work = DatabaseThreads(threads=settings.threads_per_worker)
+    listener = other_processes_listener(database)
 
     @asynccontextmanager
     async def close_on_shutdown(_app: Any) -> AsyncIterator[None]:
+        if listener is not None:
+            listener.start()
         yield
+        if listener is not None:
+            listener.stop()
         # The server has waited up to GRACEFUL_SHUTDOWN_SECONDS and cancelled the requests
         # still running; their handler threads may go on, keep the process alive, and even
         # commit a write whose client was answered 500. The process ends without them.
@@ -134,6 +141,21 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
     )
     app.app.extensions[DATABASE_EXTENSION] = database
     return app
+
+
+def other_processes_listener(database: Database) -> NotificationListener | None:
+    """What wakes this process's sockets when another process enqueues a background run or
+    stores an event (PostgreSQL); None on SQLite, whose processes poll.
+    """
+    if database.is_sqlite:
+        return None
+    return NotificationListener(
+        database.url,
+        {
+            deliveries.ENQUEUED_CHANNEL: deliveries.ENQUEUED,
+            events.STORED_CHANNEL: events.STORED_ELSEWHERE,
+        },
+    )
 
 
 def create_socket_handlers(database: Database, executor: Executor) -> dict[str, SocketHandler]:
