@@ -19,7 +19,7 @@ from app.contract.wsgi import install_wsgi_bridge
 from app.db import deliveries, events
 from app.db.database import LOCK_TIMEOUT_SECONDS, Database
 from app.db.migrate import head_revision
-from app.db.notifications import NotificationListener
+from app.db.notifications import other_processes_listener
 from app.db.threads import DatabaseThreads
 from app.handlers.events import EventsInHandler, EventsOutHandler
 from app.handlers.root import AdminHandlers, RootHandlers
@@ -92,7 +92,14 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
         metrics.watch_pool(database.engine)
     # The websocket channels' database work runs here, off the event loop.
     socket_work = DatabaseThreads(threads=settings.threads_per_worker)
-    listener = other_processes_listener(database)
+    # Wakes this process's sockets when another process enqueues a run or stores an event.
+    listener = other_processes_listener(
+        database.url,
+        {
+            deliveries.ENQUEUED_CHANNEL: deliveries.ENQUEUED,
+            events.STORED_CHANNEL: events.STORED_ELSEWHERE,
+        },
+    )
 
     @asynccontextmanager
     async def close_on_shutdown(_app: Any) -> AsyncIterator[None]:
@@ -141,21 +148,6 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
     )
     app.app.extensions[DATABASE_EXTENSION] = database
     return app
-
-
-def other_processes_listener(database: Database) -> NotificationListener | None:
-    """What wakes this process's sockets when another process enqueues a background run or
-    stores an event (PostgreSQL); None on SQLite, whose processes poll.
-    """
-    if database.is_sqlite:
-        return None
-    return NotificationListener(
-        database.url,
-        {
-            deliveries.ENQUEUED_CHANNEL: deliveries.ENQUEUED,
-            events.STORED_CHANNEL: events.STORED_ELSEWHERE,
-        },
-    )
 
 
 def create_socket_handlers(database: Database, executor: Executor) -> dict[str, SocketHandler]:

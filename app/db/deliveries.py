@@ -13,8 +13,8 @@ from app.db.notifications import notify_other_processes
 from app.db.signals import Signal
 from app.db.tables import task_run_delivery
 
-# Given whenever a transaction has put a run on the queue: one of this process, or (on
-# PostgreSQL, through the channel) one of another process.
+# Given whenever a transaction has put a run on the queue: one of this process, or
+# (through the channel) one of another process.
 ENQUEUED = Signal()
 ENQUEUED_CHANNEL = "taskrun_enqueued"
 

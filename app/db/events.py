@@ -16,8 +16,9 @@ from app.db.signals import Signal
 from app.db.tables import event
 from app.db.types import UTCDateTime
 
-# Given when another service process has stored events (PostgreSQL, through the channel);
-# this process hands over the events it stores itself without being told.
+# Given when another service process has stored events (through the channel; on SQLite
+# this process's own commits give it too); this process hands over the events it stores
+# itself without being told.
 STORED_ELSEWHERE = Signal()
 STORED_CHANNEL = "taskrun_events"
 

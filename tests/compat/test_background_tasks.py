@@ -254,6 +254,8 @@ async def receive_all(api_urls: list[str], task_key: str, *, expected: int) -> l
     return received
 
 
+# --- Several service processes on one database -------------------------------------------
+
 # A run or an event that reaches one process wakes the sockets of the other at once: in
 # lock-step (the next one sent as soon as the last arrived), waiting for the other process's
 # poll instead would take about the poll's interval (0.5 s for runs, 0.25 s for events) each.
@@ -261,12 +263,9 @@ LOCK_STEP_ROUNDS = 8
 AT_ONCE_SECONDS = 0.1
 
 
-@pytest.mark.postgresql
 def test_a_run_created_through_one_process_reaches_a_worker_of_another_at_once(
-    backend: str, database_url: str
+    database_url: str,
 ) -> None:
-    if backend != "postgresql":
-        pytest.skip("several service processes share PostgreSQL, not an SQLite file")
     with (
         running_server(database_url, workers=1) as first,
         running_server(database_url, workers=1) as second,
@@ -302,12 +301,9 @@ async def delivery_waits(*, create_on: str, worker_on: str) -> list[float]:
     return waits
 
 
-@pytest.mark.postgresql
 def test_an_event_sent_to_one_process_reaches_a_follower_of_another_at_once(
-    backend: str, database_url: str
+    database_url: str,
 ) -> None:
-    if backend != "postgresql":
-        pytest.skip("several service processes share PostgreSQL, not an SQLite file")
     with (
         running_server(database_url, workers=1) as first,
         running_server(database_url, workers=1) as second,
