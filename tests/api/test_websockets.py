@@ -398,6 +398,43 @@ class TestEventsIn:
             "SCHEDULED", "RUNNING", "COMPLETED",
         ]  # fmt: skip
 
+    def test_a_newer_event_brings_the_keys_it_reports(self, client: TestClient) -> None:
+        run = deferred_run(client, "add-1")
+        keys = {"task_key": "add-2", "dynamic_key": "add-2-later"}
+
+        send_events(client, task_run_event(run["id"], "PENDING", task_run=keys))
+
+        read = read_run(client, run["id"])
+        assert (read["task_key"], read["dynamic_key"]) == ("add-2", "add-2-later")
+
+    def test_an_older_event_leaves_the_keys_as_they_are(self, client: TestClient) -> None:
+        run = deferred_run(client, "add-1")
+        now = datetime.now(UTC)
+        running = task_run_event(run["id"], "RUNNING", occurred=now + timedelta(seconds=2))
+        older = task_run_event(
+            run["id"],
+            "PENDING",
+            occurred=now + timedelta(seconds=1),
+            task_run={"task_key": "add-2", "dynamic_key": "add-2-older"},
+        )
+
+        send_events(client, running, older)
+
+        read = read_run(client, run["id"])
+        assert (read["task_key"], read["dynamic_key"]) == ("add-1", run["dynamic_key"])
+
+    def test_keys_another_run_has_are_not_taken_and_the_state_still_is(
+        self, client: TestClient
+    ) -> None:
+        run, other = deferred_run(client, "add-1"), deferred_run(client, "add-1")
+        taken = {"task_key": "add-1", "dynamic_key": other["dynamic_key"]}
+
+        send_events(client, task_run_event(run["id"], "PENDING", task_run=taken))
+
+        read = read_run(client, run["id"])
+        assert (read["dynamic_key"], read["state_type"]) == (run["dynamic_key"], "PENDING")
+        assert read_run(client, other["id"])["dynamic_key"] == other["dynamic_key"]
+
     def test_a_run_in_a_flow_run_is_found_by_its_key(self, client: TestClient) -> None:
         flow_run_id = str(uuid.uuid4())
         created = client.post(
