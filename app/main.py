@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any, NoReturn
 
 from connexion import FlaskApp
@@ -29,6 +30,7 @@ from app.handlers.task_runs import TaskRunHandlers
 from app.observability import metrics
 from app.observability.logs import skip_unused_record_fields
 from app.services.event_feed import EventFeed
+from app.services.event_retention import EventPruner
 from app.settings import Settings, comma_separated
 from generated.routes import Routes
 
@@ -101,11 +103,19 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
         },
     )
 
+    pruner = EventPruner(
+        database,
+        retention=timedelta(seconds=settings.event_retention_seconds),
+        executor=socket_work,
+    )
+
     @asynccontextmanager
     async def close_on_shutdown(_app: Any) -> AsyncIterator[None]:
         if listener is not None:
             listener.start()
+        pruner.start()
         yield
+        await pruner.stop()
         if listener is not None:
             listener.stop()
         # The server has waited up to GRACEFUL_SHUTDOWN_SECONDS and cancelled the requests

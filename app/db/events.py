@@ -51,6 +51,23 @@ _WITH_IDS = (
 )
 
 
+# The oldest events received before a time, a batch at a time.
+_DELETE_RECEIVED_BEFORE = event.delete().where(
+    event.c.id.in_(
+        select(event.c.id)
+        .where(event.c.received < bindparam("before"))
+        .order_by(event.c.received)
+        .limit(bindparam("limit"))
+    )
+)
+
+
+def delete_events_received_before(connection: Connection, *, before: datetime, limit: int) -> int:
+    """Delete up to `limit` events received before `before`, the oldest first; how many."""
+    result = connection.execute(_DELETE_RECEIVED_BEFORE, {"before": before, "limit": limit})
+    return result.rowcount
+
+
 def insert_event_unless_present(connection: Connection, record: EventRecord) -> bool:
     """INSERT the event unless one with its id is stored; return whether it went in."""
     statement = _INSERT_UNLESS_PRESENT[connection.dialect.name]

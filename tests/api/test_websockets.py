@@ -4,6 +4,7 @@ the handshake, the delivery of background tasks, events in and out.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from app.db.tables import event, task_run_delivery
 from app.main import create_app, database_of
 from app.settings import Settings
 from tests.support.api import read_run, set_state, states_of, without_estimates
+from tests.support.databases import empty_database
 from tests.support.sockets import (
     EVENTS_IN,
     EVENTS_OUT,
@@ -90,6 +92,22 @@ def app_with_auth(tmp_path: Path) -> Iterator[FlaskApp]:
     application = create_app(Settings(database_url=url, api_auth_string=CREDENTIALS))
     yield application
     database_of(application).dispose()
+
+
+# Short enough for a test to outlive; the events of a test must not be that old yet when the
+# test reads them.
+BRIEF_RETENTION_SECONDS = 2.0
+
+
+@pytest.fixture
+def app_keeping_events_briefly(backend: str, tmp_path: Path) -> Iterator[FlaskApp]:
+    """The service keeping events BRIEF_RETENTION_SECONDS, over a database of its own."""
+    with empty_database(backend, tmp_path) as url:
+        upgrade(url)
+        settings = Settings(database_url=url, event_retention_seconds=BRIEF_RETENTION_SECONDS)
+        application = create_app(settings)
+        yield application
+        database_of(application).dispose()
 
 
 class TestHandshake:
@@ -568,6 +586,24 @@ class TestEventsOut:
                 },
             }
         )
+
+    def test_events_past_the_retention_are_gone_and_recent_ones_stay(
+        self, app_keeping_events_briefly: FlaskApp
+    ) -> None:
+        run_id = str(uuid.uuid4())
+        old = task_run_event(run_id, "PENDING")
+        recent = task_run_event(run_id, "RUNNING")
+
+        with app_keeping_events_briefly.test_client() as client:
+            send_events(client, old)
+            # The pruner looks once per retention period: two of them pass.
+            time.sleep(3 * BRIEF_RETENTION_SECONDS)
+            send_events(client, recent)
+            with authenticated(client, EVENTS_OUT) as follower:
+                self.follow(follower, event={"exclude_prefix": ["test."]})
+                first = follower.receive_json()
+
+        assert first["event"]["id"] == recent["id"]
 
     def test_stored_events_first_oldest_first_then_new_ones(self, client: TestClient) -> None:
         run_id = str(uuid.uuid4())
