@@ -144,7 +144,8 @@ def server_table(run: ServerRun) -> str:
         f"{SYSTEM_NAMES[run.system]} on {DATABASE_NAMES[run.database]}"
         f" ({len(run.worker_pids)} worker process(es))"
     )
-    parts = [title, format_table(headers, rows)]
+    # A run of the background cell alone has no wrk cells to tabulate.
+    parts = [title, format_table(headers, rows)] if rows else [title]
     if run.log_tracebacks:
         parts.append(
             f"  note: the server logged {run.log_tracebacks} traceback(s); the JSON has its"
@@ -197,7 +198,9 @@ def background_line(background: BackgroundRun) -> str:
             + ", ".join(f"{who} {_number(value, 1)}" for who, value in cpu.items())
             + bound,
             f"    one task at a time: {_number(run.round_trip_median_ms, 0)} ms from .delay() to"
-            f" its result (median of {len(run.round_trip_ms)})",
+            f" its result (median of {len(run.round_trip_ms)})"
+            if run.round_trip_error is None
+            else f"    one task at a time: FAILED: {run.round_trip_error}",
         ]
     )
 
@@ -251,7 +254,7 @@ def side_by_side(ours: ServerRun, prefect: ServerRun) -> str:
             ]
         )
     title = f"{DATABASE_NAMES[ours.database]}: taskrun-api next to Prefect 3.9.1"
-    lines = [title, format_table(headers, rows)]
+    lines = [title, format_table(headers, rows)] if rows else [title]
     if ours.background is not None and prefect.background is not None:
         ratio = _ratio(ours.background.tasks_per_second, prefect.background.tasks_per_second)
         lines.append(
