@@ -20,6 +20,7 @@ import os
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import psycopg
@@ -78,7 +79,7 @@ def _touch(path: Path) -> None:
         logger.warning("could not notify the other processes through %s: %s", path, error)
 
 
-class _ListenerThread:
+class Listener(ABC):
     """Listens in a thread of its own from `start` until `stop`."""
 
     def __init__(self, signals: dict[str, Signal]) -> None:
@@ -96,14 +97,15 @@ class _ListenerThread:
         if self._thread is not None:
             self._thread.join(timeout=STOP_CHECK_SECONDS + CONNECT_TIMEOUT_SECONDS)
 
+    @abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """Give the signals of the channels notified, until stopping."""
 
     def _give(self, channel: str) -> None:
         self._signals[channel].notify()
 
 
-class PostgresListener(_ListenerThread):
+class PostgresListener(Listener):
     """Gives each channel's Signal when another process notifies on that channel."""
 
     def __init__(self, url: URL, signals: dict[str, Signal]) -> None:
@@ -137,7 +139,7 @@ class PostgresListener(_ListenerThread):
                         self._give(notification.channel)
 
 
-class WakeFileWatcher(_ListenerThread):
+class WakeFileWatcher(Listener):
     """Gives each channel's Signal when the modification time of its file changes."""
 
     def __init__(self, database_file: str, signals: dict[str, Signal]) -> None:
@@ -161,7 +163,7 @@ def _modified(path: Path) -> int | None:
         return None
 
 
-def other_processes_listener(url: URL, signals: dict[str, Signal]) -> _ListenerThread | None:
+def other_processes_listener(url: URL, signals: dict[str, Signal]) -> Listener | None:
     """What gives `signals` (by channel) when other processes notify; None for a database in
     memory, which no other process shares.
     """
