@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from websockets.asyncio.client import connect
 
+from app.db.notifications import RECONNECT_SECONDS
 from tests.support.databases import empty_database
 from tests.support.server import RunningServer, free_port, running_server
 
@@ -299,6 +301,33 @@ async def delivery_waits(*, create_on: str, worker_on: str) -> list[float]:
             waits.append(time.monotonic() - created)
             await socket.send(json.dumps({"type": "ack"}))
     return waits
+
+
+@pytest.mark.postgresql
+def test_a_process_whose_listening_connection_was_cut_is_woken_at_once_again(
+    backend: str, database_url: str
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("only PostgreSQL wakes processes through a connection")
+    with (
+        running_server(database_url, workers=1) as first,
+        running_server(database_url, workers=1) as second,
+    ):
+        cut_listening_connections(database_url)
+        time.sleep(2 * RECONNECT_SECONDS)
+        waits = asyncio.run(delivery_waits(create_on=first.api_url, worker_on=second.api_url))
+
+    assert sorted(waits)[len(waits) // 2] < AT_ONCE_SECONDS, waits
+
+
+def cut_listening_connections(database_url: str) -> None:
+    """End the PostgreSQL sessions that listen for notifications, as a restart would."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        ended = connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        ).fetchall()
+    assert len(ended) >= 2, "each service process listens on a connection of its own"
 
 
 def test_an_event_sent_to_one_process_reaches_a_follower_of_another_at_once(
