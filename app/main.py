@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any, NoReturn
 
 from connexion import FlaskApp
@@ -16,8 +17,10 @@ from app.contract.middleware import BodyLimits
 from app.contract.spec import load_spec
 from app.contract.websockets import SocketHandler, mount_websockets
 from app.contract.wsgi import install_wsgi_bridge
+from app.db import deliveries, events
 from app.db.database import LOCK_TIMEOUT_SECONDS, Database
 from app.db.migrate import head_revision
+from app.db.notifications import other_processes_listener
 from app.db.threads import DatabaseThreads
 from app.handlers.events import EventsInHandler, EventsOutHandler
 from app.handlers.root import AdminHandlers, RootHandlers
@@ -27,6 +30,7 @@ from app.handlers.task_runs import TaskRunHandlers
 from app.observability import metrics
 from app.observability.logs import skip_unused_record_fields
 from app.services.event_feed import EventFeed
+from app.services.event_retention import EventPruner
 from app.settings import Settings, comma_separated
 from generated.routes import Routes
 
@@ -90,10 +94,30 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
         metrics.watch_pool(database.engine)
     # The websocket channels' database work runs here, off the event loop.
     socket_work = DatabaseThreads(threads=settings.threads_per_worker)
+    # Wakes this process's sockets when another process enqueues a run or stores an event.
+    listener = other_processes_listener(
+        database.url,
+        {
+            deliveries.ENQUEUED_CHANNEL: deliveries.ENQUEUED,
+            events.STORED_CHANNEL: events.STORED_ELSEWHERE,
+        },
+    )
+
+    pruner = EventPruner(
+        database,
+        retention=timedelta(seconds=settings.event_retention_seconds),
+        executor=socket_work,
+    )
 
     @asynccontextmanager
     async def close_on_shutdown(_app: Any) -> AsyncIterator[None]:
+        if listener is not None:
+            listener.start()
+        pruner.start()
         yield
+        await pruner.stop()
+        if listener is not None:
+            listener.stop()
         # The server has waited up to GRACEFUL_SHUTDOWN_SECONDS and cancelled the requests
         # still running; their handler threads may go on, keep the process alive, and even
         # commit a write whose client was answered 500. The process ends without them.

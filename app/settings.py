@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     worker_healthcheck_timeout: Annotated[float, Field(gt=0)] = 10.0
     # Responses are checked against openapi.yaml in the tests; in production that costs CPU.
     validate_responses: bool = False
+    # Events received longer ago than this are deleted (seconds; Prefect's server keeps
+    # them 7 days too).
+    event_retention_seconds: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
     # "user:password" for HTTP Basic authentication; unset: no authentication. Prefect's
     # server reads the same from PREFECT_SERVER_API_AUTH_STRING, which is honoured too.
     api_auth_string: SecretStr | None = Field(

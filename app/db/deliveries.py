@@ -9,11 +9,14 @@ from sqlalchemy import Connection, and_, bindparam, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.db.database import after_commit
+from app.db.notifications import notify_other_processes
 from app.db.signals import Signal
 from app.db.tables import task_run_delivery
 
-# Given whenever a transaction of this process has put a run on the queue.
+# Given whenever a transaction has put a run on the queue: one of this process, or
+# (through the channel) one of another process.
 ENQUEUED = Signal()
+ENQUEUED_CHANNEL = "taskrun_enqueued"
 
 _ENQUEUE = {
     name: dialect.insert(task_run_delivery)
@@ -77,6 +80,7 @@ def enqueue(
     )
     connection.execute(statement, values)
     after_commit(ENQUEUED.notify)
+    notify_other_processes(connection, ENQUEUED_CHANNEL)
 
 
 def claim_next(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -9,9 +10,17 @@ from uuid import UUID
 from sqlalchemy import Connection, Row, Uuid, bindparam, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
+from app.db.notifications import notify_other_processes
 from app.db.records import EVENT_COLUMNS, EventRecord
+from app.db.signals import Signal
 from app.db.tables import event
 from app.db.types import UTCDateTime
+
+# Given when another service process has stored events (through the channel; on SQLite
+# this process's own commits give it too); this process hands over the events it stores
+# itself without being told.
+STORED_ELSEWHERE = Signal()
+STORED_CHANNEL = "taskrun_events"
 
 _INSERT_UNLESS_PRESENT = {
     name: dialect.insert(event).on_conflict_do_nothing().returning(event.c.id)
@@ -29,18 +38,43 @@ _OCCURRED_AFTER = (
     .order_by(event.c.occurred, event.c.id)
     .limit(bindparam("page"))
 )
-_RECEIVED_SINCE = (
-    select(*_COLUMNS)
+_IDS_RECEIVED_SINCE = (
+    select(event.c.id, event.c.received)
     .where(event.c.received >= bindparam("since"))
     .order_by(event.c.received, event.c.id)
     .limit(bindparam("page"))
 )
+_WITH_IDS = (
+    select(*_COLUMNS)
+    .where(event.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(event.c.received, event.c.id)
+)
+
+
+# The oldest events received before a time, a batch at a time.
+_DELETE_RECEIVED_BEFORE = event.delete().where(
+    event.c.id.in_(
+        select(event.c.id)
+        .where(event.c.received < bindparam("before"))
+        .order_by(event.c.received)
+        .limit(bindparam("limit"))
+    )
+)
+
+
+def delete_events_received_before(connection: Connection, *, before: datetime, limit: int) -> int:
+    """Delete up to `limit` events received before `before`, the oldest first; how many."""
+    result = connection.execute(_DELETE_RECEIVED_BEFORE, {"before": before, "limit": limit})
+    return result.rowcount
 
 
 def insert_event_unless_present(connection: Connection, record: EventRecord) -> bool:
     """INSERT the event unless one with its id is stored; return whether it went in."""
     statement = _INSERT_UNLESS_PRESENT[connection.dialect.name]
-    return connection.execute(statement, record.values()).first() is not None
+    inserted = connection.execute(statement, record.values()).first() is not None
+    if inserted:
+        notify_other_processes(connection, STORED_CHANNEL)
+    return inserted
 
 
 def events_occurred_after(
@@ -54,11 +88,18 @@ def events_occurred_after(
 
 
 def events_received_since(
-    connection: Connection, *, since: datetime, page: int
-) -> list[EventRecord]:
-    """Up to `page` events received at or after `since`, in the order they were received."""
-    rows = connection.execute(_RECEIVED_SINCE, {"since": since, "page": page})
-    return [_event(row) for row in rows]
+    connection: Connection, *, since: datetime, page: int, known: Collection[UUID]
+) -> tuple[datetime | None, list[EventRecord]]:
+    """Of the first `page` events received at or after `since`, the latest time one was
+    received (None: there is none) and those whose ids are not `known`, in the order they
+    were received. Only the ids of the known ones are read.
+    """
+    received = connection.execute(_IDS_RECEIVED_SINCE, {"since": since, "page": page}).all()
+    if not received:
+        return None, []
+    new = [event_id for event_id, _ in received if event_id not in known]
+    records = [_event(row) for row in connection.execute(_WITH_IDS, {"ids": new})] if new else []
+    return received[-1].received, records
 
 
 def _event(row: Row[Any]) -> EventRecord:

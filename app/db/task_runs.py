@@ -8,6 +8,7 @@ from uuid import UUID
 
 from sqlalchemy import Connection, Row, Text, bindparam, cast, func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from app.db.records import (
     TASK_RUN_COLUMNS,
@@ -95,6 +96,11 @@ _UPDATE_REPORTED = (
     task_run.update()
     .where(task_run.c.id == bindparam("run_id"))
     .values({name: bindparam(f"new_{name}") for name in _REPORTED_COLUMNS})
+)
+_CHANGE_KEYS = (
+    task_run.update()
+    .where(task_run.c.id == bindparam("run_id"))
+    .values(task_key=bindparam("new_task_key"), dynamic_key=bindparam("new_dynamic_key"))
 )
 _RENAME = (
     task_run.update()
@@ -196,6 +202,22 @@ def update_reported_fields(connection: Connection, run: TaskRunRecord) -> None:
     # The tags may be among the changes.
     connection.execute(_DELETE_TAGS, {"run_id": run.id})
     _insert_tags(connection, run)
+
+
+def change_task_run_keys(
+    connection: Connection, *, task_run_id: UUID, task_key: str, dynamic_key: str
+) -> bool:
+    """Give the run another task key and dynamic key; False (nothing changed) when another
+    run of its flow run (or, without one, another run without one) has them.
+    """
+    parameters = {"run_id": task_run_id, "new_task_key": task_key, "new_dynamic_key": dynamic_key}
+    try:
+        # A savepoint: a refused change must not end the transaction around it.
+        with connection.begin_nested():
+            connection.execute(_CHANGE_KEYS, parameters)
+    except IntegrityError:
+        return False
+    return True
 
 
 def rename_task_run(

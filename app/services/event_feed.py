@@ -2,7 +2,8 @@
 
 Events stored by this process are handed over at once. Events stored by the service's other
 processes (other workers, other machines on one PostgreSQL) are found by reading the newest
-rows of the event table a few times a second, while anyone follows.
+rows of the event table while anyone follows: on PostgreSQL as soon as another process says
+it stored some, and a few times a second in any case.
 """
 
 from __future__ import annotations
@@ -104,22 +105,31 @@ class EventFeed:
 
     async def _poll(self) -> None:
         while True:
-            await asyncio.sleep(POLL_SECONDS)
-            try:
-                records = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._read_since, self._watermark - OVERLAP
-                )
-            except Exception:
-                logger.exception("reading new events failed; trying again")
-                continue
-            for record in records:
-                self._hand_over(record)
-                self._watermark = max(self._watermark, record.received)
-            self._forget_before(self._watermark - 2 * OVERLAP)
+            seen = rows.STORED_ELSEWHERE.generation
+            await self._read_new()
+            await rows.STORED_ELSEWHERE.wait(seen=seen, timeout=POLL_SECONDS)
 
-    def _read_since(self, since: datetime) -> list[EventRecord]:
+    async def _read_new(self) -> None:
+        """Hand over the events stored since the watermark that were not handed over yet."""
+        known = frozenset(self._handed_over)
+        try:
+            latest, records = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._read_since, self._watermark - OVERLAP, known
+            )
+        except Exception:
+            logger.exception("reading new events failed; trying again")
+            return
+        for record in records:
+            self._hand_over(record)
+        if latest is not None:
+            self._watermark = max(self._watermark, latest)
+        self._forget_before(self._watermark - 2 * OVERLAP)
+
+    def _read_since(
+        self, since: datetime, known: frozenset[UUID]
+    ) -> tuple[datetime | None, list[EventRecord]]:
         with self._database.snapshot() as connection:
-            return rows.events_received_since(connection, since=since, page=POLL_PAGE)
+            return rows.events_received_since(connection, since=since, page=POLL_PAGE, known=known)
 
     def _forget_before(self, moment: datetime) -> None:
         """Forget the ids of events too old to be read again."""

@@ -95,7 +95,9 @@ def record_task_run_event(connection: Connection, record: EventRecord) -> None:
 
     The run is found by (flow_run_id, task_key, dynamic_key) when it belongs to a flow run,
     else by id; an existing run's id wins. The run's fields only move forward: an event older
-    than the run's current state adds its state to the history and changes nothing else.
+    than the run's current state adds its state to the history and changes nothing else. A
+    newer one also brings the task key and dynamic key it reports, unless another run has
+    them.
 
     :raises UnrecordableEvent: the event does not name a run or does not carry a state.
     """
@@ -122,6 +124,28 @@ def record_task_run_event(connection: Connection, record: EventRecord) -> None:
         _enter_reported_state(run, state, report.task_run)
         run.updated = now
         run_rows.update_reported_fields(connection, run)
+        _take_reported_keys(connection, run, report.task_run)
+
+
+def _take_reported_keys(
+    connection: Connection, run: TaskRunRecord, reported: ReportedTaskRun
+) -> None:
+    """Give the run the task key and dynamic key the event reports, as Prefect's recorder
+    does, unless another run has them (then the run keeps its own, and the log says so).
+    """
+    task_key = reported.task_key or run.task_key
+    dynamic_key = reported.dynamic_key or run.dynamic_key
+    if (task_key, dynamic_key) == (run.task_key, run.dynamic_key):
+        return
+    if not run_rows.change_task_run_keys(
+        connection, task_run_id=run.id, task_key=task_key, dynamic_key=dynamic_key
+    ):
+        logger.warning(
+            "task run %s keeps its keys: another run has task key %r and dynamic key %r",
+            run.id,
+            task_key,
+            dynamic_key,
+        )
 
 
 def _report(payload: dict[str, Any]) -> TaskRunReport:

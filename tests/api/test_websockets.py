@@ -4,6 +4,7 @@ the handshake, the delivery of background tasks, events in and out.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from app.db.tables import event, task_run_delivery
 from app.main import create_app, database_of
 from app.settings import Settings
 from tests.support.api import read_run, set_state, states_of, without_estimates
+from tests.support.databases import empty_database
 from tests.support.sockets import (
     EVENTS_IN,
     EVENTS_OUT,
@@ -90,6 +92,22 @@ def app_with_auth(tmp_path: Path) -> Iterator[FlaskApp]:
     application = create_app(Settings(database_url=url, api_auth_string=CREDENTIALS))
     yield application
     database_of(application).dispose()
+
+
+# Short enough for a test to outlive; the events of a test must not be that old yet when the
+# test reads them.
+BRIEF_RETENTION_SECONDS = 2.0
+
+
+@pytest.fixture
+def app_keeping_events_briefly(backend: str, tmp_path: Path) -> Iterator[FlaskApp]:
+    """The service keeping events BRIEF_RETENTION_SECONDS, over a database of its own."""
+    with empty_database(backend, tmp_path) as url:
+        upgrade(url)
+        settings = Settings(database_url=url, event_retention_seconds=BRIEF_RETENTION_SECONDS)
+        application = create_app(settings)
+        yield application
+        database_of(application).dispose()
 
 
 class TestHandshake:
@@ -398,6 +416,43 @@ class TestEventsIn:
             "SCHEDULED", "RUNNING", "COMPLETED",
         ]  # fmt: skip
 
+    def test_a_newer_event_brings_the_keys_it_reports(self, client: TestClient) -> None:
+        run = deferred_run(client, "add-1")
+        keys = {"task_key": "add-2", "dynamic_key": "add-2-later"}
+
+        send_events(client, task_run_event(run["id"], "PENDING", task_run=keys))
+
+        read = read_run(client, run["id"])
+        assert (read["task_key"], read["dynamic_key"]) == ("add-2", "add-2-later")
+
+    def test_an_older_event_leaves_the_keys_as_they_are(self, client: TestClient) -> None:
+        run = deferred_run(client, "add-1")
+        now = datetime.now(UTC)
+        running = task_run_event(run["id"], "RUNNING", occurred=now + timedelta(seconds=2))
+        older = task_run_event(
+            run["id"],
+            "PENDING",
+            occurred=now + timedelta(seconds=1),
+            task_run={"task_key": "add-2", "dynamic_key": "add-2-older"},
+        )
+
+        send_events(client, running, older)
+
+        read = read_run(client, run["id"])
+        assert (read["task_key"], read["dynamic_key"]) == ("add-1", run["dynamic_key"])
+
+    def test_keys_another_run_has_are_not_taken_and_the_state_still_is(
+        self, client: TestClient
+    ) -> None:
+        run, other = deferred_run(client, "add-1"), deferred_run(client, "add-1")
+        taken = {"task_key": "add-1", "dynamic_key": other["dynamic_key"]}
+
+        send_events(client, task_run_event(run["id"], "PENDING", task_run=taken))
+
+        read = read_run(client, run["id"])
+        assert (read["dynamic_key"], read["state_type"]) == (run["dynamic_key"], "PENDING")
+        assert read_run(client, other["id"])["dynamic_key"] == other["dynamic_key"]
+
     def test_a_run_in_a_flow_run_is_found_by_its_key(self, client: TestClient) -> None:
         flow_run_id = str(uuid.uuid4())
         created = client.post(
@@ -531,6 +586,24 @@ class TestEventsOut:
                 },
             }
         )
+
+    def test_events_past_the_retention_are_gone_and_recent_ones_stay(
+        self, app_keeping_events_briefly: FlaskApp
+    ) -> None:
+        run_id = str(uuid.uuid4())
+        old = task_run_event(run_id, "PENDING")
+        recent = task_run_event(run_id, "RUNNING")
+
+        with app_keeping_events_briefly.test_client() as client:
+            send_events(client, old)
+            # The pruner looks once per retention period: two of them pass.
+            time.sleep(3 * BRIEF_RETENTION_SECONDS)
+            send_events(client, recent)
+            with authenticated(client, EVENTS_OUT) as follower:
+                self.follow(follower, event={"exclude_prefix": ["test."]})
+                first = follower.receive_json()
+
+        assert first["event"]["id"] == recent["id"]
 
     def test_stored_events_first_oldest_first_then_new_ones(self, client: TestClient) -> None:
         run_id = str(uuid.uuid4())

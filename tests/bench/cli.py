@@ -225,7 +225,7 @@ def print_report(runs: list[ServerRun]) -> list[report.TargetCheck]:
     """Every server's table, the side-by-side tables, the targets; returns the checks."""
     checks: list[report.TargetCheck] = []
     for run in runs:
-        if run.measured_cells:
+        if run.measured_cells or run.background is not None:
             say("\n" + report.server_table(run))
         if run.error is not None:
             say(

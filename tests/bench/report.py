@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -143,7 +144,8 @@ def server_table(run: ServerRun) -> str:
         f"{SYSTEM_NAMES[run.system]} on {DATABASE_NAMES[run.database]}"
         f" ({len(run.worker_pids)} worker process(es))"
     )
-    parts = [title, format_table(headers, rows)]
+    # A run of the background cell alone has no wrk cells to tabulate.
+    parts = [title, format_table(headers, rows)] if rows else [title]
     if run.log_tracebacks:
         parts.append(
             f"  note: the server logged {run.log_tracebacks} traceback(s); the JSON has its"
@@ -164,16 +166,42 @@ def server_table(run: ServerRun) -> str:
 
 
 def background_line(background: BackgroundRun) -> str:
-    """The background-task cell, with where its time went."""
+    """The background-task cell, with where its time went, per task."""
     if background.error is not None:
         return f"  background: FAILED: {background.error}"
-    return (
-        f"  background: {background.completed}/{background.tasks} results back in"
-        f" {background.total_seconds:.1f} s = {background.tasks_per_second:.1f} tasks/s"
-        f" ({background.lost} lost); delaying them took {background.delay_seconds:.1f} s"
-        f" ({background.delay_cpu_seconds:.1f} CPU s in the delay side); CPU s: task worker"
-        f" {_per_worker(background.worker_cpu_seconds, 1)},"
-        f" server {_per_worker(background.server_cpu_seconds, 1)}"
+    run = background
+    waits = run.service_wait_seconds
+    waited = ", ".join(
+        f"{kind} {_number(run.per_task_ms(seconds), 1)}" for kind, seconds in sorted(waits.items())
+    )
+    cpu = run.cpu_ms_per_task
+    known = [value for value in cpu.values() if value is not None]
+    total = sum(known) if len(known) == len(cpu) else None
+    cpus = os.cpu_count() or 1
+    bound = (
+        f" = {total:.0f} ms on {cpus} CPUs: at most {cpus * 1000 / total:.1f} tasks/s"
+        " (the database's own CPU not counted)"
+        if total
+        else ""
+    )
+    return "\n".join(
+        [
+            f"  background: {run.completed}/{run.tasks} results back in"
+            f" {run.total_seconds:.1f} s = {run.tasks_per_second:.1f} tasks/s ({run.lost} lost);"
+            f" delaying took {run.delay_seconds:.1f} s, collecting the results"
+            f" {run.results_seconds:.1f} s",
+            f"    per task in the delay side: {_number(run.per_task_ms(run.delay_seconds), 1)} ms"
+            f" delaying + {_number(run.per_task_ms(run.results_seconds), 1)} ms collecting, of"
+            f" which {_number(run.per_task_ms(sum(waits.values())), 1)} ms waiting for the"
+            f" server's HTTP answers ({waited})",
+            "    CPU ms per task: "
+            + ", ".join(f"{who} {_number(value, 1)}" for who, value in cpu.items())
+            + bound,
+            f"    one task at a time: {_number(run.round_trip_median_ms, 0)} ms from .delay() to"
+            f" its result (median of {len(run.round_trip_ms)})"
+            if run.round_trip_error is None
+            else f"    one task at a time: FAILED: {run.round_trip_error}",
+        ]
     )
 
 
@@ -226,7 +254,7 @@ def side_by_side(ours: ServerRun, prefect: ServerRun) -> str:
             ]
         )
     title = f"{DATABASE_NAMES[ours.database]}: taskrun-api next to Prefect 3.9.1"
-    lines = [title, format_table(headers, rows)]
+    lines = [title, format_table(headers, rows)] if rows else [title]
     if ours.background is not None and prefect.background is not None:
         ratio = _ratio(ours.background.tasks_per_second, prefect.background.tasks_per_second)
         lines.append(
@@ -234,7 +262,9 @@ def side_by_side(ours: ServerRun, prefect: ServerRun) -> str:
             f" {prefect.background.tasks_per_second:.1f} tasks/s"
             f" = {'-' if ratio is None else f'{ratio:.1f}x'}"
             f" ({ours.background.tasks} vs {prefect.background.tasks} tasks; lost"
-            f" {ours.background.lost} vs {prefect.background.lost})"
+            f" {ours.background.lost} vs {prefect.background.lost}); one task at a time,"
+            f" .delay() to result: {_number(ours.background.round_trip_median_ms, 0)} vs"
+            f" {_number(prefect.background.round_trip_median_ms, 0)} ms"
         )
     return "\n".join(lines)
 

@@ -14,13 +14,16 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from websockets.asyncio.client import connect
 
+from app.db.notifications import RECONNECT_SECONDS
 from tests.support.databases import empty_database
 from tests.support.server import RunningServer, free_port, running_server
 
@@ -251,6 +254,121 @@ async def receive_all(api_urls: list[str], task_key: str, *, expected: int) -> l
     ]
     await asyncio.wait_for(asyncio.gather(*subscribers), timeout=PROCESS_TIMEOUT_SECONDS)
     return received
+
+
+# --- Several service processes on one database -------------------------------------------
+
+# A run or an event that reaches one process wakes the sockets of the other at once: in
+# lock-step (the next one sent as soon as the last arrived), waiting for the other process's
+# poll instead would take about the poll's interval (0.5 s for runs, 0.25 s for events) each.
+LOCK_STEP_ROUNDS = 8
+AT_ONCE_SECONDS = 0.1
+
+
+def test_a_run_created_through_one_process_reaches_a_worker_of_another_at_once(
+    database_url: str,
+) -> None:
+    with (
+        running_server(database_url, workers=1) as first,
+        running_server(database_url, workers=1) as second,
+    ):
+        waits = asyncio.run(delivery_waits(create_on=first.api_url, worker_on=second.api_url))
+
+    assert sorted(waits)[len(waits) // 2] < AT_ONCE_SECONDS, waits
+
+
+async def delivery_waits(*, create_on: str, worker_on: str) -> list[float]:
+    """Seconds from each create (through one process) to its delivery (by the other)."""
+    task_key = f"at-once-{uuid.uuid4().hex[:8]}"
+    waits: list[float] = []
+    url = worker_on.replace("http", "ws", 1) + "/task_runs/subscriptions/scheduled"
+    async with (
+        connect(url, subprotocols=["prefect"]) as socket,  # type: ignore[list-item]
+        httpx.AsyncClient(base_url=create_on) as client,
+    ):
+        await socket.send(json.dumps({"type": "auth", "token": None}))
+        await socket.recv()
+        await socket.send(json.dumps({"type": "subscribe", "keys": [task_key], "client_id": "w"}))
+        for number in range(LOCK_STEP_ROUNDS):
+            body = {
+                "task_key": task_key,
+                "dynamic_key": str(number),
+                "state": {"type": "SCHEDULED", "state_details": {"deferred": True}},
+            }
+            created = time.monotonic()
+            assert (await client.post("/task_runs/", json=body)).status_code == 201
+            await asyncio.wait_for(socket.recv(), timeout=PROCESS_TIMEOUT_SECONDS)
+            waits.append(time.monotonic() - created)
+            await socket.send(json.dumps({"type": "ack"}))
+    return waits
+
+
+@pytest.mark.postgresql
+def test_a_process_whose_listening_connection_was_cut_is_woken_at_once_again(
+    backend: str, database_url: str
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("only PostgreSQL wakes processes through a connection")
+    with (
+        running_server(database_url, workers=1) as first,
+        running_server(database_url, workers=1) as second,
+    ):
+        cut_listening_connections(database_url)
+        time.sleep(2 * RECONNECT_SECONDS)
+        waits = asyncio.run(delivery_waits(create_on=first.api_url, worker_on=second.api_url))
+
+    assert sorted(waits)[len(waits) // 2] < AT_ONCE_SECONDS, waits
+
+
+def cut_listening_connections(database_url: str) -> None:
+    """End the PostgreSQL sessions that listen for notifications, as a restart would."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        ended = connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        ).fetchall()
+    assert len(ended) >= 2, "each service process listens on a connection of its own"
+
+
+def test_an_event_sent_to_one_process_reaches_a_follower_of_another_at_once(
+    database_url: str,
+) -> None:
+    with (
+        running_server(database_url, workers=1) as first,
+        running_server(database_url, workers=1) as second,
+    ):
+        waits = asyncio.run(event_waits(send_to=first.api_url, follow_on=second.api_url))
+
+    assert sorted(waits)[len(waits) // 2] < AT_ONCE_SECONDS, waits
+
+
+async def event_waits(*, send_to: str, follow_on: str) -> list[float]:
+    """Seconds from each event sent (to one process) to its arrival (from the other)."""
+    waits: list[float] = []
+    events_in = send_to.replace("http", "ws", 1) + "/events/in"
+    events_out = follow_on.replace("http", "ws", 1) + "/events/out"
+    async with (
+        connect(events_in, subprotocols=["prefect"]) as sender,  # type: ignore[list-item]
+        connect(events_out, subprotocols=["prefect"]) as follower,  # type: ignore[list-item]
+    ):
+        for socket in (sender, follower):
+            await socket.send(json.dumps({"type": "auth", "token": None}))
+            await socket.recv()
+        name = f"test.at-once.{uuid.uuid4().hex[:8]}"
+        await follower.send(json.dumps({"type": "filter", "filter": {"event": {"name": [name]}}}))
+        for _ in range(LOCK_STEP_ROUNDS):
+            event = {
+                "occurred": datetime.now(UTC).isoformat(),
+                "event": name,
+                "resource": {"prefect.resource.id": "test.resource"},
+                "id": str(uuid.uuid4()),
+            }
+            sent = time.monotonic()
+            await sender.send(json.dumps(event))
+            frame = json.loads(await asyncio.wait_for(follower.recv(), PROCESS_TIMEOUT_SECONDS))
+            waits.append(time.monotonic() - sent)
+            assert frame["event"]["id"] == event["id"]
+    return waits
 
 
 def test_a_stopping_service_closes_a_workers_socket_so_that_it_reconnects(
