@@ -114,21 +114,19 @@ def _basic_credentials(authorization: bytes) -> bytes:
 class BodyBudget:
     """The bytes of request bodies one worker holds at a time, up to a limit.
 
-    A body is held from its first byte until its request is answered; an upload that stalls
-    keeps what it sent. The event loop is the only user, so no lock is needed.
+    The event loop is the only user, so no lock is needed.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
 
-    def take(self, size: int) -> None:
-        """Hold `size` more bytes, or raise if that is more than the worker may hold."""
+    def take(self, size: int) -> bool:
+        """Hold `size` more bytes if that keeps the worker within its limit; whether it did."""
         if self.held + size > self.limit:
-            raise TooManyUnfinishedBodies(
-                "The service holds too many unfinished request bodies; retry later."
-            )
+            return False
         self.held += size
+        return True
 
     def give_back(self, size: int) -> None:
         """Release bytes taken earlier."""
@@ -150,15 +148,15 @@ class BodyLimitMiddleware:
 
     A body larger than `max_bytes` (by Content-Length or as it streams) is a 413; one whose
     next part does not arrive within `idle_timeout` seconds is a 408; one that would take the
-    worker past `max_buffered_bytes` is a 503. These are raised where the body is read, and
-    answered by the error handlers inside this middleware. An answer given before the whole
-    body was read closes the connection: the rest may still be on its way, or never come.
+    worker past `max_buffered_bytes` is a 503 (LimitedBody says how a body is charged).
+    These are raised where the body is read, and answered by the error handlers inside this
+    middleware. An answer given before the whole body was read closes the connection: the
+    rest may still be on its way, or never come.
     """
 
     def __init__(self, app: ASGIApp, *, limits: BodyLimits) -> None:
         self.app = app
-        self.max_bytes = limits.max_bytes
-        self.idle_timeout = limits.idle_timeout
+        self.limits = limits
         # One per worker process: each builds its own application.
         self.budget = BodyBudget(limits.max_buffered_bytes)
 
@@ -166,46 +164,86 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        declared = headers.get("content-length", "")
-        received = 0
-        finished = declared in ("", "0") and "transfer-encoding" not in headers
-
-        async def limited_receive() -> Message:
-            nonlocal received, finished
-            if finished:
-                return await receive()  # after the body: waiting for a disconnect
-            if declared.isdigit() and int(declared) > self.max_bytes:
-                raise RequestTooLarge(self._message())
-            try:
-                async with asyncio.timeout(self.idle_timeout):
-                    message = await receive()
-            except TimeoutError:
-                raise RequestBodyTimeout(
-                    f"No part of the request body arrived for {self.idle_timeout:g} s."
-                ) from None
-            size = len(message.get("body", b""))
-            if received + size > self.max_bytes:
-                raise RequestTooLarge(self._message())
-            self.budget.take(size)
-            received += size
-            finished = not message.get("more_body", False)
-            return message
+        body = LimitedBody(Headers(scope=scope), receive, limits=self.limits, budget=self.budget)
 
         async def closing_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and not finished:
+            if message["type"] == "http.response.start" and not body.finished:
                 message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, closing_send)
+            await self.app(scope, body.receive, closing_send)
         finally:
-            self.budget.give_back(received)
-
-    def _message(self) -> str:
-        return f"The request body is larger than {self.max_bytes} bytes."
+            body.release()
 
 
+class LimitedBody:
+    """One request's body, read within BodyLimits and charged to the worker's BodyBudget.
+
+    A body with a Content-Length is charged all of it when its request starts, before any of
+    it is read, so one that does not fit is refused at its first read without its bytes being
+    brought in. A chunked body, whose length is unknown, is charged part by part as it
+    arrives. The charge is held until the request has been answered.
+    """
+
+    def __init__(
+        self, headers: Headers, receive: Receive, *, limits: BodyLimits, budget: BodyBudget
+    ) -> None:
+        self._limits = limits
+        self._budget = budget
+        self._receive = receive
+        self._chunked = "transfer-encoding" in headers
+        self._declared = 0 if self._chunked else _declared_length(headers)
+        self._received = 0
+        self.finished = not self._chunked and not self._declared
+        fits = self._declared <= limits.max_bytes and budget.take(self._declared)
+        self._charged = self._declared if fits else 0
+
+    async def receive(self) -> Message:
+        """The next message of the request, raising where the body breaks a limit."""
+        if self.finished:
+            return await self._receive()  # after the body: waiting for a disconnect
+        if self._declared > self._limits.max_bytes:
+            raise RequestTooLarge(self._too_large())
+        if self._declared and not self._charged:
+            raise TooManyUnfinishedBodies(_TOO_MANY_UNFINISHED)
+        message = await self._next_part()
+        size = len(message.get("body", b""))
+        if self._received + size > self._limits.max_bytes:
+            raise RequestTooLarge(self._too_large())
+        if self._chunked:
+            if not self._budget.take(size):
+                raise TooManyUnfinishedBodies(_TOO_MANY_UNFINISHED)
+            self._charged += size
+        self._received += size
+        self.finished = not message.get("more_body", False)
+        return message
+
+    def release(self) -> None:
+        """Give the body's charge back: its request has been answered (or abandoned)."""
+        self._budget.give_back(self._charged)
+        self._charged = 0
+
+    async def _next_part(self) -> Message:
+        try:
+            async with asyncio.timeout(self._limits.idle_timeout):
+                return await self._receive()
+        except TimeoutError:
+            raise RequestBodyTimeout(
+                f"No part of the request body arrived for {self._limits.idle_timeout:g} s."
+            ) from None
+
+    def _too_large(self) -> str:
+        return f"The request body is larger than {self._limits.max_bytes} bytes."
+
+
+def _declared_length(headers: Headers) -> int:
+    """The body's Content-Length; 0 when there is none (the server refuses malformed ones)."""
+    value = headers.get("content-length", "")
+    return int(value) if value.isascii() and value.isdigit() else 0
+
+
+_TOO_MANY_UNFINISHED = "The service holds too many unfinished request bodies; retry later."
 _CLOSE = (b"connection", b"close")
 
 
