@@ -122,17 +122,18 @@ class GroupCommit:
         if getattr(self._in_batch, "active", False):
             raise NestedWrite("a unit of work cannot write again: use its connection")
         unit: WriteUnit[_Result] = WriteUnit(work)
-        while self._wait_or_lead(unit):
+        with self._changed:
+            self._queue.append(unit)
+        if self._wait_or_lead(unit):
+            # The batch takes every queued unit, this one included, or fails them all.
             self._lead()
         return unit.outcome()
 
     def _wait_or_lead(self, unit: WriteUnit[Any]) -> bool:
-        """Queue `unit` (once); wait until it is done (False) or this thread is to lead the
-        next batch (True), which may leave it for the batch after.
+        """Wait until the queued `unit` is done (False) or this thread is to lead the next
+        batch (True).
         """
         with self._changed:
-            if unit not in self._queue and not unit.done:
-                self._queue.append(unit)
             while not unit.done:
                 if not self._leading:
                     self._leading = True
