@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,17 @@ HELD = 600_000
 SETTLE_SECONDS = 0.5
 
 
+def served_on_sqlite(
+    directory: Path, *, workers: int, environment: dict[str, str]
+) -> Iterator[RunningServer]:
+    """A server of `workers` processes with `environment`, on a new SQLite file."""
+    with (
+        sqlite_database(directory) as url,
+        running_server(url, workers=workers, environment=environment) as running,
+    ):
+        yield running
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     environment = {
@@ -41,11 +53,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         "MAX_REQUEST_HEADERS": str(MAX_HEADERS),
         "MAX_BUFFERED_BODY_BYTES": str(BUFFERED_BODY_BYTES),
     }
-    with (
-        sqlite_database(tmp_path_factory.mktemp("clients")) as url,
-        running_server(url, workers=2, environment=environment) as running,
-    ):
-        yield running
+    yield from served_on_sqlite(
+        tmp_path_factory.mktemp("clients"), workers=2, environment=environment
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +64,9 @@ def one_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServ
         "REQUEST_BODY_TIMEOUT": str(BODY_TIMEOUT),
         "MAX_BUFFERED_BODY_BYTES": str(SMALL_BUFFERED_BODY_BYTES),
     }
-    with (
-        sqlite_database(tmp_path_factory.mktemp("budget")) as url,
-        running_server(url, workers=1, environment=environment) as running,
-    ):
-        yield running
+    yield from served_on_sqlite(
+        tmp_path_factory.mktemp("budget"), workers=1, environment=environment
+    )
 
 
 @pytest.fixture
