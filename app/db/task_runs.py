@@ -85,6 +85,12 @@ _UPDATE_STATE_FIELDS = (
     .where(task_run.c.id == bindparam("run_id"))
     .values({name: bindparam(f"new_{name}") for name in _STATE_FIELDS})
 )
+# PostgreSQL: the new state's row and the run's fields in one statement (one round trip).
+_INSERT_STATE_AND_UPDATE_STATE_FIELDS = _UPDATE_STATE_FIELDS.add_cte(
+    postgresql.insert(task_run_state)
+    .values({name: bindparam(f"state_{name}") for name in TASK_RUN_STATE_COLUMNS})
+    .cte("inserted_state")
+)
 # A null name keeps the current one: the update then only marks the run as updated.
 # The columns an event about the run may change: all but its identity and key.
 _REPORTED_COLUMNS = tuple(
@@ -121,6 +127,8 @@ _WITH_CURRENT_STATE = select(
     *(task_run_state.c[name].label(f"state_{name}") for name in TASK_RUN_STATE_COLUMNS),
 ).select_from(task_run.outerjoin(task_run_state, task_run_state.c.id == task_run.c.state_id))
 _BY_ID = _WITH_CURRENT_STATE.where(task_run.c.id == bindparam("id"))
+# The same, the run's row locked until the transaction ends (PostgreSQL).
+_BY_ID_LOCKED = _BY_ID.with_for_update(of=task_run)
 _SAME_KEYS = (
     task_run.c.task_key == bindparam("task_key"),
     task_run.c.dynamic_key == bindparam("dynamic_key"),
@@ -180,19 +188,43 @@ def insert_task_run_with_first_state(
 def find_task_run_to_change(connection: Connection, task_run_id: UUID) -> StoredTaskRun | None:
     """The run with its current state, which no other transaction changes until this one ends.
 
-    On PostgreSQL the run's row is locked first, and then read as the last transaction that
-    held the lock left it. SQLite's write transactions already take turns.
+    SQLite's write transactions already take turns. On PostgreSQL the run's row is locked
+    and read in one statement; that is enough unless the statement waited for the lock: the
+    run's row is then read as the transaction that held it left it, but the state it names
+    may be newer than the statement's snapshot. Then (or when no run was found) the row is
+    locked first and read by the next statement, which sees every state committed by then.
     """
-    locking = connection.dialect.name == "postgresql"
-    if locking and connection.execute(_LOCK, {"run_id": task_run_id}).first() is None:
+    if connection.dialect.name != "postgresql":
+        return find_task_run(connection, task_run_id)
+    stored = _stored(connection.execute(_BY_ID_LOCKED, {"id": task_run_id}).first())
+    if stored is not None and _state_is_current(stored):
+        return stored
+    if connection.execute(_LOCK, {"run_id": task_run_id}).first() is None:
         return None
     return find_task_run(connection, task_run_id)
 
 
-def update_state_fields(connection: Connection, run: TaskRunRecord) -> None:
-    """Write the fields a change of state derives (current state, times, counts)."""
-    values = {f"new_{name}": getattr(run, name) for name in _STATE_FIELDS}
-    connection.execute(_UPDATE_STATE_FIELDS, {"run_id": run.id, **values})
+def _state_is_current(stored: StoredTaskRun) -> bool:
+    """Whether the state read with the run is the one the run names as current."""
+    state_id = stored.state.id if stored.state is not None else None
+    return state_id == stored.run.state_id
+
+
+def write_current_state(
+    connection: Connection, run: TaskRunRecord, state: TaskRunStateRecord
+) -> None:
+    """INSERT the run's new current state and write the fields it derives (times, counts).
+
+    On PostgreSQL one statement does both.
+    """
+    parameters = {f"new_{name}": getattr(run, name) for name in _STATE_FIELDS}
+    parameters["run_id"] = run.id
+    if connection.dialect.name != "postgresql":
+        insert_state(connection, state)
+        connection.execute(_UPDATE_STATE_FIELDS, parameters)
+        return
+    parameters.update({f"state_{name}": value for name, value in state.values().items()})
+    connection.execute(_INSERT_STATE_AND_UPDATE_STATE_FIELDS, parameters)
 
 
 def update_reported_fields(connection: Connection, run: TaskRunRecord) -> None:

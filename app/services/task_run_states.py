@@ -80,8 +80,7 @@ def set_task_run_state(
 def write_state(connection: Connection, run: TaskRunRecord, state: TaskRunStateRecord) -> None:
     """Store `state` as the run's new current state, with the run's derived fields."""
     enter_state(run, state)
-    state_rows.insert_state(connection, state)
-    run_rows.update_state_fields(connection, run)
+    run_rows.write_current_state(connection, run, state)
 
 
 def read_task_run_states(*, connection: Connection, task_run_id: UUID) -> list[models.State]:
