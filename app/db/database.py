@@ -233,7 +233,7 @@ class Database:
         deadline = batch.oldest_queued_at + self.lock_timeout
         with self._writer_lock.deadline(deadline), self._committed() as connection:
             # The transaction, and the writer's turn, begin before any unit runs.
-            connection.exec_driver_sql("SELECT 1")
+            connection.begin()
             units = batch.take()
             if len(units) == 1:
                 # Alone in its transaction: if it fails, the rollback undoes it.

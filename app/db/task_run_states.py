@@ -9,10 +9,11 @@ from uuid import UUID
 from sqlalchemy import Connection, Row, bindparam, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from app.db.driver_statements import DriverStatement
 from app.db.records import TASK_RUN_STATE_COLUMNS, CacheEntryRecord, TaskRunStateRecord
 from app.db.tables import task_run_state, task_run_state_cache
 
-_INSERT_STATE = task_run_state.insert()
+_INSERT_STATE = DriverStatement(task_run_state.insert())
 _INSERT_STATE_UNLESS_PRESENT = {
     name: dialect.insert(task_run_state).on_conflict_do_nothing().returning(task_run_state.c.id)
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
@@ -49,7 +50,7 @@ _NEWEST_UNEXPIRED_ENTRY = (
 
 def insert_state(connection: Connection, state: TaskRunStateRecord) -> None:
     """INSERT a state row."""
-    connection.execute(_INSERT_STATE, state.values())
+    _INSERT_STATE.execute(connection, state.values())
 
 
 def insert_state_unless_present(connection: Connection, state: TaskRunStateRecord) -> bool:

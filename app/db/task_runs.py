@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
-from sqlalchemy import Connection, Row, Text, bindparam, cast, func, select
+from sqlalchemy import Connection, Text, bindparam, cast, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from app.db.driver_statements import DriverStatement
 from app.db.records import (
     TASK_RUN_COLUMNS,
     TASK_RUN_STATE_COLUMNS,
@@ -30,7 +32,9 @@ class StoredTaskRun(NamedTuple):
 # INSERT ... ON CONFLICT DO NOTHING covers every unique key at once: the primary key and
 # both idempotency indexes. RETURNING tells whether the row went in.
 _INSERT_TASK_RUN_UNLESS_CONFLICTING = {
-    name: dialect.insert(task_run).on_conflict_do_nothing().returning(task_run.c.id)
+    name: DriverStatement(
+        dialect.insert(task_run).on_conflict_do_nothing().returning(task_run.c.id)
+    )
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
 }
 
@@ -63,7 +67,7 @@ def _insert_run_with_first_state() -> Any:
     )
 
 
-_INSERT_RUN_WITH_FIRST_STATE = _insert_run_with_first_state()
+_INSERT_RUN_WITH_FIRST_STATE = DriverStatement(_insert_run_with_first_state())
 
 # The columns a change of state, or a rename, writes; the run's key and inputs never change.
 _STATE_FIELDS = (
@@ -85,11 +89,14 @@ _UPDATE_STATE_FIELDS = (
     .where(task_run.c.id == bindparam("run_id"))
     .values({name: bindparam(f"new_{name}") for name in _STATE_FIELDS})
 )
+_UPDATE_STATE_FIELDS_ON_DRIVER = DriverStatement(_UPDATE_STATE_FIELDS)
 # PostgreSQL: the new state's row and the run's fields in one statement (one round trip).
-_INSERT_STATE_AND_UPDATE_STATE_FIELDS = _UPDATE_STATE_FIELDS.add_cte(
-    postgresql.insert(task_run_state)
-    .values({name: bindparam(f"state_{name}") for name in TASK_RUN_STATE_COLUMNS})
-    .cte("inserted_state")
+_INSERT_STATE_AND_UPDATE_STATE_FIELDS = DriverStatement(
+    _UPDATE_STATE_FIELDS.add_cte(
+        postgresql.insert(task_run_state)
+        .values({name: bindparam(f"state_{name}") for name in TASK_RUN_STATE_COLUMNS})
+        .cte("inserted_state")
+    )
 )
 # A null name keeps the current one: the update then only marks the run as updated.
 # The columns an event about the run may change: all but its identity and key.
@@ -119,16 +126,20 @@ _RENAME = (
 _DELETE = task_run.delete().where(task_run.c.id == bindparam("run_id"))
 _DELETE_TAGS = task_run_tag.delete().where(task_run_tag.c.task_run_id == bindparam("run_id"))
 # Waits for, then holds until the transaction ends, the run's row (PostgreSQL).
-_LOCK = select(task_run.c.id).where(task_run.c.id == bindparam("run_id")).with_for_update()
+_LOCK = DriverStatement(
+    select(task_run.c.id).where(task_run.c.id == bindparam("run_id")).with_for_update()
+)
 
 # A run with its current state, the columns in the order of the records' fields.
 _WITH_CURRENT_STATE = select(
     *(task_run.c[name] for name in TASK_RUN_COLUMNS),
     *(task_run_state.c[name].label(f"state_{name}") for name in TASK_RUN_STATE_COLUMNS),
 ).select_from(task_run.outerjoin(task_run_state, task_run_state.c.id == task_run.c.state_id))
-_BY_ID = _WITH_CURRENT_STATE.where(task_run.c.id == bindparam("id"))
+_BY_ID = DriverStatement(_WITH_CURRENT_STATE.where(task_run.c.id == bindparam("id")))
 # The same, the run's row locked until the transaction ends (PostgreSQL).
-_BY_ID_LOCKED = _BY_ID.with_for_update(of=task_run)
+_BY_ID_LOCKED = DriverStatement(
+    _WITH_CURRENT_STATE.where(task_run.c.id == bindparam("id")).with_for_update(of=task_run)
+)
 _SAME_KEYS = (
     task_run.c.task_key == bindparam("task_key"),
     task_run.c.dynamic_key == bindparam("dynamic_key"),
@@ -145,7 +156,7 @@ def insert_task_run_unless_conflicting(connection: Connection, run: TaskRunRecor
     One statement, and the database decides: no select-then-insert race is possible.
     """
     statement = _INSERT_TASK_RUN_UNLESS_CONFLICTING[connection.dialect.name]
-    inserted = connection.execute(statement, run.values()).first() is not None
+    inserted = statement.first(connection, run.values()) is not None
     if inserted:
         _insert_tags(connection, run)
     return inserted
@@ -179,7 +190,7 @@ def insert_task_run_with_first_state(
         return True
     parameters = {f"run_{name}": value for name, value in run.values().items()}
     parameters.update({f"state_{name}": value for name, value in state.values().items()})
-    inserted = connection.execute(_INSERT_RUN_WITH_FIRST_STATE, parameters).first() is not None
+    inserted = _INSERT_RUN_WITH_FIRST_STATE.first(connection, parameters) is not None
     if inserted:
         _insert_tags(connection, run)
     return inserted
@@ -196,10 +207,10 @@ def find_task_run_to_change(connection: Connection, task_run_id: UUID) -> Stored
     """
     if connection.dialect.name != "postgresql":
         return find_task_run(connection, task_run_id)
-    stored = _stored(connection.execute(_BY_ID_LOCKED, {"id": task_run_id}).first())
+    stored = _stored(_BY_ID_LOCKED.first(connection, {"id": task_run_id}))
     if stored is not None and _state_is_current(stored):
         return stored
-    if connection.execute(_LOCK, {"run_id": task_run_id}).first() is None:
+    if _LOCK.first(connection, {"run_id": task_run_id}) is None:
         return None
     return find_task_run(connection, task_run_id)
 
@@ -221,10 +232,10 @@ def write_current_state(
     parameters["run_id"] = run.id
     if connection.dialect.name != "postgresql":
         insert_state(connection, state)
-        connection.execute(_UPDATE_STATE_FIELDS, parameters)
+        _UPDATE_STATE_FIELDS_ON_DRIVER.execute(connection, parameters)
         return
     parameters.update({f"state_{name}": value for name, value in state.values().items()})
-    connection.execute(_INSERT_STATE_AND_UPDATE_STATE_FIELDS, parameters)
+    _INSERT_STATE_AND_UPDATE_STATE_FIELDS.execute(connection, parameters)
 
 
 def update_reported_fields(connection: Connection, run: TaskRunRecord) -> None:
@@ -271,7 +282,7 @@ def delete_task_run(connection: Connection, task_run_id: UUID) -> bool:
 
 def find_task_run(connection: Connection, task_run_id: UUID) -> StoredTaskRun | None:
     """The run with this id, with its current state."""
-    return _stored(connection.execute(_BY_ID, {"id": task_run_id}).first())
+    return _stored(_BY_ID.first(connection, {"id": task_run_id}))
 
 
 def find_task_run_by_key(
@@ -288,11 +299,11 @@ def find_task_run_by_key(
 _RUN_WIDTH = len(TASK_RUN_COLUMNS)
 
 
-def _stored(row: Row[Any] | None) -> StoredTaskRun | None:
+def _stored(row: Sequence[Any] | None) -> StoredTaskRun | None:
     return None if row is None else stored_task_run(row)
 
 
-def stored_task_run(row: Row[Any]) -> StoredTaskRun:
+def stored_task_run(row: Sequence[Any]) -> StoredTaskRun:
     """A run and its state from a row of its columns followed by its state's."""
     run = TaskRunRecord(**dict(zip(TASK_RUN_COLUMNS, row[:_RUN_WIDTH], strict=True)))
     state_values = row[_RUN_WIDTH:]
