@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -69,7 +70,7 @@ def _insert_run_with_first_state() -> Any:
 
 _INSERT_RUN_WITH_FIRST_STATE = DriverStatement(_insert_run_with_first_state())
 
-# The columns a change of state, or a rename, writes; the run's key and inputs never change.
+# The columns a change of state writes; the run's key and inputs never change.
 _STATE_FIELDS = (
     "updated",
     "state_id",
@@ -89,7 +90,6 @@ _UPDATE_STATE_FIELDS = (
     .where(task_run.c.id == bindparam("run_id"))
     .values({name: bindparam(f"new_{name}") for name in _STATE_FIELDS})
 )
-_UPDATE_STATE_FIELDS_ON_DRIVER = DriverStatement(_UPDATE_STATE_FIELDS)
 # PostgreSQL: the new state's row and the run's fields in one statement (one round trip).
 _INSERT_STATE_AND_UPDATE_STATE_FIELDS = DriverStatement(
     _UPDATE_STATE_FIELDS.add_cte(
@@ -98,7 +98,6 @@ _INSERT_STATE_AND_UPDATE_STATE_FIELDS = DriverStatement(
         .cte("inserted_state")
     )
 )
-# A null name keeps the current one: the update then only marks the run as updated.
 # The columns an event about the run may change: all but its identity and key.
 _REPORTED_COLUMNS = tuple(
     name
@@ -115,6 +114,7 @@ _CHANGE_KEYS = (
     .where(task_run.c.id == bindparam("run_id"))
     .values(task_key=bindparam("new_task_key"), dynamic_key=bindparam("new_dynamic_key"))
 )
+# A null name keeps the current one: the update then only marks the run as updated.
 _RENAME = (
     task_run.update()
     .where(task_run.c.id == bindparam("run_id"))
@@ -221,21 +221,47 @@ def _state_is_current(stored: StoredTaskRun) -> bool:
     return state_id == stored.run.state_id
 
 
-def write_current_state(
-    connection: Connection, run: TaskRunRecord, state: TaskRunStateRecord
-) -> None:
-    """INSERT the run's new current state and write the fields it derives (times, counts).
+def state_fields(run: TaskRunRecord) -> dict[str, Any]:
+    """The fields of the run that a change of state derives, as they are now."""
+    return {name: getattr(run, name) for name in _STATE_FIELDS}
 
-    On PostgreSQL one statement does both.
+
+def write_current_state(
+    connection: Connection,
+    run: TaskRunRecord,
+    state: TaskRunStateRecord,
+    *,
+    before: Mapping[str, Any],
+) -> None:
+    """INSERT the run's new current state and write the fields it derives (times, counts);
+    `before` holds those fields as `state_fields` gave them before the run entered it.
+
+    On PostgreSQL one statement does both. On SQLite only the fields that changed are set:
+    an UPDATE there rewrites the entries of every index on a column it sets, changed or not
+    (most of these fields are indexed for the queries).
     """
+    if connection.dialect.name != "postgresql":
+        changed = tuple(name for name in _STATE_FIELDS if getattr(run, name) != before[name])
+        insert_state(connection, state)
+        parameters = {f"new_{name}": getattr(run, name) for name in changed}
+        _update_of(changed).execute(connection, {"run_id": run.id, **parameters})
+        return
     parameters = {f"new_{name}": getattr(run, name) for name in _STATE_FIELDS}
     parameters["run_id"] = run.id
-    if connection.dialect.name != "postgresql":
-        insert_state(connection, state)
-        _UPDATE_STATE_FIELDS_ON_DRIVER.execute(connection, parameters)
-        return
     parameters.update({f"state_{name}": value for name, value in state.values().items()})
     _INSERT_STATE_AND_UPDATE_STATE_FIELDS.execute(connection, parameters)
+
+
+@functools.lru_cache(maxsize=128)
+def _update_of(names: tuple[str, ...]) -> DriverStatement:
+    """An UPDATE of the run's fields `names` (a few combinations occur: one per kind of
+    transition).
+    """
+    return DriverStatement(
+        task_run.update()
+        .where(task_run.c.id == bindparam("run_id"))
+        .values({name: bindparam(f"new_{name}") for name in names})
+    )
 
 
 def update_reported_fields(connection: Connection, run: TaskRunRecord) -> None:

@@ -79,8 +79,9 @@ def set_task_run_state(
 
 def write_state(connection: Connection, run: TaskRunRecord, state: TaskRunStateRecord) -> None:
     """Store `state` as the run's new current state, with the run's derived fields."""
+    before = run_rows.state_fields(run)
     enter_state(run, state)
-    run_rows.write_current_state(connection, run, state)
+    run_rows.write_current_state(connection, run, state, before=before)
 
 
 def read_task_run_states(*, connection: Connection, task_run_id: UUID) -> list[models.State]:

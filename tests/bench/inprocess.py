@@ -133,8 +133,12 @@ def requests_of(operation: str, driver: Driver, count: int) -> list[Request]:
     raise ValueError(operation)
 
 
-def measure(operations: list[str], count: int, *, timed: bool) -> dict[str, float]:
-    """CPU ms per request of each operation (or, untimed, just send them)."""
+def measure(
+    operations: list[str], count: int, *, timed: bool, send: bool = True
+) -> dict[str, float]:
+    """CPU ms per request of each operation (or, untimed, just send them; or, not sending,
+    only make what the requests need).
+    """
     from app.db.migrate import upgrade  # noqa: PLC0415 - after the environment is set
     from app.main import create_app  # noqa: PLC0415
     from app.settings import Settings  # noqa: PLC0415
@@ -150,7 +154,7 @@ def measure(operations: list[str], count: int, *, timed: bool) -> dict[str, floa
                 prepared = requests_of(operation, driver, count)
                 send_all(driver, prepared[: max(1, count // 10)] if timed else [])
                 began = time.process_time()
-                send_all(driver, prepared)
+                send_all(driver, prepared if send else [])
                 results[operation] = (time.process_time() - began) * 1000 / max(count, 1)
         finally:
             driver.close()
@@ -166,24 +170,25 @@ def send_all(driver: Driver, prepared: list[Request]) -> None:
 
 
 def instructions(operation: str, count: int) -> float:
-    """Instructions per request of `operation`, counted by callgrind: a run with `count`
-    requests less one with none (the start-up), over `count`.
+    """Instructions per request of `operation`, counted by callgrind: a run that sends `count`
+    requests less one that only makes what they need (the start-up, and the run each
+    proposal changes), over `count`.
     """
 
-    def run(requests: int) -> int:
+    def run(requests: int, *, send: bool) -> int:
         with tempfile.TemporaryDirectory() as directory:
             out = Path(directory) / "callgrind.out"
             subprocess.run(
                 ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                  sys.executable, "-m", "tests.bench.inprocess", "--operations", operation,
-                 "--requests", str(requests), "--untimed"],
+                 "--requests", str(requests), "--untimed", *([] if send else ["--unsent"])],
                 capture_output=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
             )  # fmt: skip
             summary = re.search(r"^summary: (\d+)", out.read_text(errors="replace"), re.M)
             assert summary is not None
             return int(summary.group(1))
 
-    return (run(count) - run(0)) / count
+    return (run(count, send=True) - run(count, send=False)) / count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,9 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--instructions", action="store_true", help="count with callgrind")
     parser.add_argument("--untimed", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--unsent", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     if arguments.untimed:
-        measure(arguments.operations, arguments.requests, timed=False)
+        measure(arguments.operations, arguments.requests, timed=False, send=not arguments.unsent)
         return 0
     report: Callable[[str], str]
     if arguments.instructions:
