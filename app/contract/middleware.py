@@ -308,10 +308,25 @@ class MethodNotAllowedMiddleware:
             (PathTemplate(path, methods) for path, methods in methods_by_path.items()),
             key=lambda template: -template.literal_segments,
         )
+        # One pattern for all of them, tried in that order: one match per request instead
+        # of one per template. The group that matched names the template.
+        self._any_template = re.compile(
+            "|".join(
+                f"(?P<t{index}>{template.pattern.pattern})"
+                for index, template in enumerate(self.templates)
+            )
+        )
+
+    def template_of(self, path: str) -> PathTemplate | None:
+        """The template `path` belongs to, if the document has one."""
+        match = self._any_template.fullmatch(path)
+        if match is None or match.lastgroup is None:
+            return None
+        return self.templates[int(match.lastgroup[1:])]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            template = next((t for t in self.templates if t.pattern.fullmatch(scope["path"])), None)
+            template = self.template_of(scope["path"])
             if template is not None and scope["method"] not in template.methods:
                 raise MethodNotAllowed(template.allow)
         await self.app(scope, receive, send)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,10 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
+from app.contract.api import methods_by_path
+
 SPEC_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
+METHODS_BY_PATH = methods_by_path(yaml.safe_load(SPEC_PATH.read_text()))
 
 
 def references(node: Any) -> list[str]:
@@ -107,3 +111,21 @@ class TestDocs:
     def test_connexions_own_swagger_ui_is_not_served(self, client: TestClient) -> None:
         # It is Swagger UI 4, which cannot render OpenAPI 3.1.
         assert client.get("/api/ui/").status_code == 404
+
+
+class TestMethodsOfEachPath:
+    """A method a path does not have is 405, with every method of that path, and only of that
+    path, in `Allow` (`/task_runs/filter` is not `/task_runs/{id}`).
+    """
+
+    @pytest.mark.parametrize("template", sorted(METHODS_BY_PATH))
+    def test_a_missing_method_lists_the_paths_own(self, client: TestClient, template: str) -> None:
+        methods = METHODS_BY_PATH[template]
+        missing = next(m for m in ("PUT", "PATCH", "DELETE", "POST") if m not in methods)
+        path = re.sub(r"\{[^/]+\}", str(uuid.UUID(int=1)), template)
+
+        response = client.request(missing, path)
+
+        assert response.status_code == 405
+        allowed = methods | ({"HEAD"} if "GET" in methods else set())
+        assert response.headers["allow"] == ", ".join(sorted(allowed))
