@@ -179,6 +179,10 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# One decoder for every body: `json.loads` with options builds a new one per call.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def _has_lone_surrogate(value: Any) -> bool:
     # Called on bodies whose depth is already bounded.
     if isinstance(value, str):
@@ -227,7 +231,7 @@ def parse_json_body(raw: bytes, *, encoding: str, max_depth: int | None = None) 
             request_body=_echoed(raw.decode("utf-8", errors="replace")),
         ) from error
     try:
-        body = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        body = _STRICT_DECODER.decode(text)
     except json.JSONDecodeError as error:
         raise _invalid_json(error.pos, error.msg, request_body=_echoed(text)) from error
     except ValueError as error:
