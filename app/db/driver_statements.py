@@ -134,6 +134,9 @@ class DriverStatement:
         bind_processors: dict[str, Processor] = {}
         fixed: dict[str, Any] = {}
         for name, bind in compiled.binds.items():
+            if bind.expanding or bind.literal_execute:
+                # SQLAlchemy renders those into the SQL at each execution.
+                raise ValueError(f"parameter {name!r} is rendered per execution: use execute()")
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 bind_processors[name] = processor

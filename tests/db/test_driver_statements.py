@@ -139,3 +139,10 @@ def _state_rows_like(database: Database, run_id: UUID, *, count: int) -> list[Ta
     assert stored is not None
     assert stored.state is not None
     return [replace(stored.state, id=uuid7()) for _ in range(count)]
+
+
+def test_a_parameter_rendered_per_execution_is_refused(database: Database) -> None:
+    statement = DriverStatement(select(task_run.c.id).where(task_run.c.id.in_(bindparam("ids"))))
+
+    with database.snapshot() as connection, pytest.raises(ValueError, match="'ids'"):
+        statement.first(connection, {"ids": []})
