@@ -20,20 +20,12 @@ from app.db.records import TaskRunStateRecord
 from app.db.tables import task_run, task_run_state
 from app.services.ids import uuid7
 from app.services.task_run_states import set_task_run_state
-from app.services.task_runs import create_task_run
 from generated import models
+from tests.support.databases import created_run
 
 
 class Rollback(Exception):
     """Ends a transaction block without committing it."""
-
-
-def created_run(database: Database, **fields: object) -> models.TaskRun:
-    body = models.TaskRunCreate.model_validate({"task_key": "k", "dynamic_key": "0", **fields})
-    outcome = database.write(
-        lambda connection: create_task_run(connection=connection, task_run=body)
-    )
-    return outcome.task_run
 
 
 def test_a_run_and_its_state_read_as_sqlalchemy_reads_them(database: Database) -> None:
@@ -126,6 +118,13 @@ def test_literals_of_the_statement_are_sent_with_the_parameters(database: Databa
         assert statement.first(connection, {"n": 1}) == (42, "x")
 
 
+def test_a_parameter_rendered_per_execution_is_refused(database: Database) -> None:
+    statement = DriverStatement(select(task_run.c.id).where(task_run.c.id.in_(bindparam("ids"))))
+
+    with database.snapshot() as connection, pytest.raises(ValueError, match="'ids'"):
+        statement.first(connection, {"ids": []})
+
+
 def _insert_then_fail(database: Database, state: TaskRunStateRecord) -> None:
     with database.transaction() as connection:
         state_rows.insert_state(connection, state)
@@ -139,10 +138,3 @@ def _state_rows_like(database: Database, run_id: UUID, *, count: int) -> list[Ta
     assert stored is not None
     assert stored.state is not None
     return [replace(stored.state, id=uuid7()) for _ in range(count)]
-
-
-def test_a_parameter_rendered_per_execution_is_refused(database: Database) -> None:
-    statement = DriverStatement(select(task_run.c.id).where(task_run.c.id.in_(bindparam("ids"))))
-
-    with database.snapshot() as connection, pytest.raises(ValueError, match="'ids'"):
-        statement.first(connection, {"ids": []})

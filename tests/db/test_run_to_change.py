@@ -13,20 +13,16 @@ from app.db import task_runs as run_rows
 from app.db.database import Database
 from app.db.task_runs import StoredTaskRun
 from app.services.task_run_states import set_task_run_state
-from app.services.task_runs import create_task_run
 from generated import models
+from tests.support.databases import created_run
 
 WAIT_SECONDS = 0.5
 
 
 def new_run(database: Database) -> StoredTaskRun:
-    outcome = database.write(
-        lambda connection: create_task_run(
-            connection=connection, task_run=models.TaskRunCreate(task_key="k", dynamic_key="0")
-        )
-    )
+    run = created_run(database)
     with database.snapshot() as connection:
-        stored = run_rows.find_task_run(connection, outcome.task_run.id)
+        stored = run_rows.find_task_run(connection, run.id)
     assert stored is not None
     assert stored.state is not None
     return stored

@@ -11,7 +11,9 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from app.db.database import normalise_url
+from app.db.database import Database, normalise_url
+from app.services.task_runs import create_task_run
+from generated import models
 
 POSTGRES_ENV = "TEST_POSTGRES_URL"
 
@@ -59,3 +61,14 @@ def empty_database(backend: str, directory: Path) -> Iterator[str]:
         raise RuntimeError(f"set {POSTGRES_ENV} to run the PostgreSQL tests")
     with postgres_database(server_url) as url:
         yield url
+
+
+def created_run(database: Database, **fields: object) -> models.TaskRun:
+    """A run created through the service (task key "k", dynamic key "0" unless given), as
+    its create answered.
+    """
+    body = models.TaskRunCreate.model_validate({"task_key": "k", "dynamic_key": "0", **fields})
+    outcome = database.write(
+        lambda connection: create_task_run(connection=connection, task_run=body)
+    )
+    return outcome.task_run
