@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
-from sqlalchemy import Connection, Text, bindparam, cast, func, select
+from sqlalchemy import Connection, Text, Update, bindparam, cast, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -85,14 +85,20 @@ _STATE_FIELDS = (
     "end_time",
     "total_run_time",
 )
-_UPDATE_STATE_FIELDS = (
-    task_run.update()
-    .where(task_run.c.id == bindparam("run_id"))
-    .values({name: bindparam(f"new_{name}") for name in _STATE_FIELDS})
-)
+
+
+def _update_of_fields(names: Sequence[str]) -> Update:
+    """An UPDATE of the run's fields `names`, each from the parameter `new_<name>`."""
+    return (
+        task_run.update()
+        .where(task_run.c.id == bindparam("run_id"))
+        .values({name: bindparam(f"new_{name}") for name in names})
+    )
+
+
 # PostgreSQL: the new state's row and the run's fields in one statement (one round trip).
 _INSERT_STATE_AND_UPDATE_STATE_FIELDS = DriverStatement(
-    _UPDATE_STATE_FIELDS.add_cte(
+    _update_of_fields(_STATE_FIELDS).add_cte(
         postgresql.insert(task_run_state)
         .values({name: bindparam(f"state_{name}") for name in TASK_RUN_STATE_COLUMNS})
         .cte("inserted_state")
@@ -104,11 +110,7 @@ _REPORTED_COLUMNS = tuple(
     for name in TASK_RUN_COLUMNS
     if name not in ("id", "created", "flow_run_id", "task_key", "dynamic_key")
 )
-_UPDATE_REPORTED = (
-    task_run.update()
-    .where(task_run.c.id == bindparam("run_id"))
-    .values({name: bindparam(f"new_{name}") for name in _REPORTED_COLUMNS})
-)
+_UPDATE_REPORTED = _update_of_fields(_REPORTED_COLUMNS)
 _CHANGE_KEYS = (
     task_run.update()
     .where(task_run.c.id == bindparam("run_id"))
@@ -254,14 +256,10 @@ def write_current_state(
 
 @functools.lru_cache(maxsize=128)
 def _update_of(names: tuple[str, ...]) -> DriverStatement:
-    """An UPDATE of the run's fields `names` (a few combinations occur: one per kind of
+    """`_update_of_fields(names)` on the driver (a few combinations occur: one per kind of
     transition).
     """
-    return DriverStatement(
-        task_run.update()
-        .where(task_run.c.id == bindparam("run_id"))
-        .values({name: bindparam(f"new_{name}") for name in names})
-    )
+    return DriverStatement(_update_of_fields(names))
 
 
 def update_reported_fields(connection: Connection, run: TaskRunRecord) -> None:
