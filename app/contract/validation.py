@@ -57,6 +57,9 @@ INLINE_BODY_BYTES = 64 * 1024
 MAX_ECHOED_BODY_BYTES = 64 * 1024
 # A JSON escape of a UTF-16 surrogate; only then can a decoded string hold a lone one.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# The scope key under which a valid JSON body travels on to the application as decoded here,
+# so that the handler receives the very value that was validated (app/contract/operations.py).
+DECODED_BODY = "taskrun.decoded_body"
 # One thread per worker process checks large bodies and explains rejections: a burst of bad
 # requests queues there instead of taking the interpreter from the event loop.
 _checking_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="request-check")
@@ -260,7 +263,8 @@ class JSONBodyValidator(AbstractRequestBodyValidator):  # type: ignore[misc]
             errors = await _on_checking_thread(schema.explain, body, prefix=["body"])
             echoed = body if len(raw) <= MAX_ECHOED_BODY_BYTES else None
             raise RequestValidationError(errors, request_body=echoed)
-        return self._insert_messages(receive, messages=messages), _declaring_json(scope, len(raw))
+        scope = _declaring_json(scope, len(raw), decoded=body)
+        return self._insert_messages(receive, messages=messages), scope
 
     def _decide(self, raw: bytes) -> tuple[Any, bool]:
         """The parsed body and whether it matches the schema (rejections raise)."""
@@ -301,8 +305,9 @@ async def _on_checking_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(_checking_thread, call)
 
 
-def _declaring_json(scope: Scope, length: int) -> Scope:
-    """The scope with the headers the application needs to read the body it was validated as.
+def _declaring_json(scope: Scope, length: int, *, decoded: Any) -> Scope:
+    """The scope with the body as decoded, and the headers the application needs to read the
+    body it was validated as.
 
     A body sent without Content-Type was read as JSON, as Prefect's server does for clients
     older than 3.6.19; a chunked one needs its length, which Flask reads it by.
@@ -315,7 +320,7 @@ def _declaring_json(scope: Scope, length: int) -> Scope:
     if not any(name == b"content-type" for name, _ in kept):
         kept.append((b"content-type", b"application/json"))
     kept.append((b"content-length", str(length).encode()))
-    return {**scope, "headers": kept}
+    return {**scope, "headers": kept, DECODED_BODY: decoded}
 
 
 class SchemaParameterValidator(ParameterValidator):  # type: ignore[misc]

@@ -447,6 +447,20 @@ class TestCreateTaskRun:
 
         assert response.status_code == 201
 
+    def test_a_body_in_its_declared_charset_is_stored_as_it_was_validated(
+        self, client: TestClient
+    ) -> None:
+        body = '{"task_key": "t", "dynamic_key": "d", "name": "caf\u00e9"}'
+
+        response = client.post(
+            CREATE,
+            content=body.encode("latin-1"),
+            headers={"content-type": "application/json;charset=latin-1"},
+        )
+
+        assert response.status_code == 201, response.text
+        assert read_run(client, response.json()["id"])["name"] == "caf\u00e9"
+
     def test_a_body_that_is_not_json_is_415(self, client: TestClient) -> None:
         response = client.post(CREATE, content=b"hi", headers={"content-type": "text/plain"})
 
