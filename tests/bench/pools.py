@@ -10,7 +10,7 @@ from tests.bench.servers import OURS, PREFECT, Server
 
 # Runs the set_state_start cell may need per second of a cell, above what each server was
 # seen to manage; should a cell still run out, its wrk script reuses runs and says how many.
-START_POOL_RUNS_PER_SECOND = {OURS: 1500, PREFECT: 150}
+START_POOL_RUNS_PER_SECOND = {OURS: 3000, PREFECT: 300}
 # Runs the set_state_cycle cell goes round: enough that concurrent proposals rarely meet on
 # one run, even at concurrency 64.
 CYCLE_POOL_RUNS = 256
