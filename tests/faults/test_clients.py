@@ -13,7 +13,7 @@ import pytest
 
 from tests.faults.rawhttp import RawResponse, connect, exchange, parse, read_until_closed
 from tests.support.databases import sqlite_database
-from tests.support.faults import rss_bytes, wait_for
+from tests.support.faults import anonymous_memory_bytes, wait_for
 from tests.support.server import RunningServer, running_server
 
 logger = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class TestRequestBody:
     ) -> None:
         workers = server.worker_pids()
         assert len(workers) == 2
-        before = {pid: rss_bytes(pid) for pid in workers}
+        before = {pid: anonymous_memory_bytes(pid) for pid in workers}
         peak = dict(before)
         uploads = [StalledUpload(server.port) for _ in range(40)]
         for upload in uploads:
@@ -208,7 +208,7 @@ class TestRequestBody:
         deadline = time.monotonic() + BODY_TIMEOUT + 10
         while time.monotonic() < deadline and not all(upload.done for upload in uploads):
             for pid in workers:
-                peak[pid] = max(peak[pid], rss_bytes(pid))
+                peak[pid] = max(peak[pid], anonymous_memory_bytes(pid))
             time.sleep(0.02)
         for upload in uploads:
             upload.join(timeout=30)

@@ -75,12 +75,17 @@ def busy_cpus(processes: int) -> Iterator[None]:
             spinner.wait()
 
 
-def rss_bytes(pid: int) -> int:
-    """The resident memory of a process."""
+def anonymous_memory_bytes(pid: int) -> int:
+    """The resident memory a process allocated itself (its heap; `RssAnon`).
+
+    Left out: the pages of the files it maps, its libraries' code (about 30 MiB for a
+    worker), which the kernel may drop and fault back in at any time, whatever the process
+    holds.
+    """
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith("RssAnon:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+    raise RuntimeError(f"no RssAnon for {pid}")
 
 
 def flock_holder(path: Path) -> int | None:
