@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,6 +15,10 @@ from typing import Any
 PROC = Path("/proc")
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 RSS_SAMPLE_INTERVAL_SECONDS = 0.1
+# A process is idle when it used at most this share of a core over one window of this many
+# seconds (the kernel counts CPU time in ticks of 10 ms).
+IDLE_WINDOW_SECONDS = 0.3
+IDLE_CPU_SHARE = 0.1
 
 
 def children(pid: int) -> list[int]:
@@ -166,3 +171,25 @@ def _fill(
         usage.cpu_seconds = None if before is None or after is None else after - before
         usage.peak_rss_bytes = peaks.get(usage.pid, 0)
         usage.lifetime_peak_rss_bytes = memory_bytes(usage.pid).get("VmHWM", 0)
+
+
+def wait_until_idle(pids: list[int], *, timeout: float) -> float:
+    """Wait until every one of `pids` is idle (or gone), for at most `timeout` seconds; how
+    long it took.
+
+    A server goes on with the requests a load generator left when it stopped. Connections
+    opened meanwhile all go to the workers that are free to accept them, and stay there.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = {pid: cpu_seconds(pid) for pid in pids}
+        time.sleep(IDLE_WINDOW_SECONDS)
+        used = [_used_since(pid, before[pid]) for pid in pids]
+        if all(seconds <= IDLE_CPU_SHARE * IDLE_WINDOW_SECONDS for seconds in used):
+            break
+    return time.monotonic() - started
+
+
+def _used_since(pid: int, before: float | None) -> float:
+    after = cpu_seconds(pid)
+    return 0.0 if before is None or after is None else after - before

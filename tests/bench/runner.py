@@ -20,6 +20,7 @@ from tests.bench.procstat import (
     ProcessUsage,
     machine_cpu_seconds,
     measured,
+    wait_until_idle,
     waited_children_cpu_seconds,
 )
 from tests.bench.servers import Server, post_setting_up
@@ -34,6 +35,8 @@ SET_STATE_START = "set_state_start"
 SET_STATE_CYCLE = "set_state_cycle"
 BACKGROUND = "background"
 # The cells wrk drives; the background-task cell runs Prefect's own client instead.
+# How long a run waits for the workers to finish what the run before left them.
+SETTLE_TIMEOUT_SECONDS = 10.0
 WRK_OPERATIONS = (HEALTH, CREATE_NEW, CREATE_EXISTING, READ, MIX, SET_STATE_START, SET_STATE_CYCLE)
 OPERATIONS = (*WRK_OPERATIONS, BACKGROUND)
 DESCRIPTIONS = {
@@ -503,8 +506,13 @@ def run_cell(
 def measured_wrk_run(
     server: Server, script: Path, *, concurrency: int, seconds: float, arguments: list[str]
 ) -> Repetition:
-    """One wrk run of `script` against the server, with the CPU time and RSS used around it."""
+    """One wrk run of `script` against the server, with the CPU time and RSS used around it.
+
+    It starts once the workers have finished what the run before left them, so that its
+    connections are shared between the workers as they would be by a server at rest.
+    """
     server.check_running()
+    wait_until_idle(server.worker_pids(), timeout=SETTLE_TIMEOUT_SECONDS)
     machine_before = machine_cpu_seconds()
     wrk_before = waited_children_cpu_seconds()
     with measured(server.worker_pids()) as usages:
