@@ -6,7 +6,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, insert, select, text
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    Table,
+    create_engine,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import StatementError
 
@@ -66,8 +77,10 @@ def test_the_stored_text_is_sqlalchemys_text_of_the_utc_instant(
         connection.execute(insert(instants).values(id=1, at=instant))
         stored = connection.execute(text("SELECT at FROM instants")).scalar_one()
 
-    naive_utc = instant.astimezone(UTC).replace(tzinfo=None)
-    assert stored == sqlite.DATETIME().bind_processor(sqlite.dialect())(naive_utc)
+    dialect = sqlite.dialect()
+    sqlalchemys_text = DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert sqlalchemys_text is not None
+    assert stored == sqlalchemys_text(instant.astimezone(UTC).replace(tzinfo=None))
 
 
 def test_a_naive_datetime_is_refused(engine: Engine) -> None:
