@@ -453,8 +453,9 @@ class StateDetails(BaseModel):
     cache_key: Annotated[
         str | None,
         Field(
-            description="The key a COMPLETED state is cached under, and a RUNNING proposal looks up. At most 2000 characters.",
+            description="The key a COMPLETED state is cached under, and a RUNNING proposal looks up. At most 2000 characters, without NUL (U+0000).",
             max_length=2000,
+            pattern="^[^\\x00]*$",
             title="Cache Key",
         ),
     ] = None

@@ -141,6 +141,11 @@ class TestSetTaskRunState:
                 "maxLength",
             ),
             (
+                {"state": {"type": "RUNNING", "state_details": {"cache_key": "a\u0000b"}}},
+                ["body", "state", "state_details", "cache_key"],
+                "pattern",
+            ),
+            (
                 {"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": "later"}}},
                 ["body", "state", "state_details", "scheduled_time"],
                 "format",
