@@ -173,9 +173,8 @@ def _fill(
         usage.lifetime_peak_rss_bytes = memory_bytes(usage.pid).get("VmHWM", 0)
 
 
-def wait_until_idle(pids: list[int], *, timeout: float) -> float:
-    """Wait until every one of `pids` is idle (or gone), for at most `timeout` seconds; how
-    long it took.
+def wait_until_idle(pids: list[int], *, timeout: float) -> None:
+    """Wait until every one of `pids` is idle (or gone), for at most `timeout` seconds.
 
     A server goes on with the requests a load generator left when it stopped. Connections
     opened meanwhile all go to the workers that are free to accept them, and stay there.
@@ -186,8 +185,7 @@ def wait_until_idle(pids: list[int], *, timeout: float) -> float:
         time.sleep(IDLE_WINDOW_SECONDS)
         used = [_used_since(pid, before[pid]) for pid in pids]
         if all(seconds <= IDLE_CPU_SHARE * IDLE_WINDOW_SECONDS for seconds in used):
-            break
-    return time.monotonic() - started
+            return
 
 
 def _used_since(pid: int, before: float | None) -> float:

@@ -34,9 +34,9 @@ MIX = "mix"
 SET_STATE_START = "set_state_start"
 SET_STATE_CYCLE = "set_state_cycle"
 BACKGROUND = "background"
-# The cells wrk drives; the background-task cell runs Prefect's own client instead.
 # How long a run waits for the workers to finish what the run before left them.
 SETTLE_TIMEOUT_SECONDS = 10.0
+# The cells wrk drives; the background-task cell runs Prefect's own client instead.
 WRK_OPERATIONS = (HEALTH, CREATE_NEW, CREATE_EXISTING, READ, MIX, SET_STATE_START, SET_STATE_CYCLE)
 OPERATIONS = (*WRK_OPERATIONS, BACKGROUND)
 DESCRIPTIONS = {
@@ -512,10 +512,11 @@ def measured_wrk_run(
     connections are shared between the workers as they would be by a server at rest.
     """
     server.check_running()
-    wait_until_idle(server.worker_pids(), timeout=SETTLE_TIMEOUT_SECONDS)
+    workers = server.worker_pids()
+    wait_until_idle(workers, timeout=SETTLE_TIMEOUT_SECONDS)
     machine_before = machine_cpu_seconds()
     wrk_before = waited_children_cpu_seconds()
-    with measured(server.worker_pids()) as usages:
+    with measured(workers) as usages:
         result = run_wrk(
             server.base_url,
             script,
