@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, NoReturn, Protocol, TypeVar
+from typing import Any, Generic, Literal, NoReturn, Protocol, TypeVar
 from uuid import UUID
 
 from connexion.lifecycle import ConnexionResponse
@@ -13,6 +13,16 @@ from pydantic import BaseModel, ValidationError
 from generated import models
 
 _Model = TypeVar("_Model", bound=BaseModel)
+_Body = TypeVar("_Body")
+
+
+class Serialized(Generic[_Body]):
+    """A response body a handler serialised itself: the JSON of a `_Body`, sent as it is."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, json: bytes) -> None:
+        self.json = json
 
 
 class InvalidRequestModel(Exception):
@@ -49,6 +59,10 @@ def _response(result: object, status: int) -> ConnexionResponse:
     """The handler's result as compact JSON with the status it chose (no body for None)."""
     if result is None:
         return ConnexionResponse(status_code=status)
+    if isinstance(result, Serialized):
+        return ConnexionResponse(
+            status_code=status, body=result.json, content_type="application/json"
+        )
     return ConnexionResponse(
         status_code=status, body=_json(result), content_type="application/json"
     )
@@ -57,7 +71,7 @@ def _response(result: object, status: int) -> ConnexionResponse:
 class AdminOperations(Protocol):
     """The handlers of the operations tagged "Admin"."""
 
-    def read_server_version(self) -> tuple[str, Literal[200]]:
+    def read_server_version(self) -> tuple[str | Serialized[str], Literal[200]]:
         """GET /admin/version: Read Server Version."""
         ...
 
@@ -65,19 +79,21 @@ class AdminOperations(Protocol):
 class RootOperations(Protocol):
     """The handlers of the operations tagged "Root"."""
 
-    def health_check(self) -> tuple[bool, Literal[200]]:
+    def health_check(self) -> tuple[bool | Serialized[bool], Literal[200]]:
         """GET /health: Health Check."""
         ...
 
-    def perform_readiness_check(self) -> tuple[models.ReadinessMessage, Literal[200]]:
+    def perform_readiness_check(
+        self,
+    ) -> tuple[models.ReadinessMessage | Serialized[models.ReadinessMessage], Literal[200]]:
         """GET /ready: Perform Readiness Check."""
         ...
 
-    def server_version(self) -> tuple[str, Literal[200]]:
+    def server_version(self) -> tuple[str | Serialized[str], Literal[200]]:
         """GET /version: Server Version."""
         ...
 
-    def hello(self) -> tuple[str, Literal[200]]:
+    def hello(self) -> tuple[str | Serialized[str], Literal[200]]:
         """GET /hello: Hello."""
         ...
 
@@ -89,11 +105,15 @@ class RootOperations(Protocol):
 class TaskRunStatesOperations(Protocol):
     """The handlers of the operations tagged "Task Run States"."""
 
-    def read_task_run_states(self, *, task_run_id: UUID) -> tuple[list[models.State], Literal[200]]:
+    def read_task_run_states(
+        self, *, task_run_id: UUID
+    ) -> tuple[list[models.State] | Serialized[list[models.State]], Literal[200]]:
         """GET /task_run_states/: Read Task Run States."""
         ...
 
-    def read_task_run_state(self, *, id: UUID) -> tuple[models.State, Literal[200]]:
+    def read_task_run_state(
+        self, *, id: UUID
+    ) -> tuple[models.State | Serialized[models.State], Literal[200]]:
         """GET /task_run_states/{id}: Read Task Run State."""
         ...
 
@@ -103,35 +123,42 @@ class TaskRunsOperations(Protocol):
 
     def create_task_run(
         self, *, body: models.TaskRunCreate
-    ) -> tuple[models.TaskRun, Literal[200, 201]]:
+    ) -> tuple[models.TaskRun | Serialized[models.TaskRun], Literal[200, 201]]:
         """POST /task_runs/: Create Task Run."""
         ...
 
     def count_task_runs(
         self, *, body: models.CountTaskRunsBody | None = None
-    ) -> tuple[int, Literal[200]]:
+    ) -> tuple[int | Serialized[int], Literal[200]]:
         """POST /task_runs/count: Count Task Runs."""
         ...
 
     def task_run_history(
         self, *, body: models.TaskRunHistoryBody
-    ) -> tuple[list[models.HistoryResponse], Literal[200]]:
+    ) -> tuple[
+        list[models.HistoryResponse] | Serialized[list[models.HistoryResponse]], Literal[200]
+    ]:
         """POST /task_runs/history: Task Run History."""
         ...
 
     def read_task_runs(
         self, *, body: models.ReadTaskRunsBody | None = None
-    ) -> tuple[list[models.TaskRun], Literal[200]]:
+    ) -> tuple[list[models.TaskRun] | Serialized[list[models.TaskRun]], Literal[200]]:
         """POST /task_runs/filter: Read Task Runs."""
         ...
 
     def paginate_task_runs(
         self, *, body: models.PaginateTaskRunsBody | None = None
-    ) -> tuple[models.TaskRunPaginationResponse, Literal[200]]:
+    ) -> tuple[
+        models.TaskRunPaginationResponse | Serialized[models.TaskRunPaginationResponse],
+        Literal[200],
+    ]:
         """POST /task_runs/paginate: Paginate Task Runs."""
         ...
 
-    def read_task_run(self, *, id: UUID) -> tuple[models.TaskRun, Literal[200]]:
+    def read_task_run(
+        self, *, id: UUID
+    ) -> tuple[models.TaskRun | Serialized[models.TaskRun], Literal[200]]:
         """GET /task_runs/{id}: Read Task Run."""
         ...
 
@@ -145,7 +172,9 @@ class TaskRunsOperations(Protocol):
 
     def set_task_run_state(
         self, *, id: UUID, body: models.SetTaskRunStateBody
-    ) -> tuple[models.OrchestrationResult, Literal[200, 201]]:
+    ) -> tuple[
+        models.OrchestrationResult | Serialized[models.OrchestrationResult], Literal[200, 201]
+    ]:
         """POST /task_runs/{id}/set_state: Set Task Run State."""
         ...
 

@@ -244,7 +244,7 @@ _HEADER = '''\
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, NoReturn, Protocol, TypeVar
+from typing import Any, Generic, Literal, NoReturn, Protocol, TypeVar
 from uuid import UUID
 
 from connexion.lifecycle import ConnexionResponse
@@ -253,6 +253,16 @@ from pydantic import BaseModel, ValidationError
 from generated import models
 
 _Model = TypeVar("_Model", bound=BaseModel)
+_Body = TypeVar("_Body")
+
+
+class Serialized(Generic[_Body]):
+    """A response body a handler serialised itself: the JSON of a `_Body`, sent as it is."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, json: bytes) -> None:
+        self.json = json
 
 
 class InvalidRequestModel(Exception):
@@ -289,6 +299,10 @@ def _response(result: object, status: int) -> ConnexionResponse:
     """The handler's result as compact JSON with the status it chose (no body for None)."""
     if result is None:
         return ConnexionResponse(status_code=status)
+    if isinstance(result, Serialized):
+        return ConnexionResponse(
+            status_code=status, body=result.json, content_type="application/json"
+        )
     return ConnexionResponse(
         status_code=status, body=_json(result), content_type="application/json"
     )
@@ -318,7 +332,11 @@ def _return_type(operation: Operation) -> str:
     alternatives = []
     for python_type, statuses in operation.success.items():
         literal = ", ".join(str(status) for status in statuses)
-        alternatives.append(f"tuple[{python_type}, Literal[{literal}]]")
+        # A handler may answer with the body's JSON already made (`Serialized`).
+        body = python_type
+        if python_type != "None":
+            body = f"{python_type} | Serialized[{python_type}]"
+        alternatives.append(f"tuple[{body}, Literal[{literal}]]")
     return " | ".join(alternatives)
 
 

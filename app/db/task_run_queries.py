@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from sqlalchemy import (
@@ -22,6 +22,7 @@ from sqlalchemy import (
     Connection,
     Float,
     Interval,
+    Select,
     and_,
     bindparam,
     case,
@@ -43,7 +44,7 @@ from sqlalchemy.types import Text
 from app.db.records import TASK_RUN_COLUMNS, TASK_RUN_STATE_COLUMNS
 from app.db.tables import task_run, task_run_state, task_run_tag
 from app.db.task_runs import StoredTaskRun, stored_task_run
-from app.db.types import UTCDateTime
+from app.db.types import UTCDateTime, json_text, uuid_text
 
 Condition = ColumnElement[bool]
 
@@ -363,7 +364,118 @@ def find_task_runs(
     offset: int,
     now: datetime,
 ) -> list[StoredTaskRun]:
-    """The matching runs with their current states, in order, `offset` of them skipped.
+    """The matching runs with their current states, in order, `offset` of them skipped."""
+    columns = (
+        *(task_run.c[name] for name in TASK_RUN_COLUMNS),
+        *(task_run_state.c[name].label(f"state_{name}") for name in TASK_RUN_STATE_COLUMNS),
+    )
+    statement = _page_of_runs(columns, condition, sort=sort, limit=limit, offset=offset, now=now)
+    return [stored_task_run(row) for row in connection.execute(statement).all()]
+
+
+class ListedTaskRun(NamedTuple):
+    """A run and its current state as a list of runs answers them: the ids as their text,
+    the JSON columns as the JSON text stored, instants as aware datetimes.
+
+    The state's fields are None when the run never had a state; its id is `state_id`.
+    """
+
+    id: str
+    created: datetime
+    updated: datetime
+    name: str
+    flow_run_id: str | None
+    task_key: str
+    dynamic_key: str
+    cache_key: str | None
+    cache_expiration: datetime | None
+    task_version: str | None
+    empirical_policy: str
+    tags: str
+    labels: str
+    task_inputs: str
+    state_id: str | None
+    state_type: str | None
+    state_name: str | None
+    state_timestamp: datetime | None
+    run_count: int
+    flow_run_run_count: int
+    expected_start_time: datetime | None
+    next_scheduled_start_time: datetime | None
+    start_time: datetime | None
+    end_time: datetime | None
+    total_run_time: float
+    state_row_type: str | None
+    state_row_name: str | None
+    state_row_timestamp: datetime | None
+    state_row_message: str | None
+    state_row_data: str | None
+    state_row_details: str | None
+
+
+_UUID_COLUMNS = frozenset({"id", "flow_run_id", "state_id"})
+_JSON_COLUMNS = frozenset({"empirical_policy", "tags", "labels", "task_inputs"})
+
+
+def _listed_run_column(name: str) -> ColumnElement[Any]:
+    column = task_run.c[name]
+    if name in _UUID_COLUMNS:
+        return uuid_text(column)
+    if name in _JSON_COLUMNS:
+        return json_text(column)
+    return column
+
+
+def _listed_columns() -> tuple[ColumnElement[Any], ...]:
+    """The columns of a ListedTaskRun, in its order."""
+    run_names = [name for name in ListedTaskRun._fields if not name.startswith("state_row_")]
+    state = task_run_state.c
+    state_columns = [
+        state.type,
+        state.name,
+        state.timestamp,
+        state.message,
+        json_text(state.data),
+        json_text(state.state_details),
+    ]
+    columns = [*(_listed_run_column(name) for name in run_names), *state_columns]
+    return tuple(
+        column.label(name) for name, column in zip(ListedTaskRun._fields, columns, strict=True)
+    )
+
+
+_LISTED_COLUMNS = _listed_columns()
+
+
+def list_task_runs(
+    connection: Connection,
+    condition: Condition,
+    *,
+    sort: Sort,
+    limit: int,
+    offset: int,
+    now: datetime,
+) -> list[ListedTaskRun]:
+    """What find_task_runs finds, read in the form a list of runs answers it: a page of 200
+    runs is read without decoding its JSON or building UUID objects only to print them.
+    """
+    statement = _page_of_runs(
+        _LISTED_COLUMNS, condition, sort=sort, limit=limit, offset=offset, now=now
+    )
+    make = ListedTaskRun._make
+    return [make(row) for row in connection.execute(statement).all()]
+
+
+def _page_of_runs(
+    columns: Sequence[ColumnElement[Any]],
+    condition: Condition,
+    *,
+    sort: Sort,
+    limit: int,
+    offset: int,
+    now: datetime,
+) -> Select[Any]:
+    """`columns` of the matching runs joined to their current states, in order.
 
     The runs are chosen and ordered first and joined to their states only then, so that the
     database walks an index of task_run alone.
@@ -376,16 +488,15 @@ def find_task_runs(
         .offset(offset)
         .subquery("page")
     )
-    ordered = select(
-        *(task_run.c[name] for name in TASK_RUN_COLUMNS),
-        *(task_run_state.c[name].label(f"state_{name}") for name in TASK_RUN_STATE_COLUMNS),
-    ).select_from(
-        page.join(task_run, task_run.c.id == page.c.id).outerjoin(
-            task_run_state, task_run_state.c.id == task_run.c.state_id
+    return (
+        select(*columns)
+        .select_from(
+            page.join(task_run, task_run.c.id == page.c.id).outerjoin(
+                task_run_state, task_run_state.c.id == task_run.c.state_id
+            )
         )
+        .order_by(*order_by(sort, now=now))
     )
-    rows = connection.execute(ordered.order_by(*order_by(sort, now=now))).all()
-    return [stored_task_run(row) for row in rows]
 
 
 def count_task_runs(connection: Connection, condition: Condition) -> int:

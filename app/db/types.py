@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
-from sqlalchemy import DateTime
+from sqlalchemy import ColumnElement, DateTime, String, Text
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
 # What SQLite's text of a UTC instant needs to be read as one in a single parse.
@@ -96,3 +100,67 @@ def _utc_from_sqlite_text(value: str | None) -> datetime | None:
     except ValueError:
         # Text this service did not write, naming an offset of its own: read as it says.
         return _as_utc(datetime.fromisoformat(value))
+
+
+class _CanonicalUUIDText(TypeDecorator[str]):
+    """The result type of `uuid_text`: SQLite's 32 hex digits read as the canonical text."""
+
+    impl = String
+    cache_ok = True
+
+    def result_processor(
+        self,
+        dialect: Dialect,
+        coltype: Any,  # noqa: ARG002
+    ) -> Callable[[Any], Any] | None:
+        if dialect.name == "sqlite":
+            return _canonical_uuid_from_sqlite_text
+        return None
+
+
+def _canonical_uuid_from_sqlite_text(value: str | None) -> str | None:
+    """ "8-4-4-4-12" lowercase text of a UUID SQLite stores as 32 hex digits."""
+    if value is None:
+        return None
+    if len(value) == 32 and value.islower():
+        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+    # Text this service did not write (upper case, dashes, or digits only).
+    return str(UUID(value))
+
+
+class _AsText(FunctionElement[str]):
+    """A column read as its text, cast on PostgreSQL (SQLite stores it as text already)."""
+
+    inherit_cache = True
+
+
+@compiles(_AsText, "sqlite")
+def _as_text_sqlite(element: _AsText, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(next(iter(element.clauses)), **kw)
+
+
+@compiles(_AsText, "postgresql")
+def _as_text_postgresql(element: _AsText, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST({compiler.process(next(iter(element.clauses)), **kw)} AS TEXT)"
+
+
+class _UUIDAsText(_AsText):
+    type = _CanonicalUUIDText()
+    inherit_cache = True
+
+
+class _JSONAsText(_AsText):
+    type = Text()
+    inherit_cache = True
+
+
+def uuid_text(column: ColumnElement[Any]) -> ColumnElement[str]:
+    """A Uuid column read as its canonical text ("8-4-4-4-12", lowercase): what a JSON answer
+    carries, without building a UUID object to print it again.
+    """
+    return _UUIDAsText(column)
+
+
+def json_text(column: ColumnElement[Any]) -> ColumnElement[str]:
+    """A JSON column read as the JSON text stored, without decoding it."""
+    return _JSONAsText(column)

@@ -9,6 +9,7 @@ from app.db.database import Database
 from app.observability import metrics
 from app.services import task_run_queries, task_run_states, task_runs
 from generated import models
+from generated.routes import Serialized
 
 
 class TaskRunHandlers:
@@ -61,10 +62,11 @@ class TaskRunHandlers:
 
     def read_task_runs(
         self, *, body: models.ReadTaskRunsBody | None = None
-    ) -> tuple[list[models.TaskRun], Literal[200]]:
+    ) -> tuple[Serialized[list[models.TaskRun]], Literal[200]]:
         """The task runs that match the filters, in order."""
         with self._database.snapshot() as connection:
-            return task_run_queries.read_task_runs(connection=connection, body=body), 200
+            runs = task_run_queries.read_task_runs(connection=connection, body=body)
+        return Serialized(runs), 200
 
     def count_task_runs(
         self, *, body: models.CountTaskRunsBody | None = None
@@ -75,11 +77,12 @@ class TaskRunHandlers:
 
     def paginate_task_runs(
         self, *, body: models.PaginateTaskRunsBody | None = None
-    ) -> tuple[models.TaskRunPaginationResponse, Literal[200]]:
+    ) -> tuple[Serialized[models.TaskRunPaginationResponse], Literal[200]]:
         """A page of the task runs that match the filters."""
         # The count and the page are two statements: both must see the same runs.
         with self._database.consistent_snapshot() as connection:
-            return task_run_queries.paginate_task_runs(connection=connection, body=body), 200
+            page = task_run_queries.paginate_task_runs(connection=connection, body=body)
+        return Serialized(page), 200
 
     def task_run_history(
         self, *, body: models.TaskRunHistoryBody

@@ -16,8 +16,8 @@ from sqlalchemy import Connection
 
 from app.db import task_run_queries as queries
 from app.db.task_run_queries import Condition, TimeField
+from app.services import task_run_json
 from app.services.clock import LATEST, to_utc, utcnow
-from app.services.task_runs import task_run_model
 from generated import models
 
 # Prefect's PREFECT_SERVER_API_DEFAULT_LIMIT: the default and the largest page.
@@ -33,13 +33,13 @@ class FilteredBody(Protocol):
     task_runs: models.TaskRunFilter | None
 
 
-def read_task_runs(
-    *, connection: Connection, body: models.ReadTaskRunsBody | None
-) -> list[models.TaskRun]:
-    """The matching runs in the body's order, `offset` skipped, at most `limit`."""
+def read_task_runs(*, connection: Connection, body: models.ReadTaskRunsBody | None) -> bytes:
+    """The matching runs in the body's order, `offset` skipped, at most `limit`: the JSON
+    array of them.
+    """
     body = body or models.ReadTaskRunsBody()
     now = utcnow()
-    stored = queries.find_task_runs(
+    runs = queries.list_task_runs(
         connection,
         matching(body),
         sort=_sort(body.sort),
@@ -47,7 +47,7 @@ def read_task_runs(
         offset=body.offset or 0,
         now=now,
     )
-    return [task_run_model(run, state, now=now) for run, state in stored]
+    return task_run_json.task_runs_json(runs, now=now)
 
 
 def count_task_runs(*, connection: Connection, body: models.CountTaskRunsBody | None) -> int:
@@ -57,14 +57,16 @@ def count_task_runs(*, connection: Connection, body: models.CountTaskRunsBody | 
 
 def paginate_task_runs(
     *, connection: Connection, body: models.PaginateTaskRunsBody | None
-) -> models.TaskRunPaginationResponse:
-    """One page of the matching runs, with how many match and how many pages they fill."""
+) -> bytes:
+    """One page of the matching runs, with how many match and how many pages they fill: the
+    JSON of a TaskRunPaginationResponse.
+    """
     body = body or models.PaginateTaskRunsBody()
     limit, page = _limit(body.limit), body.page or 1
     condition = matching(body)
     now = utcnow()
     count = queries.count_task_runs(connection, condition)
-    stored = queries.find_task_runs(
+    runs = queries.list_task_runs(
         connection,
         condition,
         sort=_sort(body.sort),
@@ -72,12 +74,13 @@ def paginate_task_runs(
         offset=(page - 1) * limit,
         now=now,
     )
-    return models.TaskRunPaginationResponse(
-        results=[task_run_model(run, state, now=now) for run, state in stored],
+    return task_run_json.pagination_json(
+        runs,
         count=count,
         limit=limit,
         pages=math.ceil(count / limit) if limit else 0,
         page=page,
+        now=now,
     )
 
 

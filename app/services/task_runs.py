@@ -217,19 +217,35 @@ def task_run_model(
 
 def estimated_run_time(run: TaskRunRecord, *, now: datetime) -> float:
     """Seconds run so far: the total, plus the current stretch while the run is RUNNING."""
-    if run.state_type == models.StateType.RUNNING and run.state_timestamp is not None:
-        return run.total_run_time + (now - run.state_timestamp).total_seconds()
-    return run.total_run_time
+    return run_time_at(now, run.state_type, run.state_timestamp, run.total_run_time)
 
 
 def estimated_start_time_delta(run: TaskRunRecord, *, now: datetime) -> float:
     """Seconds between the expected and the actual start, or how late a pending start is."""
-    expected, started = run.expected_start_time, run.start_time
+    return lateness_at(now, run.state_type, run.expected_start_time, run.start_time)
+
+
+def run_time_at(
+    now: datetime, state_type: str | None, state_timestamp: datetime | None, total_run_time: float
+) -> float:
+    """`estimated_run_time` at `now` of a run with these fields."""
+    if state_type == models.StateType.RUNNING and state_timestamp is not None:
+        return total_run_time + (now - state_timestamp).total_seconds()
+    return total_run_time
+
+
+def lateness_at(
+    now: datetime,
+    state_type: str | None,
+    expected: datetime | None,
+    started: datetime | None,
+) -> float:
+    """`estimated_start_time_delta` at `now` of a run with these fields."""
     if expected is None:
         return 0.0
     if started is not None:
         return max((started - expected).total_seconds(), 0.0)
-    is_terminal = run.state_type is not None and run.state_type in TERMINAL_STATE_TYPES
+    is_terminal = state_type is not None and state_type in TERMINAL_STATE_TYPES
     if expected < now and not is_terminal:
         return (now - expected).total_seconds()
     return 0.0

@@ -165,9 +165,30 @@ def test_a_list_of_models_is_a_typed_response(tmp_path: Path) -> None:
     routes = module.Routes(**complete_handlers(module, task_run_states=States()))
     response = routes.read_task_run_states_task_run_states__get(task_run_id=state["id"])
 
-    assert "tuple[list[models.State], Literal[200]]" in COMMITTED.read_text()
+    assert (
+        "tuple[list[models.State] | Serialized[list[models.State]], Literal[200]]"
+        in COMMITTED.read_text()
+    )
     assert response.status_code == 200
     assert [item["type"] for item in json.loads(response.body)] == ["PENDING", "PENDING"]
+
+
+def test_a_body_the_handler_serialised_is_sent_as_it_is(tmp_path: Path) -> None:
+    module = import_generated(COMMITTED.read_text(), tmp_path)
+    made = b'[{"id":"0197f5a8-7c2b-7d4e-9a1b-2c3d4e5f6a7b", "type":"PENDING"}]'
+
+    class States:
+        def read_task_run_states(self, **_: Any) -> Any:
+            return module.Serialized(made), 200
+
+    routes = module.Routes(**complete_handlers(module, task_run_states=States()))
+    response = routes.read_task_run_states_task_run_states__get(
+        task_run_id="0197f5a8-7c2b-7d4e-9a1b-2c3d4e5f6a7b"
+    )
+
+    assert response.status_code == 200
+    assert response.body == made
+    assert response.content_type == "application/json"
 
 
 def test_stubs_convert_arguments_and_serialise_results(tmp_path: Path) -> None:

@@ -1,0 +1,143 @@
+"""Lists of task runs as JSON, built straight from their rows.
+
+A page of 200 runs built as models (each field validated) and then serialised cost about
+three times what reading the page from the database did. Here each run becomes a dict of
+values the JSON encoder writes exactly as it writes the model's fields: ids already as text,
+instants as aware datetimes, numbers and strings as stored. The JSON columns go through the
+models they belong to (TaskRunPolicy, StateDetails, ...) so that defaults, field order and
+normalised values come out as a model would give them; their stored texts repeat a great
+deal (policies, tags, inputs), so each distinct text is validated once.
+
+The answer is byte for byte what serialising the models gives
+(tests/services/test_task_run_json.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import pydantic_core
+from pydantic import TypeAdapter
+
+from app.db.task_run_queries import ListedTaskRun
+from app.services.task_runs import lateness_at, run_time_at
+from generated import models
+
+# How many distinct stored texts of each JSON column keep their validated value.
+_CACHED_TEXTS = 4096
+
+
+def _validated_json(annotation: Any) -> Callable[[str], Any]:
+    """A function from a stored JSON text to the value a model field of type `annotation`
+    holds for it, in the form the JSON encoder writes as the model would.
+    """
+    adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+
+    def validated(text: str) -> Any:
+        return adapter.dump_python(
+            adapter.validate_python(pydantic_core.from_json(text)), mode="json"
+        )
+
+    return validated
+
+
+def _field_type(model: type[Any], name: str) -> Any:
+    return model.model_fields[name].annotation
+
+
+_policy = functools.lru_cache(_CACHED_TEXTS)(
+    _validated_json(_field_type(models.TaskRun, "empirical_policy"))
+)
+_tags = functools.lru_cache(_CACHED_TEXTS)(_validated_json(_field_type(models.TaskRun, "tags")))
+_labels = functools.lru_cache(_CACHED_TEXTS)(_validated_json(_field_type(models.TaskRun, "labels")))
+_inputs = functools.lru_cache(_CACHED_TEXTS)(
+    _validated_json(_field_type(models.TaskRun, "task_inputs"))
+)
+# A state's details name its run: no two runs share them, so they are not cached.
+_details = _validated_json(_field_type(models.State, "state_details"))
+
+
+def task_runs_json(runs: Sequence[ListedTaskRun], *, now: datetime) -> bytes:
+    """The JSON array of these runs as TaskRun objects, their estimates computed for `now`."""
+    return _encode([_task_run(run, now) for run in runs])
+
+
+def pagination_json(
+    results: Sequence[ListedTaskRun],
+    *,
+    count: int,
+    limit: int,
+    pages: int,
+    page: int,
+    now: datetime,
+) -> bytes:
+    """A TaskRunPaginationResponse holding these runs, as JSON."""
+    return _encode(
+        {
+            "results": [_task_run(run, now) for run in results],
+            "count": count,
+            "limit": limit,
+            "pages": pages,
+            "page": page,
+        }
+    )
+
+
+def _encode(value: Any) -> bytes:
+    # As a model's JSON: infinities and NaN are written as null.
+    return pydantic_core.to_json(value, inf_nan_mode="null")
+
+
+def _task_run(run: ListedTaskRun, now: datetime) -> dict[str, Any]:
+    """A run's fields in TaskRun's order, as its JSON gives them."""
+    return {
+        "id": run.id,
+        "created": run.created,
+        "updated": run.updated,
+        "name": run.name,
+        "flow_run_id": run.flow_run_id,
+        "task_key": run.task_key,
+        "dynamic_key": run.dynamic_key,
+        "cache_key": run.cache_key,
+        "cache_expiration": run.cache_expiration,
+        "task_version": run.task_version,
+        "empirical_policy": _policy(run.empirical_policy),
+        "tags": _tags(run.tags),
+        "labels": _labels(run.labels),
+        "state_id": run.state_id,
+        "task_inputs": _inputs(run.task_inputs),
+        "state_type": run.state_type,
+        "state_name": run.state_name,
+        "run_count": run.run_count,
+        "flow_run_run_count": run.flow_run_run_count,
+        "expected_start_time": run.expected_start_time,
+        "next_scheduled_start_time": run.next_scheduled_start_time,
+        "start_time": run.start_time,
+        "end_time": run.end_time,
+        "total_run_time": float(run.total_run_time),
+        "estimated_run_time": float(
+            run_time_at(now, run.state_type, run.state_timestamp, run.total_run_time)
+        ),
+        "estimated_start_time_delta": lateness_at(
+            now, run.state_type, run.expected_start_time, run.start_time
+        ),
+        "state": None if run.state_row_type is None else _state(run),
+    }
+
+
+def _state(run: ListedTaskRun) -> dict[str, Any]:
+    """The run's current state in State's order, as its JSON gives it."""
+    data = run.state_row_data
+    return {
+        "id": run.state_id,
+        "type": run.state_row_type,
+        "name": run.state_row_name,
+        "timestamp": run.state_row_timestamp,
+        "message": run.state_row_message,
+        # `data` is any JSON value: the stored one, as it is.
+        "data": None if data is None else pydantic_core.from_json(data),
+        "state_details": None if run.state_row_details is None else _details(run.state_row_details),
+    }

@@ -1,0 +1,136 @@
+"""The lists of runs (filter, paginate) give each run byte for byte as reading it does.
+
+Lists build their JSON from the rows (app/services/task_run_json.py), a read from the run's
+model: the runs here carry every kind of field whose JSON could come out differently.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from app.services import task_run_queries, task_runs
+from generated import models
+from tests.support.api import create_run, set_state
+from tests.support.queries import FILTER, PAGINATE, task_runs as task_runs_body
+
+# Every estimate of the runs below is computed for this instant.
+NOW = datetime(2026, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for module in (task_runs, task_run_queries):
+        monkeypatch.setattr(module, "utcnow", lambda: NOW)
+    yield
+
+
+def varied_runs(client: TestClient) -> list[str]:
+    """Runs with every kind of field a list's JSON could write differently; their ids."""
+    key = uuid.uuid4().hex
+    plain = create_run(client, task_key=key, dynamic_key="plain")
+    text = create_run(
+        client,
+        task_key=key,
+        dynamic_key="text",
+        name='naïve "quoted" \\ back\tslash\n\u2028 日本 \x7f \x1f',
+        tags=["ü-tag", "b", "a"],
+        labels={"yes": True, "int": 12345678901234, "small": 1e-7, "big": 1e16, "s": "é"},
+        cache_key="key-\u00e9",
+        cache_expiration="2030-01-01T05:00:00+05:00",
+        task_version="1.0",
+    )
+    policies = [
+        create_run(
+            client,
+            task_key=key,
+            dynamic_key=f"policy-{n}",
+            empirical_policy=policy,
+            task_inputs=inputs,
+        )
+        for n, (policy, inputs) in enumerate(
+            [
+                ({"retries": 3, "retry_delay": [1, 2.5], "retry_jitter_factor": 0.5}, {}),
+                (
+                    {"max_retries": 2, "retry_delay_seconds": 3},
+                    {
+                        "x": [{"input_type": "task_run", "id": str(uuid.uuid4())}],
+                        "y": [{"input_type": "parameter", "name": "p"}],
+                        "z": [{"input_type": "constant", "type": "int"}],
+                    },
+                ),
+            ]
+        )
+    ]
+    running = create_run(client, task_key=key, dynamic_key="running")
+    assert set_state(client, running["id"], "RUNNING").status_code == 201
+    late = create_run(
+        client,
+        task_key=key,
+        dynamic_key="late",
+        state={
+            "type": "SCHEDULED",
+            "state_details": {"scheduled_time": "2026-05-31T14:00:00+02:00"},
+        },
+    )
+    done = create_run(client, task_key=key, dynamic_key="done")
+    assert set_state(client, done["id"], "RUNNING").status_code == 201
+    completed = set_state(
+        client,
+        done["id"],
+        "COMPLETED",
+        message="done ✓\n",
+        data={"n": [1, 1.5, -0.0, 1e300, 123456789012345678901234567890], "s": "é\u0001"},
+    )
+    assert completed.status_code == 201, completed.text
+    runs = [plain, text, *policies, running, late, done]
+    return [run["id"] for run in runs]
+
+
+def read_bytes(client: TestClient, run_id: str) -> bytes:
+    response = client.get(f"/api/task_runs/{run_id}")
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+@pytest.mark.usefixtures("fixed_clock")
+class TestListsAnswerAsReads:
+    def test_filter_gives_each_run_as_read(self, client: TestClient) -> None:
+        run_ids = sorted(varied_runs(client), reverse=True)
+
+        response = client.post(
+            FILTER, json={**task_runs_body(id={"any_": run_ids}), "sort": "ID_DESC"}
+        )
+
+        assert response.status_code == 200, response.text
+        reads = [read_bytes(client, run_id) for run_id in run_ids]
+        assert response.content == b"[" + b",".join(reads) + b"]"
+
+    def test_paginate_gives_the_page_as_its_model_does(self, client: TestClient) -> None:
+        run_ids = sorted(varied_runs(client), reverse=True)
+        body: dict[str, Any] = {
+            **task_runs_body(id={"any_": run_ids}),
+            "sort": "ID_DESC",
+            "limit": 3,
+            "page": 2,
+        }
+
+        response = client.post(PAGINATE, json=body)
+
+        assert response.status_code == 200, response.text
+        page = models.TaskRunPaginationResponse(
+            results=[
+                models.TaskRun.model_validate_json(read_bytes(client, run_id))
+                for run_id in run_ids[3:6]
+            ],
+            count=len(run_ids),
+            limit=3,
+            pages=3,
+            page=2,
+        )
+        assert response.content == page.model_dump_json().encode()
