@@ -7,7 +7,6 @@ model: the runs here carry every kind of field whose JSON could come out differe
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,17 +16,17 @@ from starlette.testclient import TestClient
 from app.services import task_run_queries, task_runs
 from generated import models
 from tests.support.api import create_run, set_state
-from tests.support.queries import FILTER, PAGINATE, task_runs as task_runs_body
+from tests.support.queries import FILTER, PAGINATE
+from tests.support.queries import task_runs as task_runs_body
 
 # Every estimate of the runs below is computed for this instant.
 NOW = datetime(2026, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
 @pytest.fixture
-def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     for module in (task_runs, task_run_queries):
         monkeypatch.setattr(module, "utcnow", lambda: NOW)
-    yield
 
 
 def varied_runs(client: TestClient) -> list[str]:

@@ -48,7 +48,7 @@ def test_ids_read_as_their_canonical_text(engine: Engine) -> None:
             select(uuid_text(things.c.id), uuid_text(things.c.other), json_text(things.c.document))
         ).one()
 
-    assert tuple(row) == (str(ID), None, '{"a": [1, 2.5]}')
+    assert list(row) == [str(ID), None, '{"a": [1, 2.5]}']
 
 
 @pytest.mark.parametrize(
