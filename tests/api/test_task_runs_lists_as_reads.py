@@ -11,8 +11,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import Connection
 from starlette.testclient import TestClient
 
+from app.db.database import Database
+from app.db.tables import task_run_state
 from app.services import task_run_queries, task_runs
 from generated import models
 from tests.support.api import create_run, set_state
@@ -91,6 +94,21 @@ def varied_runs(client: TestClient) -> list[str]:
     return [run["id"] for run in runs]
 
 
+def store_details(database: Database, state_id: str, details: dict[str, Any]) -> None:
+    """Replace a stored state's details, as a row written by other means than this service
+    (fewer fields, other offsets) would hold them.
+    """
+
+    def write(connection: Connection) -> None:
+        connection.execute(
+            task_run_state.update()
+            .where(task_run_state.c.id == uuid.UUID(state_id))
+            .values(state_details=details)
+        )
+
+    database.write(write)
+
+
 def read_bytes(client: TestClient, run_id: str) -> bytes:
     response = client.get(f"/api/task_runs/{run_id}")
     assert response.status_code == 200, response.text
@@ -109,6 +127,25 @@ class TestListsAnswerAsReads:
         assert response.status_code == 200, response.text
         reads = [read_bytes(client, run_id) for run_id in run_ids]
         assert response.content == b"[" + b",".join(reads) + b"]"
+
+    def test_details_not_stored_as_the_model_dumps_them_are_given_as_read(
+        self, client: TestClient, database: Database
+    ) -> None:
+        run = create_run(client, task_key=uuid.uuid4().hex, dynamic_key="details")
+        store_details(
+            database,
+            run["state_id"],
+            {"scheduled_time": "2026-05-31T14:00:00.500+02:00", "task_run_id": run["id"]},
+        )
+
+        response = client.post(FILTER, json=task_runs_body(id={"any_": [run["id"]]}))
+
+        assert response.status_code == 200, response.text
+        assert response.content == b"[" + read_bytes(client, run["id"]) + b"]"
+        details = response.json()[0]["state"]["state_details"]
+        # Through the model: its defaults filled in, the instant written in its format.
+        assert details["deferred"] is False
+        assert details["scheduled_time"] == "2026-05-31T14:00:00.500000+02:00"
 
     def test_paginate_gives_the_page_as_its_model_does(self, client: TestClient) -> None:
         run_ids = sorted(varied_runs(client), reverse=True)

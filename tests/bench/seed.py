@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 from app.db import tables
 from app.db.database import normalise_url
 from app.db.migrate import upgrade
+from generated import models
 
 FLOW_RUNS = 10_000
 # Runs without a flow run (autonomous tasks, background tasks).
@@ -45,6 +46,8 @@ RANDOM_SEED = 9
 # Runs generated and written per transaction.
 BATCH_RUNS = 20_000
 PROGRESS_EVERY_RUNS = 100_000
+# A state's details as the service stores them: every field of StateDetails, in its order.
+STORED_DETAILS = models.StateDetails().model_dump(mode="json")
 
 # Fifty tags, areas by kinds; a few are common, most are rare (weights 1/rank, cumulative).
 TAG_AREAS = (
@@ -244,12 +247,21 @@ class Generator:
                     "message": None,
                     "data": None,
                     "state_details": {
+                        **STORED_DETAILS,
                         "flow_run_id": None if flow_run_id is None else str(flow_run_id),
                         "task_run_id": str(run_id),
+                        "scheduled_time": _json_instant(moment)
+                        if state_type == "SCHEDULED"
+                        else None,
                     },
                 }
             )
         return rows
+
+
+def _json_instant(instant: datetime) -> str:
+    """An instant as a model dumped to JSON writes it ("...Z", no zero microseconds)."""
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 # ---------------------------------------------------------------------------------------
