@@ -141,5 +141,5 @@ OP ?= read
 bench-cpu: $(DEV) ## CPU ms per request of each operation in this process, no HTTP server
 	$(BIN)/python -m tests.bench.inprocess
 
-profile: $(DEV) ## the top frames by self time of one operation (OP=read|create|set_state|health)
+profile: $(DEV) ## the top frames by self time of one operation (OP=read|create|set_state|health|filter)
 	$(BIN)/python -m tests.bench.profile --operation $(OP)

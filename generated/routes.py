@@ -19,10 +19,10 @@ _Body = TypeVar("_Body")
 class Serialized(Generic[_Body]):
     """A response body a handler serialised itself: the JSON of a `_Body`, sent as it is."""
 
-    __slots__ = ("json",)
+    __slots__ = ("content",)
 
-    def __init__(self, json: bytes) -> None:
-        self.json = json
+    def __init__(self, content: bytes) -> None:
+        self.content = content
 
 
 class InvalidRequestModel(Exception):
@@ -61,7 +61,7 @@ def _response(result: object, status: int) -> ConnexionResponse:
         return ConnexionResponse(status_code=status)
     if isinstance(result, Serialized):
         return ConnexionResponse(
-            status_code=status, body=result.json, content_type="application/json"
+            status_code=status, body=result.content, content_type="application/json"
         )
     return ConnexionResponse(
         status_code=status, body=_json(result), content_type="application/json"

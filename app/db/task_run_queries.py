@@ -41,9 +41,7 @@ from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import Text
 
-from app.db.records import TASK_RUN_COLUMNS, TASK_RUN_STATE_COLUMNS
 from app.db.tables import task_run, task_run_state, task_run_tag
-from app.db.task_runs import StoredTaskRun, stored_task_run
 from app.db.types import UTCDateTime, json_text, uuid_text
 
 Condition = ColumnElement[bool]
@@ -355,24 +353,6 @@ def order_by(sort: Sort, *, now: datetime) -> list[UnaryExpression[Any]]:
 # Queries
 
 
-def find_task_runs(
-    connection: Connection,
-    condition: Condition,
-    *,
-    sort: Sort,
-    limit: int,
-    offset: int,
-    now: datetime,
-) -> list[StoredTaskRun]:
-    """The matching runs with their current states, in order, `offset` of them skipped."""
-    columns = (
-        *(task_run.c[name] for name in TASK_RUN_COLUMNS),
-        *(task_run_state.c[name].label(f"state_{name}") for name in TASK_RUN_STATE_COLUMNS),
-    )
-    statement = _page_of_runs(columns, condition, sort=sort, limit=limit, offset=offset, now=now)
-    return [stored_task_run(row) for row in connection.execute(statement).all()]
-
-
 class ListedTaskRun(NamedTuple):
     """A run and its current state as a list of runs answers them: the ids as their text,
     the JSON columns as the JSON text stored, instants as aware datetimes.
@@ -456,8 +436,9 @@ def list_task_runs(
     offset: int,
     now: datetime,
 ) -> list[ListedTaskRun]:
-    """What find_task_runs finds, read in the form a list of runs answers it: a page of 200
-    runs is read without decoding its JSON or building UUID objects only to print them.
+    """The matching runs with their current states, in order, `offset` of them skipped: read
+    in the form a list of runs answers them, without decoding the JSON columns or building
+    UUID objects only to print them.
     """
     statement = _page_of_runs(
         _LISTED_COLUMNS, condition, sort=sort, limit=limit, offset=offset, now=now

@@ -119,7 +119,7 @@ class _CanonicalUUIDText(TypeDecorator[str]):
 
 
 def _canonical_uuid_from_sqlite_text(value: str | None) -> str | None:
-    """ "8-4-4-4-12" lowercase text of a UUID SQLite stores as 32 hex digits."""
+    """The canonical text ("8-4-4-4-12", lowercase) of a UUID SQLite stores as 32 hex digits."""
     if value is None:
         return None
     if len(value) == 32 and value.islower():
