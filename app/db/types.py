@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -149,8 +150,34 @@ class _UUIDAsText(_AsText):
     inherit_cache = True
 
 
+class _JSONText(TypeDecorator[str]):
+    """The result type of `json_text`."""
+
+    impl = Text
+    cache_ok = True
+
+    def result_processor(
+        self,
+        dialect: Dialect,
+        coltype: Any,  # noqa: ARG002
+    ) -> Callable[[Any], Any] | None:
+        if dialect.name == "sqlite":
+            return _json_text_from_sqlite
+        return None
+
+
+def _json_text_from_sqlite(value: str | float | None) -> str | None:
+    """The JSON text of a value SQLite returned for a JSON column. A column declared JSON
+    has NUMERIC affinity there: a document that is a bare number is stored, and returned,
+    as an INTEGER or a REAL.
+    """
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
 class _JSONAsText(_AsText):
-    type = Text()
+    type = _JSONText()
     inherit_cache = True
 
 

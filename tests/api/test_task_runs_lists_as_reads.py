@@ -6,6 +6,7 @@ model: the runs here carry every kind of field whose JSON could come out differe
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -90,8 +91,22 @@ def varied_runs(client: TestClient) -> list[str]:
         data={"n": [1, 1.5, -0.0, 1e300, 123456789012345678901234567890], "s": "é\u0001"},
     )
     assert completed.status_code == 201, completed.text
-    runs = [plain, text, *policies, running, late, done]
+    bare = [completed_with(client, key, f"bare-{n}", data) for n, data in enumerate(BARE_DATA)]
+    runs = [plain, text, *policies, running, late, done, *bare]
     return [run["id"] for run in runs]
+
+
+# Results that are bare JSON values: SQLite returns a number stored in a JSON column as one.
+BARE_DATA = [5, -0.0, 0.30000000000000004, 1e300, 123456789012345678901234567890, "5", True]
+
+
+def completed_with(client: TestClient, key: str, dynamic_key: str, data: Any) -> dict[str, Any]:
+    """A run COMPLETED with `data` as its result."""
+    run = create_run(client, task_key=key, dynamic_key=dynamic_key)
+    assert set_state(client, run["id"], "RUNNING").status_code == 201
+    response = set_state(client, run["id"], "COMPLETED", data=data)
+    assert response.status_code == 201, response.text
+    return run
 
 
 def store_details(database: Database, state_id: str, details: dict[str, Any]) -> None:
@@ -166,7 +181,7 @@ class TestListsAnswerAsReads:
             ],
             count=len(run_ids),
             limit=3,
-            pages=3,
+            pages=math.ceil(len(run_ids) / 3),
             page=2,
         )
         assert response.content == page.model_dump_json().encode()

@@ -4,6 +4,7 @@ its stored text, the same on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -66,3 +67,15 @@ def test_ids_stored_by_others_on_sqlite_read_as_the_canonical_text(
         read = connection.execute(select(uuid_text(things.c.id))).scalar_one()
 
     assert read == str(uuid.UUID(stored))
+
+
+@pytest.mark.parametrize("document", [5, 0.30000000000000004, -0.0, "5", True, None, [1]])
+def test_a_document_that_is_a_bare_value_reads_as_its_json_text(
+    engine: Engine, document: object
+) -> None:
+    # SQLite gives a JSON column NUMERIC affinity: a bare number is stored as a number.
+    with engine.begin() as connection:
+        connection.execute(things.insert().values(id=ID, document=document))
+        read = connection.execute(select(json_text(things.c.document))).scalar_one()
+
+    assert json.loads(read) == document

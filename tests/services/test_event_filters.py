@@ -9,9 +9,17 @@ from typing import Any
 import pytest
 
 from app.db.records import EventRecord
+from app.services import event_filters
 from app.services.event_filters import BACKFILL_LIMIT, UnsupportedFilter, parse_filter
 
 NOW = datetime.now(UTC)
+
+
+@pytest.fixture(autouse=True)
+def clock_at_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The records below are made when the tests are collected; a filter's default window
+    # (the last 15 minutes) is counted from NOW, not from when a test happens to run.
+    monkeypatch.setattr(event_filters, "utcnow", lambda: NOW)
 
 
 def record(name: str = "prefect.task-run.Completed", **overrides: Any) -> EventRecord:
