@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, DateTime, String, Text
+from sqlalchemy import ColumnElement, DateTime, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -103,20 +103,22 @@ def _utc_from_sqlite_text(value: str | None) -> datetime | None:
         return _as_utc(datetime.fromisoformat(value))
 
 
-class _CanonicalUUIDText(TypeDecorator[str]):
-    """The result type of `uuid_text`: SQLite's 32 hex digits read as the canonical text."""
+class _TextConvertedOnSQLite(TypeDecorator[str]):
+    """Text as the database returns it, converted by `from_sqlite` on SQLite."""
 
-    impl = String
+    impl = Text
     cache_ok = True
+
+    def __init__(self, from_sqlite: Callable[[Any], str | None]) -> None:
+        super().__init__()
+        self.from_sqlite = from_sqlite
 
     def result_processor(
         self,
         dialect: Dialect,
         coltype: Any,  # noqa: ARG002
     ) -> Callable[[Any], Any] | None:
-        if dialect.name == "sqlite":
-            return _canonical_uuid_from_sqlite_text
-        return None
+        return self.from_sqlite if dialect.name == "sqlite" else None
 
 
 def _canonical_uuid_from_sqlite_text(value: str | None) -> str | None:
@@ -127,6 +129,16 @@ def _canonical_uuid_from_sqlite_text(value: str | None) -> str | None:
         return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
     # Text this service did not write (upper case, dashes, or digits only).
     return str(UUID(value))
+
+
+def _json_text_from_sqlite(value: str | float | None) -> str | None:
+    """The JSON text of a value SQLite returned for a JSON column. A column declared JSON
+    has NUMERIC affinity there: a document that is a bare number is stored, and returned,
+    as an INTEGER or a REAL.
+    """
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
 
 
 class _AsText(FunctionElement[str]):
@@ -146,38 +158,12 @@ def _as_text_postgresql(element: _AsText, compiler: SQLCompiler, **kw: Any) -> s
 
 
 class _UUIDAsText(_AsText):
-    type = _CanonicalUUIDText()
+    type = _TextConvertedOnSQLite(_canonical_uuid_from_sqlite_text)
     inherit_cache = True
 
 
-class _JSONText(TypeDecorator[str]):
-    """The result type of `json_text`."""
-
-    impl = Text
-    cache_ok = True
-
-    def result_processor(
-        self,
-        dialect: Dialect,
-        coltype: Any,  # noqa: ARG002
-    ) -> Callable[[Any], Any] | None:
-        if dialect.name == "sqlite":
-            return _json_text_from_sqlite
-        return None
-
-
-def _json_text_from_sqlite(value: str | float | None) -> str | None:
-    """The JSON text of a value SQLite returned for a JSON column. A column declared JSON
-    has NUMERIC affinity there: a document that is a bare number is stored, and returned,
-    as an INTEGER or a REAL.
-    """
-    if value is None or isinstance(value, str):
-        return value
-    return json.dumps(value)
-
-
 class _JSONAsText(_AsText):
-    type = _JSONText()
+    type = _TextConvertedOnSQLite(_json_text_from_sqlite)
     inherit_cache = True
 
 

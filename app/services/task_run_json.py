@@ -30,34 +30,35 @@ from generated import models
 _CACHED_TEXTS = 4096
 
 
-def _validated_json(annotation: Any) -> Callable[[str], Any]:
-    """A function from a stored JSON text to the value a model field of type `annotation`
-    holds for it, in the form the JSON encoder writes as the model would.
+def _field_validator(model: type[Any], name: str) -> Callable[[Any], Any]:
+    """A function from a decoded JSON value to what the model's field `name` holds for it,
+    in the form the JSON encoder writes as the model would.
     """
-    adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+    adapter: TypeAdapter[Any] = TypeAdapter(model.model_fields[name].annotation)
 
-    def validated(text: str) -> Any:
-        return adapter.dump_python(
-            adapter.validate_python(pydantic_core.from_json(text)), mode="json"
-        )
+    def validated(value: Any) -> Any:
+        return adapter.dump_python(adapter.validate_python(value), mode="json")
 
     return validated
 
 
-def _field_type(model: type[Any], name: str) -> Any:
-    return model.model_fields[name].annotation
+def _cached_field_text(model: type[Any], name: str) -> Callable[[str], Any]:
+    """`_field_validator` of a stored JSON text, kept for the last distinct texts."""
+    validated = _field_validator(model, name)
+
+    @functools.lru_cache(_CACHED_TEXTS)
+    def validated_text(text: str) -> Any:
+        return validated(pydantic_core.from_json(text))
+
+    return validated_text
 
 
-_policy = functools.lru_cache(_CACHED_TEXTS)(
-    _validated_json(_field_type(models.TaskRun, "empirical_policy"))
-)
-_tags = functools.lru_cache(_CACHED_TEXTS)(_validated_json(_field_type(models.TaskRun, "tags")))
-_labels = functools.lru_cache(_CACHED_TEXTS)(_validated_json(_field_type(models.TaskRun, "labels")))
-_inputs = functools.lru_cache(_CACHED_TEXTS)(
-    _validated_json(_field_type(models.TaskRun, "task_inputs"))
-)
+_policy = _cached_field_text(models.TaskRun, "empirical_policy")
+_tags = _cached_field_text(models.TaskRun, "tags")
+_labels = _cached_field_text(models.TaskRun, "labels")
+_inputs = _cached_field_text(models.TaskRun, "task_inputs")
 # A state's details name its run: no two runs share them, so they are not cached.
-_validated_details = _validated_json(_field_type(models.State, "state_details"))
+_validated_details = _field_validator(models.State, "state_details")
 _DETAIL_FIELDS = tuple(models.StateDetails.model_fields)
 
 
@@ -71,7 +72,7 @@ def _details(text: str) -> Any:
     parsed = pydantic_core.from_json(text)
     if isinstance(parsed, dict) and tuple(parsed) == _DETAIL_FIELDS:
         return parsed
-    return _validated_details(text)
+    return _validated_details(parsed)
 
 
 def task_runs_json(runs: Sequence[ListedTaskRun], *, now: datetime) -> bytes:
