@@ -8,6 +8,7 @@ ASCII letters only, and time arithmetic is done in whole microseconds.
 
 from __future__ import annotations
 
+import sqlite3
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ _MICROSECOND = timedelta(microseconds=1)
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 _LIKE_ESCAPE = "\\"
 _TERMINAL_STATE_TYPES = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
+_SQLITE_WITH_UNIXEPOCH = (3, 38, 0)
 
 
 class _EpochMicroseconds(FunctionElement[int]):
@@ -65,11 +67,22 @@ def _epoch_microseconds_sqlite(
     element: _EpochMicroseconds, compiler: SQLCompiler, **kw: Any
 ) -> str:
     # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff' (naive UTC): whole seconds, then the fraction.
+    # The seconds are read from the first 19 characters alone: SQLite's date functions round
+    # a fraction to the millisecond, and would read '12:00:03.9996' as second 4.
     value = compiler.process(next(iter(element.clauses)), **kw)
     return (
-        f"(CAST(strftime('%s', {value}) AS INTEGER) * 1000000"
+        f"({_sqlite_epoch_seconds(f'substr({value}, 1, 19)')} * 1000000"
         f" + CAST(substr({value}, 21, 6) AS INTEGER))"
     )
+
+
+def _sqlite_epoch_seconds(text: str) -> str:
+    """SQL for the whole seconds since 1970 of SQLite's text of an instant: unixepoch() where
+    SQLite has it (3.38 and later), a third cheaper per row than strftime('%s').
+    """
+    if sqlite3.sqlite_version_info >= _SQLITE_WITH_UNIXEPOCH:
+        return f"unixepoch({text})"
+    return f"CAST(strftime('%s', {text}) AS INTEGER)"
 
 
 @compiles(_EpochMicroseconds, "postgresql")
@@ -113,8 +126,27 @@ def _seconds_between(
     return _SecondsBetween(later, earlier)
 
 
+class _NotNegative(FunctionElement[float]):
+    """A number, or 0.0 where it is negative: the number is computed once per row, where
+    `CASE WHEN x > 0 THEN x ...` computes it twice.
+    """
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(_NotNegative, "sqlite")
+def _not_negative_sqlite(element: _NotNegative, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"max({compiler.process(next(iter(element.clauses)), **kw)}, 0.0)"
+
+
+@compiles(_NotNegative, "postgresql")
+def _not_negative_postgresql(element: _NotNegative, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"GREATEST({compiler.process(next(iter(element.clauses)), **kw)}, 0.0)"
+
+
 def _not_negative(value: ColumnElement[float]) -> ColumnElement[float]:
-    return case((value > 0.0, value), else_=literal(0.0))
+    return _NotNegative(value)
 
 
 def _instant(name: str, value: datetime) -> ColumnElement[datetime]:

@@ -93,6 +93,54 @@ def test_the_state_cache_migration_goes_down_and_up_again(fresh_database_url: st
     check(fresh_database_url)
 
 
+def index_definitions(url: str) -> dict[str, str]:
+    """Each index the tables declare, as the database describes it (columns, INCLUDE, WHERE)."""
+    declared = {index.name for table in metadata.tables.values() for index in table.indexes}
+    engine = create_engine(normalise_url(url))
+    query = (
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'"
+        if engine.dialect.name == "postgresql"
+        else "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+    )
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text(query)).all()
+    finally:
+        engine.dispose()
+    return {name: " ".join(definition.split()) for name, definition in rows if name in declared}
+
+
+def test_the_migrations_define_every_index_as_the_tables_do(backend: str, tmp_path: Path) -> None:
+    with (
+        empty_database(backend, tmp_path) as migrated,
+        empty_database(backend, tmp_path) as created,
+    ):
+        upgrade(migrated)
+        engine = create_engine(normalise_url(created))
+        metadata.create_all(engine)
+        engine.dispose()
+
+        from_migrations, from_tables = index_definitions(migrated), index_definitions(created)
+
+    assert from_migrations == from_tables
+    assert len(from_tables) >= 10
+
+
+def test_history_reads_its_fields_from_the_index_on_postgresql(
+    fresh_database_url: str,
+) -> None:
+    if not fresh_database_url.startswith("postgresql"):
+        pytest.skip("SQLite indexes carry no INCLUDE columns")
+    upgrade(fresh_database_url)
+
+    definition = index_definitions(fresh_database_url)["ix_task_run__expected_start_time_id"]
+
+    assert definition.endswith(
+        "(expected_start_time, id) INCLUDE (state_type, state_name, total_run_time,"
+        " state_timestamp, start_time)"
+    )
+
+
 def test_migrations_have_a_single_head() -> None:
     scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
 
