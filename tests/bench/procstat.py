@@ -19,6 +19,9 @@ RSS_SAMPLE_INTERVAL_SECONDS = 0.1
 # seconds (the kernel counts CPU time in ticks of 10 ms).
 IDLE_WINDOW_SECONDS = 0.3
 IDLE_CPU_SHARE = 0.1
+# The machine is idle when all of its processes together used at most this share of a core
+# (other services and the kernel use a little all the time).
+IDLE_MACHINE_CPU_SHARE = 0.3
 
 
 def children(pid: int) -> list[int]:
@@ -174,17 +177,25 @@ def _fill(
 
 
 def wait_until_idle(pids: list[int], *, timeout: float) -> None:
-    """Wait until every one of `pids` is idle (or gone), for at most `timeout` seconds.
+    """Wait until every one of `pids` is idle (or gone), and the machine as a whole is, for at
+    most `timeout` seconds.
 
     A server goes on with the requests a load generator left when it stopped. Connections
-    opened meanwhile all go to the workers that are free to accept them, and stay there.
+    opened meanwhile all go to the workers that are free to accept them, and stay there. The
+    database's own processes go on too: a worker waiting for a long query is idle while the
+    query still takes the CPU the next run would have.
     """
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         before = {pid: cpu_seconds(pid) for pid in pids}
+        machine_before = machine_cpu_seconds()
         time.sleep(IDLE_WINDOW_SECONDS)
         used = [_used_since(pid, before[pid]) for pid in pids]
-        if all(seconds <= IDLE_CPU_SHARE * IDLE_WINDOW_SECONDS for seconds in used):
+        machine_used = machine_cpu_seconds() - machine_before
+        if (
+            all(seconds <= IDLE_CPU_SHARE * IDLE_WINDOW_SECONDS for seconds in used)
+            and machine_used <= IDLE_MACHINE_CPU_SHARE * IDLE_WINDOW_SECONDS
+        ):
             return
 
 

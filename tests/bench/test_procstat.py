@@ -1,0 +1,39 @@
+"""Waiting for the machine to settle between bench runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from tests.bench.procstat import wait_until_idle
+
+BUSY_SECONDS = 1.5
+
+
+def test_waits_for_a_busy_process_it_was_not_told_about() -> None:
+    # As the database's processes go on with the queries of a run after its workers idle.
+    busy = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import time\nend = time.monotonic() + {BUSY_SECONDS}\n"
+            "while time.monotonic() < end: pass",
+        ]
+    )
+    try:
+        time.sleep(0.2)
+        started = time.monotonic()
+        wait_until_idle([], timeout=10)
+        waited = time.monotonic() - started
+    finally:
+        busy.wait()
+
+    assert waited >= BUSY_SECONDS - 0.5
+
+
+def test_returns_soon_on_an_idle_machine() -> None:
+    started = time.monotonic()
+    wait_until_idle([], timeout=10)
+
+    assert time.monotonic() - started < 5
