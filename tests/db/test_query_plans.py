@@ -107,6 +107,17 @@ class TestQueryCellPlans:
         assert pages, shown(plans)
         assert [scan for page in pages for scan in page.full_scans] == [], shown(plans)
 
+    def test_a_name_search_on_sqlite_reads_the_names_from_an_index(self, loaded: Loaded) -> None:
+        # In id order until the page is full, without looking each run up in the table.
+        if loaded.backend != "sqlite":
+            pytest.skip("PostgreSQL searches names through its trigram index")
+        cell = loaded.cell("q_name_like")
+
+        plans = plans_of_request(loaded.app, cell.path, cell.body)
+
+        plan = "\n".join(line for statement in plans.statements for line in statement.plan)
+        assert "USING COVERING INDEX ix_task_run__id_name" in plan, shown(plans)
+
     def test_a_criterion_without_an_index_is_flagged(self, loaded: Loaded) -> None:
         # The check above must be able to fail: total_run_time has no index.
         engine = database_of(loaded.app).engine

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
 from app.db.database import normalise_url
-from app.db.tables import POSTGRESQL_ONLY_INDEXES, metadata
+from app.db.tables import POSTGRESQL_ONLY_INDEXES, SQLITE_ONLY_INDEXES, metadata
 from app.settings import Settings
 
 config = context.config
@@ -27,13 +28,22 @@ def _configure(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
         transaction_per_migration=True,
-        include_object=_compared,
+        include_object=_compared_on(connection.dialect.name),
     )
 
 
-def _compared(item: Any, name: str | None, kind: str, reflected: bool, compared_to: Any) -> bool:  # noqa: ARG001
-    """Whether the schema comparison looks at this object: not at PostgreSQL's own indexes."""
-    return not (kind == "index" and name in POSTGRESQL_ONLY_INDEXES)
+def _compared_on(dialect: str) -> Callable[..., bool]:
+    """Whether the schema comparison looks at an object: not at the indexes one database has
+    alone (PostgreSQL's are not in the tables; SQLite's are, and PostgreSQL has none of them).
+    """
+    not_compared = set(POSTGRESQL_ONLY_INDEXES)
+    if dialect != "sqlite":
+        not_compared |= SQLITE_ONLY_INDEXES
+
+    def compared(item: Any, name: str | None, kind: str, reflected: bool, compared_to: Any) -> bool:  # noqa: ARG001
+        return not (kind == "index" and name in not_compared)
+
+    return compared
 
 
 def run_migrations() -> None:
