@@ -2,7 +2,7 @@
 microsecond, what the service computes for a run's answer, on SQLite and PostgreSQL.
 
 SQLite's date functions round a fraction of a second to the millisecond: read whole, an
-instant at 12:00:03.9996 would count as 12:00:04.0006.
+instant at 12:00:03.9996 would count as 12:00:04.9996, a second late.
 """
 
 from __future__ import annotations
