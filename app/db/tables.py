@@ -41,6 +41,12 @@ HISTORY_COLUMNS = (
     "start_time",
 )
 
+# SQLite only: a name search (`like_`) in the default order, newest id first, reads the
+# names from this index until the page is full instead of looking each run up in the table.
+# PostgreSQL answers it from a trigram index; there every change of state would add an
+# entry to this one too.
+_NAME_SEARCH_ON_SQLITE = Index(None, "id", "name").ddl_if(dialect="sqlite")
+
 # A task run, with its current state's fields copied onto it for cheap reads and filters.
 task_run = Table(
     "task_run",
@@ -115,17 +121,13 @@ task_run = Table(
     # scan): without them, a week of a large table was read from the table itself.
     Index(None, "expected_start_time", "id", postgresql_include=HISTORY_COLUMNS),
     Index(None, "next_scheduled_start_time", "id"),
-    # SQLite only: a name search (`like_`) in the default order, newest id first, reads the
-    # names from this index until the page is full instead of looking each run up in the
-    # table. PostgreSQL answers it from a trigram index; there every change of state would
-    # add an entry to this one too.
-    Index(None, "id", "name").ddl_if(dialect="sqlite"),
+    _NAME_SEARCH_ON_SQLITE,
     Index(None, "start_time", "id"),
     Index(None, "end_time", "id"),
 )
 
 # Indexes of the tables above that SQLite alone has.
-SQLITE_ONLY_INDEXES = frozenset({"ix_task_run__id_name"})
+SQLITE_ONLY_INDEXES = frozenset({str(_NAME_SEARCH_ON_SQLITE.name)})
 
 # Indexes PostgreSQL alone has, created by the migrations and left out of the comparison
 # with these tables (SQLite has no such indexes, and Alembic cannot compare them).
