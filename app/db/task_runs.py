@@ -233,17 +233,18 @@ def write_current_state(
     run: TaskRunRecord,
     state: TaskRunStateRecord,
     *,
-    before: Mapping[str, Any],
+    stored: Mapping[str, Any],
 ) -> None:
     """INSERT the run's new current state and write the fields it derives (times, counts);
-    `before` holds those fields as `state_fields` gave them before the run entered it.
+    `stored` holds those fields as the database has them (`state_fields` of the run as read,
+    before any change).
 
     On PostgreSQL one statement does both. On SQLite only the fields that changed are set:
     an UPDATE there rewrites the entries of every index on a column it sets, changed or not
     (most of these fields are indexed for the queries).
     """
     if connection.dialect.name != "postgresql":
-        changed = tuple(name for name in _STATE_FIELDS if getattr(run, name) != before[name])
+        changed = tuple(name for name in _STATE_FIELDS if getattr(run, name) != stored[name])
         insert_state(connection, state)
         parameters = {f"new_{name}": getattr(run, name) for name in changed}
         _update_of(changed).execute(connection, {"run_id": run.id, **parameters})

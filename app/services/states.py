@@ -15,8 +15,8 @@ StateType = models.StateType
 TERMINAL_STATE_TYPES = frozenset(
     {StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED}
 )
-# The one `data` value that says a result exists but was not kept anywhere.
-UNPERSISTED = {"type": "unpersisted"}
+# The `type` of a state's `data` that says a result exists but was not kept anywhere.
+UNPERSISTED_TYPE = "unpersisted"
 
 
 def new_state_row(
@@ -127,8 +127,13 @@ def scheduled_time_of(state: TaskRunStateRecord) -> datetime | None:
 
 
 def holds_persisted_data(state: TaskRunStateRecord) -> bool:
-    """Whether the state carries a result that was kept (anything but nothing or "unpersisted")."""
-    return bool(state.data) and state.data != UNPERSISTED
+    """Whether the state carries a result that was kept: anything but nothing or an object whose
+    `type` is "unpersisted" (with or without other keys, as Prefect reads it).
+    """
+    data = state.data
+    if isinstance(data, dict):
+        return bool(data) and data.get("type") != UNPERSISTED_TYPE
+    return bool(data)
 
 
 def state_model(state: TaskRunStateRecord) -> models.State:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Connection
@@ -56,6 +58,8 @@ def set_task_run_state(
     if stored is None:
         raise NotFound(NOT_FOUND_MESSAGE)
     run, current = stored
+    # As stored: the rules may change the run (a count started afresh) before it is written.
+    stored_fields = run_rows.state_fields(run)
     now = next_state_time(current)
     transition = Transition(
         run=run,
@@ -72,16 +76,24 @@ def set_task_run_state(
     orchestration.decide()
     if transition.proposed is None:
         return SetStateOutcome(transition=transition, state=current, written=False)
-    write_state(connection, run, transition.proposed)
+    write_state(connection, run, transition.proposed, stored_fields=stored_fields)
     orchestration.written()
     return SetStateOutcome(transition=transition, state=transition.proposed, written=True)
 
 
-def write_state(connection: Connection, run: TaskRunRecord, state: TaskRunStateRecord) -> None:
-    """Store `state` as the run's new current state, with the run's derived fields."""
-    before = run_rows.state_fields(run)
+def write_state(
+    connection: Connection,
+    run: TaskRunRecord,
+    state: TaskRunStateRecord,
+    *,
+    stored_fields: Mapping[str, Any],
+) -> None:
+    """Store `state` as the run's new current state, with the run's derived fields;
+    `stored_fields` are those fields as the database holds them (`state_fields` of the run as
+    it was read).
+    """
     enter_state(run, state)
-    run_rows.write_current_state(connection, run, state, before=before)
+    run_rows.write_current_state(connection, run, state, stored=stored_fields)
 
 
 def read_task_run_states(*, connection: Connection, task_run_id: UUID) -> list[models.State]:

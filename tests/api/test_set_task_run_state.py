@@ -404,7 +404,9 @@ class TestHandleTaskTerminalStateTransitions:
         assert response.json()["state"] == completed
         assert states_of(client, run["id"])[-1] == completed
 
-    @pytest.mark.parametrize("data", [None, {"type": "unpersisted"}])
+    @pytest.mark.parametrize(
+        "data", [None, {}, {"type": "unpersisted"}, {"type": "unpersisted", "k": 1}]
+    )
     def test_a_completed_run_without_persisted_data_runs_again_from_a_count_of_one(
         self, client: TestClient, data: Any
     ) -> None:
@@ -417,6 +419,39 @@ class TestHandleTaskTerminalStateTransitions:
         read = read_run(client, run["id"])
         assert read["run_count"] == 1
         assert read["end_time"] is None
+
+    @pytest.mark.parametrize("terminal", TERMINAL)
+    @pytest.mark.parametrize("proposed", ["PENDING", "SCHEDULED"])
+    def test_leaving_for_a_waiting_state_stores_the_count_started_afresh(
+        self, client: TestClient, terminal: str, proposed: str
+    ) -> None:
+        run = run_in(client, "RUNNING", "RUNNING", terminal)
+        assert run["run_count"] == 2
+
+        response = set_state(client, run["id"], proposed)
+
+        assert decided(response)[:3] == (201, "ACCEPT", proposed)
+        assert read_run(client, run["id"])["run_count"] == 0
+
+    def test_retries_start_afresh_after_leaving_a_terminal_state(self, client: TestClient) -> None:
+        run = run_in(
+            client,
+            "RUNNING",
+            "FAILED",
+            empirical_policy={"retries": 1, "retry_delay": 0},
+        )
+        # FAILED with its one retry still to come was itself a retry: the run is scheduled.
+        assert run["state_type"] == "SCHEDULED"
+        set_state(client, run["id"], "RUNNING")
+        set_state(client, run["id"], "FAILED")
+        assert read_run(client, run["id"])["state_type"] == "FAILED"
+
+        set_state(client, run["id"], "PENDING")
+        running = set_state(client, run["id"], "RUNNING")
+        failed = set_state(client, run["id"], "FAILED")
+
+        assert decided(running) == (201, "ACCEPT", "RUNNING", "Running")
+        assert decided(failed) == (201, "REJECT", "SCHEDULED", "AwaitingRetry")
 
     def test_leaving_for_another_terminal_state_keeps_the_count(self, client: TestClient) -> None:
         run = run_in(client, "RUNNING", "FAILED")
@@ -673,6 +708,26 @@ class TestBackgroundTaskRules:
 
         assert decided(response) == (201, "ACCEPT", "PENDING", "Submitting")
         assert response.json()["state"]["state_details"]["scheduled_time"] == due
+
+    def test_the_pending_state_keeps_its_deployment_concurrency_lease(
+        self, client: TestClient
+    ) -> None:
+        held, other = str(uuid.uuid4()), str(uuid.uuid4())
+        run = create_run(
+            client,
+            state={"type": "PENDING", "state_details": {"deployment_concurrency_lease_id": held}},
+        )
+
+        response = self.deferred(
+            client,
+            run["id"],
+            "PENDING",
+            name="Submitting",
+            state_details={"deployment_concurrency_lease_id": other},
+        )
+
+        assert decided(response) == (201, "ACCEPT", "PENDING", "Submitting")
+        assert response.json()["state"]["state_details"]["deployment_concurrency_lease_id"] == held
 
     def test_the_parameters_id_follows_the_run(self, client: TestClient) -> None:
         parameters_id = str(uuid.uuid4())

@@ -616,6 +616,14 @@ class TestReadTaskRun:
 
         assert without_estimates(read) == without_estimates(created)
 
+    def test_an_upper_case_id_reads_the_run(
+        self, client: TestClient, stored: models.TaskRun
+    ) -> None:
+        response = client.get(f"{CREATE}{str(stored.id).upper()}")
+
+        assert response.status_code == 200
+        assert response.json()["id"] == str(stored.id)
+
     def test_unknown_id_is_404_with_a_json_body(self, client: TestClient) -> None:
         response = client.get(f"{CREATE}{uuid.uuid4()}")
 
@@ -623,7 +631,16 @@ class TestReadTaskRun:
         assert response.headers["content-type"] == "application/json"
         assert response.json() == {"detail": "Task run not found"}
 
-    @pytest.mark.parametrize("bad_id", ["not-a-uuid", "123", "6b4fcd447f424d079a7c5ac6a1f4c1b2x"])
+    @pytest.mark.parametrize(
+        "bad_id",
+        [
+            "not-a-uuid",
+            "123",
+            "6b4fcd447f424d079a7c5ac6a1f4c1b2x",
+            # A UUID's 32 digits without hyphens, which Prefect's path converter takes.
+            "6b4fcd447f424d079a7c5ac6a1f4c1b2",
+        ],
+    )
     def test_an_id_that_is_not_a_uuid_is_422(self, client: TestClient, bad_id: str) -> None:
         response = client.get(f"{CREATE}{bad_id}")
 

@@ -86,6 +86,21 @@ class TestReadTaskRuns:
         assert filter_ids(client, task_runs(id={"any_": [str(uuid.uuid4())]})) == []
         assert len(filter_ids(client, task_runs(id={"any_": None}))) == 3
 
+    def test_id_any_takes_the_hyphenated_form_in_either_case(self, client: TestClient) -> None:
+        run = new_run(client)
+
+        assert filter_ids(client, task_runs(id={"any_": [run["id"].upper()]})) == [run["id"]]
+
+    @pytest.mark.parametrize(
+        "written", [lambda u: u.replace("-", ""), lambda u: f"{{{u}}}", lambda u: f"urn:uuid:{u}"]
+    )
+    def test_id_any_in_another_form_is_422(self, client: TestClient, written: Any) -> None:
+        response = client.post(
+            FILTER, json=task_runs(id={"any_": [written(new_run(client)["id"])]})
+        )
+
+        assert_validation_error(response, ["body", "task_runs", "id", "any_", 0], "format")
+
     def test_name_any_is_exact(self, client: TestClient) -> None:
         alpha, _ = new_run(client, name="alpha"), new_run(client, name="Alpha")
 

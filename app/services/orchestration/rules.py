@@ -113,7 +113,8 @@ class HandleTaskTerminalStateTransitions(Rule):
 class PreventPendingTransitions(Rule):
     """A background run that is PENDING, RUNNING, CANCELLING or CANCELLED cannot go back to
     PENDING: a second worker that picked up the same run stops there. A PENDING run may move
-    on to a PENDING state of another name than "Pending", keeping its scheduled time.
+    on to a PENDING state of another name than "Pending", keeping its scheduled time and its
+    deployment concurrency lease.
     """
 
     from_types = frozenset(
@@ -124,7 +125,8 @@ class PreventPendingTransitions(Rule):
     def before(self, transition: Transition, store: OrchestrationStore) -> None:  # noqa: ARG002
         initial, proposed = transition.current, transition.proposal
         if initial.type == StateType.PENDING and proposed.name not in (initial.name, "Pending"):
-            proposed.state_details["scheduled_time"] = initial.state_details.get("scheduled_time")
+            for carried in ("scheduled_time", "deployment_concurrency_lease_id"):
+                proposed.state_details[carried] = initial.state_details.get(carried)
             return
         transition.abort(
             f"This run is in a {initial.type} state and cannot transition to a PENDING state."
