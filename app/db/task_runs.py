@@ -114,7 +114,11 @@ _UPDATE_REPORTED = _update_of_fields(_REPORTED_COLUMNS)
 _CHANGE_KEYS = (
     task_run.update()
     .where(task_run.c.id == bindparam("run_id"))
-    .values(task_key=bindparam("new_task_key"), dynamic_key=bindparam("new_dynamic_key"))
+    .values(
+        flow_run_id=bindparam("new_flow_run_id"),
+        task_key=bindparam("new_task_key"),
+        dynamic_key=bindparam("new_dynamic_key"),
+    )
 )
 # A null name keeps the current one: the update then only marks the run as updated.
 _RENAME = (
@@ -273,12 +277,22 @@ def update_reported_fields(connection: Connection, run: TaskRunRecord) -> None:
 
 
 def change_task_run_keys(
-    connection: Connection, *, task_run_id: UUID, task_key: str, dynamic_key: str
+    connection: Connection,
+    *,
+    task_run_id: UUID,
+    flow_run_id: UUID | None,
+    task_key: str,
+    dynamic_key: str,
 ) -> bool:
-    """Give the run another task key and dynamic key; False (nothing changed) when another
-    run of its flow run (or, without one, another run without one) has them.
+    """Give the run another flow run, task key and dynamic key; False (nothing changed) when
+    another run of that flow run (or, without one, another run without one) has those keys.
     """
-    parameters = {"run_id": task_run_id, "new_task_key": task_key, "new_dynamic_key": dynamic_key}
+    parameters = {
+        "run_id": task_run_id,
+        "new_flow_run_id": flow_run_id,
+        "new_task_key": task_key,
+        "new_dynamic_key": dynamic_key,
+    }
     try:
         # A savepoint: a refused change must not end the transaction around it.
         with connection.begin_nested():

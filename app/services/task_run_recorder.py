@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 from sqlalchemy import Connection
 
 from app.db import task_run_states as state_rows
@@ -32,14 +32,27 @@ TASK_RUN_RESOURCE_PREFIX = "prefect.task-run."
 FLOW_RUN_RESOURCE_PREFIX = "prefect.flow-run."
 
 
+def _without_nul(text: str) -> str:
+    """The text with each NUL (U+0000), which PostgreSQL cannot store, replaced by U+FFFD.
+
+    A client reports a state it has already entered (a failure's message may hold any
+    character): refusing the event would leave the run in its previous state for good.
+    """
+    return text.replace("\x00", "\ufffd")
+
+
+# Text stored in a column of its own.
+ColumnText = Annotated[str, AfterValidator(_without_nul)]
+
+
 class ReportedState(BaseModel):
     """`payload.validated_state`: the state the client moved the run into."""
 
     model_config = ConfigDict(extra="ignore")
 
     type: models.StateType
-    name: str | None = None
-    message: str | None = None
+    name: ColumnText | None = None
+    message: ColumnText | None = None
     data: Any = None
     state_details: models.StateDetails = models.StateDetails()
 
@@ -51,14 +64,21 @@ class ReportedTaskRun(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    name: str | None = None
-    task_key: str | None = None
-    dynamic_key: str | None = None
-    task_version: str | None = None
+    name: ColumnText | None = None
+    task_key: ColumnText | None = None
+    dynamic_key: ColumnText | None = None
+    task_version: ColumnText | None = None
     empirical_policy: models.TaskRunPolicy | None = None
-    tags: list[str] | None = None
+    tags: list[ColumnText] | None = None
     labels: dict[str, bool | int | float | str] | None = None
-    task_inputs: dict[str, list[dict[str, Any]]] | None = None
+    # Validated as the API's own, so that every stored run reads back.
+    task_inputs: (
+        dict[
+            str,
+            list[models.TaskRunResult | models.FlowRunResult | models.Parameter | models.Constant],
+        ]
+        | None
+    ) = None
     run_count: int | None = None
     flow_run_run_count: int | None = None
     expected_start_time: datetime | None = None
@@ -66,7 +86,7 @@ class ReportedTaskRun(BaseModel):
     start_time: datetime | None = None
     end_time: datetime | None = None
     total_run_time: float | None = None
-    cache_key: str | None = None
+    cache_key: ColumnText | None = None
     cache_expiration: datetime | None = None
 
 
@@ -96,8 +116,8 @@ def record_task_run_event(connection: Connection, record: EventRecord) -> None:
     The run is found by (flow_run_id, task_key, dynamic_key) when it belongs to a flow run,
     else by id; an existing run's id wins. The run's fields only move forward: an event older
     than the run's current state adds its state to the history and changes nothing else. A
-    newer one also brings the task key and dynamic key it reports, unless another run has
-    them.
+    newer one also brings the flow run (none when the event names none), task key and
+    dynamic key it reports, unless another run has those keys.
 
     :raises UnrecordableEvent: the event does not name a run or does not carry a state.
     """
@@ -108,7 +128,7 @@ def record_task_run_event(connection: Connection, record: EventRecord) -> None:
     run = _existing_run(connection, task_run_id, flow_run_id, report.task_run)
     if run is None:
         new_run = _new_run(task_run_id, flow_run_id, report, now=now)
-        state = _state(record, report.validated_state, run=new_run)
+        state = _state(record, report.validated_state, run=new_run, flow_run_id=flow_run_id)
         _enter_reported_state(new_run, state, report.task_run)
         if run_rows.insert_task_run_unless_conflicting(connection, new_run):
             state_rows.insert_state(connection, state)
@@ -116,33 +136,47 @@ def record_task_run_event(connection: Connection, record: EventRecord) -> None:
         # Another transaction inserted it meanwhile: bring that one up to date instead.
         run = _existing_run(connection, task_run_id, flow_run_id, report.task_run)
         if run is None:
-            raise UnrecordableEvent(f"task run id {task_run_id} belongs to another task run")
-    state = _state(record, report.validated_state, run=run)
+            raise UnrecordableEvent(
+                f"task run {task_run_id} cannot be stored: another run has its task key"
+                " and dynamic key"
+            )
+    state = _state(record, report.validated_state, run=run, flow_run_id=flow_run_id)
     if not state_rows.insert_state_unless_present(connection, state):
         return  # this state is in the history already (a create answered with it)
     if run.state_timestamp is None or state.timestamp > run.state_timestamp:
         _enter_reported_state(run, state, report.task_run)
         run.updated = now
         run_rows.update_reported_fields(connection, run)
-        _take_reported_keys(connection, run, report.task_run)
+        _take_reported_keys(connection, run, report.task_run, flow_run_id=flow_run_id)
 
 
 def _take_reported_keys(
-    connection: Connection, run: TaskRunRecord, reported: ReportedTaskRun
+    connection: Connection,
+    run: TaskRunRecord,
+    reported: ReportedTaskRun,
+    *,
+    flow_run_id: UUID | None,
 ) -> None:
-    """Give the run the task key and dynamic key the event reports, as Prefect's recorder
-    does, unless another run has them (then the run keeps its own, and the log says so).
+    """Give the run the flow run, task key and dynamic key the event reports, as Prefect's
+    recorder does, unless another run has those keys (then the run keeps its own, and the log
+    says so).
     """
     task_key = reported.task_key or run.task_key
     dynamic_key = reported.dynamic_key or run.dynamic_key
-    if (task_key, dynamic_key) == (run.task_key, run.dynamic_key):
+    if (flow_run_id, task_key, dynamic_key) == (run.flow_run_id, run.task_key, run.dynamic_key):
         return
     if not run_rows.change_task_run_keys(
-        connection, task_run_id=run.id, task_key=task_key, dynamic_key=dynamic_key
+        connection,
+        task_run_id=run.id,
+        flow_run_id=flow_run_id,
+        task_key=task_key,
+        dynamic_key=dynamic_key,
     ):
         logger.warning(
-            "task run %s keeps its keys: another run has task key %r and dynamic key %r",
+            "task run %s keeps its keys: another run has flow run %s, task key %r and"
+            " dynamic key %r",
             run.id,
+            flow_run_id,
             task_key,
             dynamic_key,
         )
@@ -228,10 +262,16 @@ def _new_run(
 
 
 def _state(
-    record: EventRecord, reported: ReportedState, *, run: TaskRunRecord
+    record: EventRecord, reported: ReportedState, *, run: TaskRunRecord, flow_run_id: UUID | None
 ) -> TaskRunStateRecord:
-    """The event's state, as a state of `run`: the event's id and time are the state's."""
+    """The event's state, as a state of `run`: the event's id and time are the state's, and
+    its details name the event's flow run.
+    """
     state_type = StateType(reported.type)
+    details = stored_details(
+        reported.state_details, state_type=state_type, task_run=run, now=record.occurred
+    )
+    details["flow_run_id"] = str(flow_run_id) if flow_run_id is not None else None
     return TaskRunStateRecord(
         id=record.id,
         created=utcnow(),
@@ -241,9 +281,7 @@ def _state(
         timestamp=record.occurred,
         message=reported.message,
         data=reported.data,
-        state_details=stored_details(
-            reported.state_details, state_type=state_type, task_run=run, now=record.occurred
-        ),
+        state_details=details,
     )
 
 
@@ -272,7 +310,7 @@ def _enter_reported_state(
     given = reported.model_fields_set
     for name in _REPORTED_FIELDS:
         if name in given:
-            value = getattr(reported, name)
+            value = _reported_value(reported, name)
             if name in _REPORTED_TIMES and value is not None:
                 value = to_utc(value)
             if value is not None or name in _NULLABLE_FIELDS:
@@ -288,6 +326,13 @@ def _enter_reported_state(
     run.state_type = state.type
     run.state_name = state.name
     run.state_timestamp = state.timestamp
+
+
+def _reported_value(reported: ReportedTaskRun, name: str) -> Any:
+    """A reported field as its column holds it (the run inputs as JSON, not as models)."""
+    if name == "task_inputs":
+        return reported.model_dump(mode="json", include={"task_inputs"})["task_inputs"]
+    return getattr(reported, name)
 
 
 # Columns that may hold null; a null reported for any other keeps the stored value.

@@ -490,6 +490,121 @@ class TestEventsIn:
         assert run["flow_run_id"] == flow_run_id
         assert run["state"]["state_details"]["flow_run_id"] == flow_run_id
 
+    @pytest.mark.parametrize(("first", "then"), [("F1", None), (None, "F2"), ("F1", "F2")], ids=str)
+    def test_a_newer_event_brings_its_flow_run(
+        self, client: TestClient, first: str | None, then: str | None
+    ) -> None:
+        flow_runs = {"F1": str(uuid.uuid4()), "F2": str(uuid.uuid4()), None: None}
+        run_id, keys, now = (
+            str(uuid.uuid4()),
+            {"task_key": "k", "dynamic_key": "d"},
+            datetime.now(UTC),
+        )
+        pending = task_run_event(
+            run_id, "PENDING", occurred=now, flow_run_id=flow_runs[first], task_run=keys
+        )
+        running = task_run_event(
+            run_id,
+            "RUNNING",
+            occurred=now + timedelta(seconds=1),
+            flow_run_id=flow_runs[then],
+            task_run=keys,
+        )
+
+        send_events(client, pending, running)
+
+        run = read_run(client, run_id)
+        assert run["flow_run_id"] == flow_runs[then]
+        assert run["state"]["state_details"]["flow_run_id"] == flow_runs[then]
+
+    def test_an_older_event_leaves_the_flow_run_as_it_is(self, client: TestClient) -> None:
+        run_id, flow_run_id, now = str(uuid.uuid4()), str(uuid.uuid4()), datetime.now(UTC)
+        keys = {"task_key": "k", "dynamic_key": "d"}
+        running = task_run_event(
+            run_id, "RUNNING", occurred=now, flow_run_id=flow_run_id, task_run=keys
+        )
+        older = task_run_event(run_id, "PENDING", occurred=now - timedelta(seconds=1))
+
+        send_events(client, running, older)
+
+        assert read_run(client, run_id)["flow_run_id"] == flow_run_id
+        assert len(states_of(client, run_id)) == 2
+
+    @pytest.mark.parametrize(
+        "inputs",
+        [
+            {"x": [{"input_type": "bogus"}]},
+            {"x": [{"input_type": "task_run"}]},
+            {"x": [{"input_type": "task_run", "id": "not-a-uuid"}]},
+            {"x": [{"input_type": "parameter"}]},
+            {"x": [{}]},
+        ],
+    )
+    def test_run_inputs_the_api_would_refuse_are_not_recorded(
+        self, client: TestClient, inputs: dict[str, Any]
+    ) -> None:
+        new_id, existing = str(uuid.uuid4()), deferred_run(client)
+        fields = {"task_key": "k", "dynamic_key": "d", "task_inputs": inputs}
+
+        send_events(
+            client,
+            task_run_event(new_id, "PENDING", task_run=fields),
+            task_run_event(existing["id"], "PENDING", task_run={"task_inputs": inputs}),
+        )
+
+        assert client.get(f"/api/task_runs/{new_id}").status_code == 404
+        assert read_run(client, existing["id"])["state_type"] == "SCHEDULED"
+        listed = client.post("/api/task_runs/filter", json={})
+        assert listed.status_code == 200
+        assert [run["id"] for run in listed.json()] == [existing["id"]]
+
+    def test_nul_in_reported_text_is_recorded_as_a_replacement_character(
+        self, client: TestClient
+    ) -> None:
+        run_id = str(uuid.uuid4())
+        fields = {
+            "name": "n\x00",
+            "task_key": "k\x00",
+            "dynamic_key": "d\x00",
+            "task_version": "v\x00",
+            "cache_key": "c\x00",
+            "tags": ["t\x00"],
+        }
+        failed = task_run_event(
+            run_id, "FAILED", task_run=fields, name="Fail\x00ed", message="bytes \x00 here"
+        )
+        failed["event"] = "prefect.task-run.Failed"
+
+        send_events(client, failed)
+
+        run = read_run(client, run_id)
+        reported = {name: run[name] for name in fields}
+        assert reported == {
+            "name": "n\ufffd",
+            "task_key": "k\ufffd",
+            "dynamic_key": "d\ufffd",
+            "task_version": "v\ufffd",
+            "cache_key": "c\ufffd",
+            "tags": ["t\ufffd"],
+        }
+        assert (run["state_type"], run["state_name"]) == ("FAILED", "Fail\ufffded")
+        assert run["state"]["message"] == "bytes \ufffd here"
+
+    def test_run_inputs_are_recorded_as_the_api_gives_them(self, client: TestClient) -> None:
+        run_id, upstream = str(uuid.uuid4()), str(uuid.uuid4())
+        inputs = {
+            "x": [{"input_type": "task_run", "id": upstream}],
+            "y": [
+                {"input_type": "parameter", "name": "p"},
+                {"input_type": "constant", "type": "int"},
+            ],
+        }
+        fields = {"task_key": "k", "dynamic_key": "d", "task_inputs": inputs}
+
+        send_events(client, task_run_event(run_id, "PENDING", task_run=fields))
+
+        assert read_run(client, run_id)["task_inputs"] == inputs
+
     def test_an_event_sent_again_changes_nothing(
         self, client: TestClient, database: Database
     ) -> None:
@@ -537,8 +652,19 @@ class TestEventsIn:
             lambda e: e.update(occurred="yesterday"),
             lambda e: e["payload"].update(padding="x" * 1_500_000),
             lambda e: e["payload"].update(deep=nested(64)),
+            lambda e: e.update(event="prefect.task-run.Pen\x00ding"),
+            lambda e: e["resource"].update({"prefect.resource.id": "prefect.task-run.\x00"}),
         ],
-        ids=["no-resource-id", "related-without-role", "bad-id", "bad-time", "too-large", "deep"],
+        ids=[
+            "no-resource-id",
+            "related-without-role",
+            "bad-id",
+            "bad-time",
+            "too-large",
+            "deep",
+            "nul-in-name",
+            "nul-in-resource-id",
+        ],
     )
     def test_an_invalid_event_is_not_stored_and_the_socket_stays_open(
         self, client: TestClient, database: Database, change: Any
