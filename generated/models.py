@@ -222,8 +222,9 @@ class TaskRunUpdate(BaseModel):
     name: Annotated[
         str | None,
         Field(
-            description="The new name. `null` or an empty string gives a new random two-word name.",
+            description="The new name, at most 600 characters. `null` or an empty string gives a new random two-word name.",
             examples=["my-task-run"],
+            max_length=600,
             pattern="^[^\\x00]*$",
             title="Name",
         ),
@@ -302,6 +303,10 @@ class StateAbortDetails(BaseModel):
         str | None,
         Field(description="The reason why the state transition was aborted.", title="Reason"),
     ] = None
+
+
+class Tag(RootModel[str]):
+    root: Annotated[str, Field(max_length=600)]
 
 
 class HTTPError(BaseModel):
@@ -658,7 +663,8 @@ class StateCreate(BaseModel):
     name: Annotated[
         str | None,
         Field(
-            description='The name of the state to create. When it is null, the type in title case is used ("Pending", "Running", ...).',
+            description='The name of the state to create, at most 600 characters. When it is null, the type in title case is used ("Pending", "Running", ...).',
+            max_length=600,
             pattern="^[^\\x00]*$",
             title="Name",
         ),
@@ -783,8 +789,9 @@ class TaskRunCreate(BaseModel):
     name: Annotated[
         str | None,
         Field(
-            description="The name of the task run. When it is missing, null or empty, a random two-word name is given.",
+            description="The name of the task run, at most 600 characters. When it is missing, null or empty, a random two-word name is given.",
             examples=["my-task-run"],
+            max_length=600,
             pattern="^[^\\x00]*$",
             title="Name",
         ),
@@ -795,7 +802,8 @@ class TaskRunCreate(BaseModel):
     task_key: Annotated[
         str,
         Field(
-            description="A unique identifier for the task being run.",
+            description="A unique identifier for the task being run, at most 300 characters.",
+            max_length=300,
             pattern="^[^\\x00]*$",
             title="Task Key",
         ),
@@ -803,7 +811,8 @@ class TaskRunCreate(BaseModel):
     dynamic_key: Annotated[
         str,
         Field(
-            description="A dynamic key used to differentiate between multiple runs of the same task within the same flow run.",
+            description="A dynamic key used to differentiate between multiple runs of the same task within the same flow run, at most 350 characters.",
+            max_length=350,
             pattern="^[^\\x00]*$",
             title="Dynamic Key",
         ),
@@ -833,9 +842,9 @@ class TaskRunCreate(BaseModel):
     ] = None
     empirical_policy: TaskRunPolicy | None = None
     tags: Annotated[
-        list[str] | None,
+        list[Tag] | None,
         Field(
-            description="A list of tags for the task run, at most 1000.",
+            description="A list of tags for the task run: at most 1000, each at most 600 characters.",
             examples=[["tag-1", "tag-2"]],
             max_length=1000,
             title="Tags",

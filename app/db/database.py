@@ -303,6 +303,21 @@ def after_commit(callback: Callable[[], None]) -> None:
     callbacks.append(callback)
 
 
+def attempt_in_savepoint(connection: Connection, work: Callable[[], None]) -> DBAPIError | None:
+    """Do `work` in a savepoint of the connection's transaction. A statement of it that the
+    database refuses (a constraint, a value it cannot store) undoes the savepoint alone and
+    is returned; a fault of the database itself (lost connection, timeout) is raised.
+    """
+    try:
+        with connection.begin_nested():
+            work()
+    except DBAPIError as error:
+        if _means_unavailable(error):
+            raise
+        return error
+    return None
+
+
 def _run_alone(unit: WriteUnit[Any], connection: Connection) -> None:
     unit.run(connection)
     if unit.error is not None:
@@ -374,6 +389,10 @@ def _unavailable_on_connection_errors() -> Iterator[None]:
         raise DatabaseUnavailable(_reason(error)) from error
 
 
+# SQLSTATE class of "program limit exceeded" errors.
+_POSTGRESQL_PROGRAM_LIMIT_CLASS = "54"
+
+
 def _means_unavailable(error: DBAPIError) -> bool:
     """Whether the error says "try again later" rather than "this statement is wrong"."""
     if error.connection_invalidated or isinstance(error, InterfaceError):
@@ -383,8 +402,13 @@ def _means_unavailable(error: DBAPIError) -> bool:
         # SQLite reports a bad statement as an OperationalError too.
         return code in _SQLITE_CONTENTION or code in _SQLITE_FILE_FAULTS
     # PostgreSQL: lost or refused connections, timeouts, a full disk, an administrator's
-    # command; not constraint violations or bad statements.
-    return isinstance(error, OperationalError)
+    # command; not constraint violations or bad statements, nor a statement beyond one of
+    # its limits (class 54: a value too large for an index entry, say), which the driver
+    # reports as an OperationalError too.
+    sqlstate = getattr(error.orig, "sqlstate", None) or ""
+    return isinstance(error, OperationalError) and not sqlstate.startswith(
+        _POSTGRESQL_PROGRAM_LIMIT_CLASS
+    )
 
 
 def _sqlite_code(error: BaseException | None) -> int | None:

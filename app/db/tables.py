@@ -126,9 +126,6 @@ task_run = Table(
     Index(None, "end_time", "id"),
 )
 
-# Indexes of the tables above that SQLite alone has.
-SQLITE_ONLY_INDEXES = frozenset({str(_NAME_SEARCH_ON_SQLITE.name)})
-
 # Indexes PostgreSQL alone has, created by the migrations and left out of the comparison
 # with these tables (SQLite has no such indexes, and Alembic cannot compare them).
 # PostgreSQL puts NULLs first when it reads an ascending index backwards, so the descending
@@ -177,6 +174,15 @@ task_run_state = Table(
     Index(None, "task_run_id", "timestamp"),
 )
 
+# A cache key is found through an index of the key. On PostgreSQL the index holds a hash of
+# it: a B-tree entry cannot exceed about 2700 bytes, less than a key of 2000 characters may
+# take in UTF-8, and such a key would fail every COMPLETED state that carries it. SQLite has
+# no such bound, and keeps the keys in order with their entries' times.
+_CACHE_KEY_ON_SQLITE = Index(None, "cache_key", "created").ddl_if(dialect="sqlite")
+_CACHE_KEY_HASH_ON_POSTGRESQL = Index(
+    "ix_task_run_state_cache__cache_key_hash", "cache_key", postgresql_using="hash"
+).ddl_if(dialect="postgresql")
+
 # COMPLETED states cached under their `state_details.cache_key`; a RUNNING proposal with the
 # same key is answered with the newest entry that has not expired. An entry goes with its
 # state, and so with the state's run.
@@ -193,9 +199,16 @@ task_run_state_cache = Table(
         ForeignKey("task_run_state.id", ondelete="CASCADE"),
         nullable=False,
     ),
-    Index(None, "cache_key", "created"),
+    _CACHE_KEY_ON_SQLITE,
+    _CACHE_KEY_HASH_ON_POSTGRESQL,
     Index(None, "task_run_state_id"),
 )
+
+# Indexes the tables declare for one database alone.
+SQLITE_ONLY_INDEXES = frozenset(
+    str(index.name) for index in (_NAME_SEARCH_ON_SQLITE, _CACHE_KEY_ON_SQLITE)
+)
+DECLARED_POSTGRESQL_ONLY_INDEXES = frozenset({str(_CACHE_KEY_HASH_ON_POSTGRESQL.name)})
 
 # Runs waiting to be delivered to a task worker subscribed to their task key: the queue of
 # background tasks. A worker's claim on a run lasts until it acknowledges the delivery, its

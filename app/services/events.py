@@ -10,6 +10,7 @@ from uuid import UUID
 from sqlalchemy import Connection
 
 from app.db import events as rows
+from app.db.database import attempt_in_savepoint
 from app.db.records import EventRecord
 from app.services.clock import to_utc
 from app.services.task_run_recorder import (
@@ -41,18 +42,29 @@ def receive_event(*, connection: Connection, record: EventRecord) -> bool:
     """Store the event, and record the task-run state it reports; False if it was stored
     before (clients send an event again when they are not sure it arrived).
 
-    An event that reports a task run it cannot be recorded for is stored anyway, and said so
-    in the log.
+    An event that reports a task run it cannot be recorded for, or whose recording the
+    database refuses, is stored anyway, and said so in the log.
     """
     if not rows.insert_event_unless_present(connection, record):
         return False
     if is_client_task_run_event(record):
         try:
-            record_task_run_event(connection, record)
+            refused = attempt_in_savepoint(
+                connection, lambda: record_task_run_event(connection, record)
+            )
         except UnrecordableEvent as problem:
             logger.warning(
                 "event %s (%s) stored, not recorded: %s", record.id, record.event, problem
             )
+        else:
+            if refused is not None:
+                # By its class alone: the message can quote the event's values.
+                logger.warning(
+                    "event %s (%s) stored, not recorded: the database refused it (%s)",
+                    record.id,
+                    record.event,
+                    type(refused.orig).__name__,
+                )
     return True
 
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
+from annotated_types import MaxLen
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 from sqlalchemy import Connection
 
@@ -41,8 +42,26 @@ def _without_nul(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
 
-# Text stored in a column of its own.
+def _document_max_length(model: type[BaseModel], field: str) -> int:
+    """The `maxLength` openapi.yaml gives a field of one of its models."""
+    for constraint in model.model_fields[field].metadata:
+        if isinstance(constraint, MaxLen):
+            return int(constraint.max_length)
+    raise LookupError(f"{model.__name__}.{field} has no maxLength")
+
+
+# Text stored in a column of its own; indexed text is bounded as the API bounds it, so that
+# it fits in an index entry on PostgreSQL.
 ColumnText = Annotated[str, AfterValidator(_without_nul)]
+RunName = Annotated[ColumnText, MaxLen(_document_max_length(models.TaskRunCreate, "name"))]
+TaskKey = Annotated[ColumnText, MaxLen(_document_max_length(models.TaskRunCreate, "task_key"))]
+DynamicKey = Annotated[
+    ColumnText, MaxLen(_document_max_length(models.TaskRunCreate, "dynamic_key"))
+]
+CacheKey = Annotated[ColumnText, MaxLen(_document_max_length(models.TaskRunCreate, "cache_key"))]
+# A tag may hold NUL: the run's list keeps it, and only the index of tags leaves it out.
+Tag = Annotated[str, MaxLen(_document_max_length(models.Tag, "root"))]
+StateName = Annotated[ColumnText, MaxLen(_document_max_length(models.StateCreate, "name"))]
 
 
 class ReportedState(BaseModel):
@@ -51,7 +70,7 @@ class ReportedState(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     type: models.StateType
-    name: ColumnText | None = None
+    name: StateName | None = None
     message: ColumnText | None = None
     data: Any = None
     state_details: models.StateDetails = models.StateDetails()
@@ -64,12 +83,12 @@ class ReportedTaskRun(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    name: ColumnText | None = None
-    task_key: ColumnText | None = None
-    dynamic_key: ColumnText | None = None
+    name: RunName | None = None
+    task_key: TaskKey | None = None
+    dynamic_key: DynamicKey | None = None
     task_version: ColumnText | None = None
     empirical_policy: models.TaskRunPolicy | None = None
-    tags: list[ColumnText] | None = None
+    tags: list[Tag] | None = None
     labels: dict[str, bool | int | float | str] | None = None
     # Validated as the API's own, so that every stored run reads back.
     task_inputs: (
@@ -86,7 +105,7 @@ class ReportedTaskRun(BaseModel):
     start_time: datetime | None = None
     end_time: datetime | None = None
     total_run_time: float | None = None
-    cache_key: ColumnText | None = None
+    cache_key: CacheKey | None = None
     cache_expiration: datetime | None = None
 
 

@@ -146,7 +146,7 @@ def _new_task_run(task_run: models.TaskRunCreate, *, now: datetime) -> TaskRunRe
         cache_expiration=to_utc(task_run.cache_expiration) if task_run.cache_expiration else None,
         task_version=task_run.task_version,
         empirical_policy=effective_policy(task_run.empirical_policy),
-        tags=list(task_run.tags or []),
+        tags=[tag.root for tag in task_run.tags or []],
         labels=_labels(task_run),
         task_inputs=task_run.model_dump(mode="json", include={"task_inputs"}).get("task_inputs")
         or {},

@@ -21,6 +21,7 @@ from tests.support.api import (
     read_run,
     set_state,
     states_of,
+    wide_text,
 )
 
 TERMINAL = ["COMPLETED", "FAILED", "CANCELLED", "CRASHED"]
@@ -288,6 +289,18 @@ class TestCacheRetrieval:
             0,
         )
         assert read["start_time"] == read["end_time"] == state["timestamp"]
+
+    def test_a_key_of_2000_wide_characters_is_cached_and_found(self, client: TestClient) -> None:
+        # 8000 bytes in UTF-8 that do not compress: more than a B-tree entry on PostgreSQL
+        # can hold.
+        key = wide_text(2000)
+        cached = cache_a_result(client, key)
+        run = create_run(client)
+
+        response = set_state(client, run["id"], "RUNNING", state_details={"cache_key": key})
+
+        assert decided(response) == (201, "REJECT", "COMPLETED", "Cached")
+        assert response.json()["state"]["data"] == cached["data"]
 
     def test_the_newest_entry_wins(self, client: TestClient) -> None:
         cache_a_result(client, "key-2")

@@ -26,6 +26,7 @@ from tests.support.api import (
     read_run,
     set_state,
     states_of,
+    wide_text,
     without_estimates,
 )
 
@@ -330,6 +331,28 @@ class TestCreateTaskRun:
         )
         assert body["request_body"]["cache_expiration"] == "2016-12-31T23:59:60Z"
 
+    def test_indexed_text_at_its_bounds_is_stored_in_any_characters(
+        self, client: TestClient
+    ) -> None:
+        # Four bytes each in UTF-8, not compressible: the most an index entry on PostgreSQL
+        # must hold.
+        fields = {
+            "name": wide_text(600, seed=1),
+            "task_key": wide_text(300, seed=2),
+            "dynamic_key": wide_text(350, seed=3),
+            "tags": [wide_text(600, seed=4), wide_text(599, seed=5)],
+            "flow_run_id": str(uuid.uuid4()),
+        }
+        state = {"type": "PENDING", "name": wide_text(600, seed=6)}
+
+        created = create(client, state=state, **fields)
+
+        assert created.status_code == 201, created.text
+        run = client.get(f"{CREATE}{created.json()['id']}").json()
+        assert {name: run[name] for name in fields} == fields
+        assert run["state_name"] == state["name"]
+        assert create(client, state=state, **fields).status_code == 200
+
     def test_read_only_fields_are_rejected(self, client: TestClient) -> None:
         assert_validation_error(
             create(client, created="2020-01-01T00:00:00Z"), ["body", "created"], "extra_forbidden"
@@ -352,6 +375,15 @@ class TestCreateTaskRun:
             ({"tags": "abc"}, ["body", "tags"], "type"),
             ({"labels": {"a": [1]}}, ["body", "labels", "a"], "type"),
             ({"cache_key": "k" * 2001}, ["body", "cache_key"], "maxLength"),
+            ({"name": "n" * 601}, ["body", "name"], "maxLength"),
+            ({"task_key": "k" * 301}, ["body", "task_key"], "maxLength"),
+            ({"dynamic_key": "d" * 351}, ["body", "dynamic_key"], "maxLength"),
+            ({"tags": ["t" * 601]}, ["body", "tags", 0], "maxLength"),
+            (
+                {"state": {"type": "PENDING", "name": "s" * 601}},
+                ["body", "state", "name"],
+                "maxLength",
+            ),
             ({"cache_expiration": "yesterday"}, ["body", "cache_expiration"], "format"),
             ({"cache_expiration": "2030-01-01T00:00:00"}, ["body", "cache_expiration"], "format"),
             ({"empirical_policy": None}, ["body", "empirical_policy"], "type"),

@@ -222,12 +222,14 @@ class TestReadTaskRuns:
         assert filter_ids(client, task_runs(tags={"all_": [*tags[1:], "other"]})) == []
 
     def test_name_like_up_to_10000_characters_of_any_kind(self, client: TestClient) -> None:
-        run = new_run(client, name="%" * 10_000)
+        # A name is at most 600 characters; a search may be longer, and then finds nothing.
+        run = new_run(client, name="%" * 600)
 
         for text in ("%" * 10_000, "_" * 10_000, "\U0001d11e" * 10_000):
             response = client.post(FILTER, json=task_runs(name={"like_": text}))
             assert response.status_code == 200, response.text
-        assert filter_ids(client, task_runs(name={"like_": "%" * 10_000})) == [run["id"]]
+            assert response.json() == []
+        assert filter_ids(client, task_runs(name={"like_": "%" * 600})) == [run["id"]]
         too_long = client.post(FILTER, json=task_runs(name={"like_": "a" * 10_001}))
         assert_validation_error(too_long, ["body", "task_runs", "name", "like_"], "maxLength")
 

@@ -585,10 +585,35 @@ class TestEventsIn:
             "dynamic_key": "d\ufffd",
             "task_version": "v\ufffd",
             "cache_key": "c\ufffd",
-            "tags": ["t\ufffd"],
+            # A run's tags are not a column of their own: a tag keeps its NUL, as at create.
+            "tags": ["t\x00"],
         }
         assert (run["state_type"], run["state_name"]) == ("FAILED", "Fail\ufffded")
         assert run["state"]["message"] == "bytes \ufffd here"
+
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"task_key": "k" * 301},
+            {"dynamic_key": "d" * 351},
+            {"name": "n" * 601},
+            {"tags": ["t" * 601]},
+            {"cache_key": "c" * 2001},
+        ],
+        ids=["task_key", "dynamic_key", "name", "tag", "cache_key"],
+    )
+    def test_text_beyond_the_apis_bounds_is_not_recorded(
+        self, client: TestClient, database: Database, fields: dict[str, Any]
+    ) -> None:
+        run_id = str(uuid.uuid4())
+        too_long = task_run_event(
+            run_id, "PENDING", task_run={"task_key": "k", "dynamic_key": "d", **fields}
+        )
+
+        send_events(client, too_long)
+
+        assert client.get(f"/api/task_runs/{run_id}").status_code == 404
+        assert too_long["id"] in stored_event_ids(database)
 
     def test_run_inputs_are_recorded_as_the_api_gives_them(self, client: TestClient) -> None:
         run_id, upstream = str(uuid.uuid4()), str(uuid.uuid4())

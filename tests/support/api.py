@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import datetime
 from typing import Any
 
@@ -70,3 +71,11 @@ def assert_validation_error(response: Any, loc: list[Any], error_type: str) -> d
         {"loc": item["loc"], "type": item["type"]} for item in body["detail"]
     ], body["detail"]
     return body
+
+
+def wide_text(count: int, seed: int = 0) -> str:
+    """`count` characters of four bytes each in UTF-8, in an order that does not compress: the
+    most room text of that length can take in a PostgreSQL index entry.
+    """
+    chosen = random.Random(seed)
+    return "".join(chr(chosen.randrange(0x1F300, 0x1FB00)) for _ in range(count))

@@ -9,7 +9,12 @@ from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
 from app.db.database import normalise_url
-from app.db.tables import POSTGRESQL_ONLY_INDEXES, SQLITE_ONLY_INDEXES, metadata
+from app.db.tables import (
+    DECLARED_POSTGRESQL_ONLY_INDEXES,
+    POSTGRESQL_ONLY_INDEXES,
+    SQLITE_ONLY_INDEXES,
+    metadata,
+)
 from app.settings import Settings
 
 config = context.config
@@ -34,10 +39,13 @@ def _configure(connection: Connection) -> None:
 
 def _compared_on(dialect: str) -> Callable[..., bool]:
     """Whether the schema comparison looks at an object: not at the indexes one database has
-    alone (PostgreSQL's are not in the tables; SQLite's are, and PostgreSQL has none of them).
+    alone (most of PostgreSQL's are not in the tables; the ones that are, and SQLite's, the
+    other database does not have).
     """
     not_compared = set(POSTGRESQL_ONLY_INDEXES)
-    if dialect != "sqlite":
+    if dialect == "sqlite":
+        not_compared |= DECLARED_POSTGRESQL_ONLY_INDEXES
+    else:
         not_compared |= SQLITE_ONLY_INDEXES
 
     def compared(item: Any, name: str | None, kind: str, reflected: bool, compared_to: Any) -> bool:  # noqa: ARG001
