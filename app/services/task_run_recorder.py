@@ -348,9 +348,13 @@ def _enter_reported_state(
 
 
 def _reported_value(reported: ReportedTaskRun, name: str) -> Any:
-    """A reported field as its column holds it (the run inputs as JSON, not as models)."""
+    """A reported field as its column holds it: the run inputs as JSON, not as models, and
+    a new random name for a name reported empty or null (as a create gives one).
+    """
     if name == "task_inputs":
         return reported.model_dump(mode="json", include={"task_inputs"})["task_inputs"]
+    if name == "name":
+        return reported.name or random_name()
     return getattr(reported, name)
 
 

@@ -4,6 +4,7 @@ the handshake, the delivery of background tasks, events in and out.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -516,6 +517,18 @@ class TestEventsIn:
         run = read_run(client, run_id)
         assert run["flow_run_id"] == flow_runs[then]
         assert run["state"]["state_details"]["flow_run_id"] == flow_runs[then]
+
+    @pytest.mark.parametrize("reported", ["", None])
+    def test_a_name_reported_empty_is_a_new_random_name(
+        self, client: TestClient, reported: str | None
+    ) -> None:
+        run = deferred_run(client)
+
+        send_events(client, task_run_event(run["id"], "PENDING", task_run={"name": reported}))
+
+        name = read_run(client, run["id"])["name"]
+        assert name not in ("", run["name"])
+        assert re.fullmatch(r"[a-z]+-[a-z]+", name)
 
     def test_an_older_event_leaves_the_flow_run_as_it_is(self, client: TestClient) -> None:
         run_id, flow_run_id, now = str(uuid.uuid4()), str(uuid.uuid4()), datetime.now(UTC)
