@@ -937,6 +937,7 @@ class TestUpdateTaskRun:
             ({"name": "x", "tags": ["a"]}, ["body", "tags"], "extra_forbidden"),
             ({"name": 5}, ["body", "name"], "type"),
             ({"name": "a\x00b"}, ["body", "name"], "pattern"),
+            ({"name": "n" * 601}, ["body", "name"], "maxLength"),
             (None, ["body"], "missing"),
         ],
     )
