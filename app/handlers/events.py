@@ -81,11 +81,12 @@ class EventsOutHandler:
     async def __call__(self, socket: Socket) -> None:
         """Serve one follower's socket until it goes."""
         try:
-            event_filter = await _filter(socket)
-            if event_filter is None:
+            following = await _filter(socket)
+            if following is None:
                 return
+            event_filter, backfill = following
             async with self._feed.follow() as follower, Inbox(socket) as inbox:
-                sent = await self._backfill(socket, event_filter)
+                sent = await self._backfill(socket, event_filter) if backfill else set()
                 while True:
                     arrived = await inbox.race(follower.next())
                     # A follower has nothing to say after its filter: only events count.
@@ -128,15 +129,17 @@ def _frame(record: EventRecord) -> dict[str, Any]:
     return {"type": "event", "event": event_json(record)}
 
 
-async def _filter(socket: Socket) -> EventFilter | None:
-    """The follower's filter; None when the socket was closed instead."""
+async def _filter(socket: Socket) -> tuple[EventFilter, bool] | None:
+    """The follower's filter, and whether it wants the stored events that match first; None
+    when the socket was closed instead.
+    """
     frame = (await socket.receive()).data
     problems = socket.problems("filter", frame) if frame is not None else ["not JSON"]
     if problems:
         await socket.close(POLICY_VIOLATION, f"invalid filter: {'; '.join(problems)}")
         return None
     try:
-        return parse_filter(frame["filter"])
+        return parse_filter(frame["filter"]), frame.get("backfill", True)
     except UnsupportedFilter as unsupported:
         await socket.close(POLICY_VIOLATION, str(unsupported))
         return None

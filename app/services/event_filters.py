@@ -10,22 +10,45 @@ from uuid import UUID
 from app.db.records import EventRecord
 from app.services.clock import to_utc, utcnow
 
-# How far back the stored events a new follower receives go, at most.
+# How far back the events a new follower receives go, at most: the stored ones it is sent
+# first, and the live ones after them.
 BACKFILL_LIMIT = timedelta(minutes=15)
 # The parts of a filter the service applies; any other part given (not null) is refused.
 SUPPORTED = {
     "occurred": {"since", "until"},
     "event": {"prefix", "exclude_prefix", "name", "exclude_name"},
-    "resource": {"id", "id_prefix"},
+    "resource": {"id", "id_prefix", "distinct"},
     "related": {"id", "role"},
     "any_resource": {"id", "id_prefix"},
     "id": {"id"},
     "order": set(),
 }
+ROLE = "prefect.resource.role"
+# A filter without `until` follows the events that occur up to this long after it began.
+FOLLOW_AT_MOST = timedelta(days=365)
 
 
 class UnsupportedFilter(ValueError):
     """The filter asks for something the service cannot apply."""
+
+
+@dataclass(frozen=True)
+class ResourceCriterion:
+    """What one resource must be: each part that was given (an empty tuple does not filter)."""
+
+    ids: tuple[str, ...] = ()
+    id_prefixes: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+
+    def matches(self, resource_id: str, role: str | None) -> bool:
+        return (
+            (not self.ids or resource_id in self.ids)
+            and (not self.id_prefixes or resource_id.startswith(self.id_prefixes))
+            and (not self.roles or role in self.roles)
+        )
+
+    def met_by_one_of(self, resources: list[tuple[str, str | None]]) -> bool:
+        return any(self.matches(resource_id, role) for resource_id, role in resources)
 
 
 @dataclass(frozen=True)
@@ -38,12 +61,11 @@ class EventFilter:
     excluded_prefixes: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
     excluded_names: tuple[str, ...] = ()
-    resource_ids: tuple[str, ...] = ()
-    resource_id_prefixes: tuple[str, ...] = ()
-    related_ids: tuple[str, ...] = ()
-    related_roles: tuple[str, ...] = ()
-    any_resource_ids: tuple[str, ...] = ()
-    any_resource_id_prefixes: tuple[str, ...] = ()
+    resource: ResourceCriterion = ResourceCriterion()
+    # Each criterion needs a related resource of its own that meets all of it.
+    related: tuple[ResourceCriterion, ...] = ()
+    # Each criterion needs one resource, the event's own or a related one, that meets it.
+    any_resource: tuple[ResourceCriterion, ...] = ()
     event_ids: tuple[UUID, ...] = ()
 
     def backfill_since(self, now: datetime) -> datetime:
@@ -52,9 +74,9 @@ class EventFilter:
 
     def matches(self, record: EventRecord) -> bool:
         """Whether the event passes every part of the filter."""
-        name, resource_id = record.event, record.resource_id
-        related_ids = [resource["prefect.resource.id"] for resource in record.related]
-        every_id = [resource_id, *related_ids]
+        name = record.event
+        related = [(r["prefect.resource.id"], r.get(ROLE)) for r in record.related]
+        every_resource = [(record.resource_id, None), *related]
         return all(
             (
                 self.since <= record.occurred <= self.until,
@@ -62,16 +84,9 @@ class EventFilter:
                 not name.startswith(self.excluded_prefixes),
                 not self.names or name in self.names,
                 name not in self.excluded_names,
-                not self.resource_ids or resource_id in self.resource_ids,
-                not self.resource_id_prefixes or resource_id.startswith(self.resource_id_prefixes),
-                not self.related_ids or any(i in self.related_ids for i in related_ids),
-                not self.related_roles
-                or any(
-                    r.get("prefect.resource.role") in self.related_roles for r in record.related
-                ),
-                not self.any_resource_ids or any(i in self.any_resource_ids for i in every_id),
-                not self.any_resource_id_prefixes
-                or any(i.startswith(self.any_resource_id_prefixes) for i in every_id),
+                self.resource.matches(record.resource_id, None),
+                all(criterion.met_by_one_of(related) for criterion in self.related),
+                all(criterion.met_by_one_of(every_resource) for criterion in self.any_resource),
                 not self.event_ids or record.id in self.event_ids,
             )
         )
@@ -80,38 +95,54 @@ class EventFilter:
 def parse_filter(given: dict[str, Any]) -> EventFilter:
     """The filter of a `filter` frame (already checked against asyncapi.yaml).
 
+    Its `since` is at most BACKFILL_LIMIT ago, for the stored events and the live ones
+    alike, as in Prefect's server.
+
     :raises UnsupportedFilter: it gives a part the service does not apply.
     """
     for part, value in given.items():
-        if value is None:
-            continue
-        if part not in SUPPORTED:
+        if value is not None and part not in SUPPORTED:
             raise UnsupportedFilter(f"filtering by {part!r} is not supported")
-        if isinstance(value, dict):
-            for key, criterion in value.items():
-                if criterion is not None and key not in SUPPORTED[part]:
+        for criterion in _criteria(value):
+            for key, wanted in criterion.items():
+                if wanted is not None and key not in SUPPORTED[part]:
                     raise UnsupportedFilter(f"filtering by {part}.{key} is not supported")
-    now = utcnow()
+    resource = given.get("resource") or {}
+    if resource.get("distinct"):
+        # `distinct: false`, which Prefect's client always sends, asks for nothing.
+        raise UnsupportedFilter("filtering by resource.distinct is not supported")
+    earliest = utcnow() - BACKFILL_LIMIT
     occurred = given.get("occurred") or {}
     event = given.get("event") or {}
-    resource = given.get("resource") or {}
-    related = given.get("related") or {}
-    any_resource = given.get("any_resource") or {}
     ids = given.get("id") or {}
     return EventFilter(
-        since=_time(occurred.get("since"), default=now - BACKFILL_LIMIT),
-        until=_time(occurred.get("until"), default=now + timedelta(days=365)),
+        since=max(_time(occurred.get("since"), default=earliest), earliest),
+        until=_time(occurred.get("until"), default=earliest + BACKFILL_LIMIT + FOLLOW_AT_MOST),
         prefixes=_strings(event.get("prefix")),
         excluded_prefixes=_strings(event.get("exclude_prefix")),
         names=_strings(event.get("name")),
         excluded_names=_strings(event.get("exclude_name")),
-        resource_ids=_strings(resource.get("id")),
-        resource_id_prefixes=_strings(resource.get("id_prefix")),
-        related_ids=_strings(related.get("id")),
-        related_roles=_strings(related.get("role")),
-        any_resource_ids=_strings(any_resource.get("id")),
-        any_resource_id_prefixes=_strings(any_resource.get("id_prefix")),
+        resource=_resource_criterion(resource),
+        related=tuple(_resource_criterion(c) for c in _criteria(given.get("related"))),
+        any_resource=tuple(_resource_criterion(c) for c in _criteria(given.get("any_resource"))),
         event_ids=tuple(UUID(value) for value in ids.get("id") or ()),
+    )
+
+
+def _criteria(value: Any) -> list[dict[str, Any]]:
+    """A part's criteria: one object, or a list of them that must all be met."""
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        return [criterion for criterion in value if isinstance(criterion, dict)]
+    return []
+
+
+def _resource_criterion(given: dict[str, Any]) -> ResourceCriterion:
+    return ResourceCriterion(
+        ids=_strings(given.get("id")),
+        id_prefixes=_strings(given.get("id_prefix")),
+        roles=_strings(given.get("role")),
     )
 
 

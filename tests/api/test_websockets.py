@@ -732,11 +732,13 @@ class TestEventsIn:
 
 
 class TestEventsOut:
-    def follow(self, socket: Any, **criteria: Any) -> None:
+    def follow(self, socket: Any, *, backfill: bool | None = None, **criteria: Any) -> None:
         since = criteria.pop("since", datetime.now(UTC) - timedelta(minutes=1))
+        options = {} if backfill is None else {"backfill": backfill}
         socket.send_json(
             {
                 "type": "filter",
+                **options,
                 "filter": {
                     "occurred": {"since": since.isoformat(), "until": "2099-01-01T00:00:00Z"},
                     "event": None,
@@ -790,6 +792,31 @@ class TestEventsOut:
         assert frame_validator().errors("received_event", third) == []
         assert third["event"]["payload"] == live["payload"]
         assert "received" in third["event"]
+
+    def test_without_backfill_only_new_events(self, client: TestClient) -> None:
+        run_id = str(uuid.uuid4())
+        stored = task_run_event(run_id, "PENDING", occurred=datetime.now(UTC))
+        send_events(client, stored)
+        live = task_run_event(run_id, "RUNNING")
+
+        with authenticated(client, EVENTS_OUT) as follower:
+            self.follow(follower, backfill=False, event={"exclude_prefix": ["test."]})
+            send_events(client, live)
+            first = follower.receive_json()
+
+        assert first["event"]["id"] == live["id"]
+
+    def test_resource_distinct_false_as_prefect_sends_it(self, client: TestClient) -> None:
+        run_id = str(uuid.uuid4())
+        event = task_run_event(run_id, "PENDING")
+        send_events(client, event)
+        resource = {"id": [f"prefect.task-run.{run_id}"], "id_prefix": None, "distinct": False}
+
+        with authenticated(client, EVENTS_OUT) as follower:
+            self.follow(follower, resource=resource)
+            first = follower.receive_json()
+
+        assert first["event"]["id"] == event["id"]
 
     def test_only_matching_events(self, client: TestClient) -> None:
         mine, other = str(uuid.uuid4()), str(uuid.uuid4())

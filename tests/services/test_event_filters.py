@@ -103,6 +103,46 @@ def test_backfill_goes_back_at_most_fifteen_minutes() -> None:
     assert recent.backfill_since(NOW) == NOW - timedelta(minutes=1)
 
 
+def test_a_live_event_older_than_fifteen_minutes_does_not_match_either() -> None:
+    long_ago = parse_filter({"occurred": {"since": "2020-01-01T00:00:00Z"}})
+
+    assert not long_ago.matches(record(occurred=NOW - timedelta(minutes=30)))
+    assert long_ago.matches(record(occurred=NOW - timedelta(minutes=14)))
+
+
+FLOW_RUN = {"prefect.resource.id": "prefect.flow-run.9", "prefect.resource.role": "flow-run"}
+TAG = {"prefect.resource.id": "prefect.tag.a", "prefect.resource.role": "tag"}
+
+
+@pytest.mark.parametrize(
+    ("given", "matches"),
+    [
+        ({"related": {"id": ["prefect.flow-run.9"], "role": ["flow-run"]}}, True),
+        # The id is one related resource's and the role another's.
+        ({"related": {"id": ["prefect.flow-run.9"], "role": ["tag"]}}, False),
+        ({"related": [{"id": ["prefect.flow-run.9"]}, {"role": ["tag"]}]}, True),
+        ({"related": [{"id": ["prefect.flow-run.9"]}, {"role": ["flow"]}]}, False),
+        ({"related": []}, True),
+        ({"any_resource": {"id": ["prefect.task-run.1"], "id_prefix": ["prefect.task"]}}, True),
+        # The id is the event's own resource's and the prefix a related one's.
+        ({"any_resource": {"id": ["prefect.task-run.1"], "id_prefix": ["prefect.tag."]}}, False),
+        ({"any_resource": [{"id": ["prefect.task-run.1"]}, {"id_prefix": ["prefect.tag."]}]}, True),
+    ],
+)
+def test_a_resource_criterion_is_met_by_one_resource(given: dict[str, Any], matches: bool) -> None:
+    event = record(related=[FLOW_RUN, TAG])
+
+    assert parse_filter(given).matches(event) is matches
+
+
+def test_resource_distinct_false_asks_for_nothing() -> None:
+    given = {"resource": {"id": ["prefect.task-run.1"], "distinct": False}}
+
+    assert parse_filter(given).matches(record())
+    with pytest.raises(UnsupportedFilter):
+        parse_filter({"resource": {"distinct": True}})
+
+
 @pytest.mark.parametrize(
     "given",
     [{"text": {"query": "x"}}, {"resource": {"labels": {"a": "b"}}}, {"something": 1}],
