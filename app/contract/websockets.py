@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from app.contract.asyncapi import Channel, frame_validator
+from app.contract.validation import RequestValidationError, parse_json_body
 from app.handlers.sockets import POLICY_VIOLATION, Disconnected, Frame, Socket
 
 logger = logging.getLogger(__name__)
@@ -70,10 +71,13 @@ class PrefectSocket:
             raise Disconnected from gone
         if message["type"] == "websocket.disconnect":
             raise Disconnected
-        raw: bytes = message.get("bytes") or message.get("text", "").encode()
+        # A lone surrogate in a text frame survives as bytes that are not UTF-8 (refused below).
+        raw: bytes = message.get("bytes") or message.get("text", "").encode(errors="surrogatepass")
         try:
-            return Frame(data=json.loads(raw), size=len(raw))
-        except (ValueError, RecursionError):
+            # As strict as a request body: no NaN or Infinity, no lone UTF-16 surrogate,
+            # which the database could not store.
+            return Frame(data=parse_json_body(raw, encoding="utf-8"), size=len(raw))
+        except RequestValidationError:
             # Not JSON, not UTF-8, or nested deeper than the parser goes.
             return Frame(data=None, size=len(raw))
 

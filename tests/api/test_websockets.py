@@ -4,6 +4,7 @@ the handshake, the delivery of background tasks, events in and out.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -24,7 +25,7 @@ from app.db.migrate import upgrade
 from app.db.tables import event, task_run_delivery
 from app.main import create_app, database_of
 from app.settings import Settings
-from tests.support.api import read_run, set_state, states_of, without_estimates
+from tests.support.api import read_run, set_state, states_of, wide_text, without_estimates
 from tests.support.databases import empty_database
 from tests.support.sockets import (
     EVENTS_IN,
@@ -692,6 +693,10 @@ class TestEventsIn:
             lambda e: e["payload"].update(deep=nested(64)),
             lambda e: e.update(event="prefect.task-run.Pen\x00ding"),
             lambda e: e["resource"].update({"prefect.resource.id": "prefect.task-run.\x00"}),
+            lambda e: e["resource"].update({"prefect.resource.id": "x." + wide_text(599)}),
+            lambda e: e["payload"].update(x=float("nan")),
+            lambda e: e["payload"].update(x=float("inf")),
+            lambda e: e["payload"]["task_run"].update(name="a\ud800"),
         ],
         ids=[
             "no-resource-id",
@@ -702,6 +707,10 @@ class TestEventsIn:
             "deep",
             "nul-in-name",
             "nul-in-resource-id",
+            "resource-id-too-long",
+            "nan",
+            "infinity",
+            "lone-surrogate",
         ],
     )
     def test_an_invalid_event_is_not_stored_and_the_socket_stays_open(
@@ -713,7 +722,8 @@ class TestEventsIn:
         valid = task_run_event(run["id"], "RUNNING")
 
         with authenticated(client, EVENTS_IN) as socket:
-            socket.send_json(invalid)
+            # As a client's JSON encoder writes it: a lone surrogate as an escape.
+            socket.send_text(json.dumps(invalid))
             socket.send_text("not json")
             socket.send_text("[" * 100_000 + "]" * 100_000)
             socket.send_json(valid)
