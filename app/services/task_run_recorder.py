@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from annotated_types import MaxLen
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 from sqlalchemy import Connection
 
 from app.db import task_run_states as state_rows
@@ -74,6 +74,14 @@ class ReportedState(BaseModel):
     message: ColumnText | None = None
     data: Any = None
     state_details: models.StateDetails = models.StateDetails()
+
+    @field_validator("state_details", mode="before")
+    @classmethod
+    def _cache_key_without_nul(cls, details: Any) -> Any:
+        # The one detail the API keeps free of NUL; the state is recorded all the same.
+        if isinstance(details, dict) and isinstance(details.get("cache_key"), str):
+            return {**details, "cache_key": _without_nul(details["cache_key"])}
+        return details
 
 
 class ReportedTaskRun(BaseModel):

@@ -585,7 +585,12 @@ class TestEventsIn:
             "tags": ["t\x00"],
         }
         failed = task_run_event(
-            run_id, "FAILED", task_run=fields, name="Fail\x00ed", message="bytes \x00 here"
+            run_id,
+            "FAILED",
+            task_run=fields,
+            name="Fail\x00ed",
+            message="bytes \x00 here",
+            state_details={"cache_key": "s\x00"},
         )
         failed["event"] = "prefect.task-run.Failed"
 
@@ -604,6 +609,7 @@ class TestEventsIn:
         }
         assert (run["state_type"], run["state_name"]) == ("FAILED", "Fail\ufffded")
         assert run["state"]["message"] == "bytes \ufffd here"
+        assert run["state"]["state_details"]["cache_key"] == "s\ufffd"
 
     @pytest.mark.parametrize(
         "fields",
