@@ -111,13 +111,14 @@ def parse_filter(given: dict[str, Any]) -> EventFilter:
     if resource.get("distinct"):
         # `distinct: false`, which Prefect's client always sends, asks for nothing.
         raise UnsupportedFilter("filtering by resource.distinct is not supported")
-    earliest = utcnow() - BACKFILL_LIMIT
+    now = utcnow()
+    earliest = now - BACKFILL_LIMIT
     occurred = given.get("occurred") or {}
     event = given.get("event") or {}
     ids = given.get("id") or {}
     return EventFilter(
         since=max(_time(occurred.get("since"), default=earliest), earliest),
-        until=_time(occurred.get("until"), default=earliest + BACKFILL_LIMIT + FOLLOW_AT_MOST),
+        until=_time(occurred.get("until"), default=now + FOLLOW_AT_MOST),
         prefixes=_strings(event.get("prefix")),
         excluded_prefixes=_strings(event.get("exclude_prefix")),
         names=_strings(event.get("name")),
