@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from app.db.records import TaskRunRecord, TaskRunStateRecord
 from app.services.clock import to_utc, utcnow
@@ -54,21 +55,32 @@ def state_row(
         timestamp=now,
         message=message,
         data=data,
-        state_details=stored_details(details, state_type=state_type, task_run=task_run, now=now),
+        state_details=stored_details(
+            details,
+            state_type=state_type,
+            task_run_id=task_run.id,
+            flow_run_id=task_run.flow_run_id,
+            now=now,
+        ),
     )
 
 
 def stored_details(
-    details: models.StateDetails, *, state_type: StateType, task_run: TaskRunRecord, now: datetime
+    details: models.StateDetails,
+    *,
+    state_type: StateType,
+    task_run_id: UUID,
+    flow_run_id: UUID | None,
+    now: datetime,
 ) -> dict[str, Any]:
-    """The details as stored: the run's own ids, a due time for SCHEDULED, datetimes in UTC."""
+    """The details as stored: the given run ids, a due time for SCHEDULED, datetimes in UTC."""
     updates: dict[str, Any] = {
         name: to_utc(value) for name, value in details if isinstance(value, datetime)
     }
     if state_type is StateType.SCHEDULED and details.scheduled_time is None:
         updates["scheduled_time"] = now
-    updates["task_run_id"] = task_run.id
-    updates["flow_run_id"] = task_run.flow_run_id
+    updates["task_run_id"] = task_run_id
+    updates["flow_run_id"] = flow_run_id
     return details.model_copy(update=updates).model_dump(mode="json")
 
 

@@ -295,10 +295,6 @@ def _state(
     its details name the event's flow run.
     """
     state_type = StateType(reported.type)
-    details = stored_details(
-        reported.state_details, state_type=state_type, task_run=run, now=record.occurred
-    )
-    details["flow_run_id"] = str(flow_run_id) if flow_run_id is not None else None
     return TaskRunStateRecord(
         id=record.id,
         created=utcnow(),
@@ -308,7 +304,13 @@ def _state(
         timestamp=record.occurred,
         message=reported.message,
         data=reported.data,
-        state_details=details,
+        state_details=stored_details(
+            reported.state_details,
+            state_type=state_type,
+            task_run_id=run.id,
+            flow_run_id=flow_run_id,
+            now=record.occurred,
+        ),
     )
 
 
