@@ -48,24 +48,26 @@ def receive_event(*, connection: Connection, record: EventRecord) -> bool:
     if not rows.insert_event_unless_present(connection, record):
         return False
     if is_client_task_run_event(record):
-        try:
-            refused = attempt_in_savepoint(
-                connection, lambda: record_task_run_event(connection, record)
-            )
-        except UnrecordableEvent as problem:
+        problem = _recording_problem(connection, record)
+        if problem is not None:
             logger.warning(
                 "event %s (%s) stored, not recorded: %s", record.id, record.event, problem
             )
-        else:
-            if refused is not None:
-                # By its class alone: the message can quote the event's values.
-                logger.warning(
-                    "event %s (%s) stored, not recorded: the database refused it (%s)",
-                    record.id,
-                    record.event,
-                    type(refused.orig).__name__,
-                )
     return True
+
+
+def _recording_problem(connection: Connection, record: EventRecord) -> str | None:
+    """Record the task-run state the event reports; why it could not be, or None."""
+    try:
+        refused = attempt_in_savepoint(
+            connection, lambda: record_task_run_event(connection, record)
+        )
+    except UnrecordableEvent as problem:
+        return str(problem)
+    if refused is None:
+        return None
+    # By its class alone: the message can quote the event's values.
+    return f"the database refused it ({type(refused.orig).__name__})"
 
 
 def event_json(record: EventRecord) -> dict[str, Any]:
