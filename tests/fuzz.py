@@ -34,12 +34,13 @@ def main() -> int:
         empty_database(arguments.backend, Path(directory)) as database_url,
         running_server(database_url) as server,
     ):
+        # --config-file belongs to schemathesis itself, before the subcommand.
         command = [
             str(Path(sys.executable).parent / "schemathesis"),
+            "--config-file", str(CONFIG),
             "run", str(SPEC),
             "--url", server.api_url,
             "--max-examples", str(arguments.examples),
-            "--config-file", str(CONFIG),
         ]  # fmt: skip
         if arguments.seed is not None:
             command += ["--seed", str(arguments.seed)]
