@@ -79,6 +79,9 @@ async def validate_with_prepared_validators(
         validators = self.__dict__[_VALIDATORS] = _Validators(self)
     validators.parameters.validate(scope)
     mime_type, encoding = self.extract_content_type(scope["headers"])
+    # Media types are case-insensitive (RFC 9110): `Application/JSON` is JSON, and its body
+    # is checked and decoded like any other.
+    mime_type = mime_type.lower()
     self.validate_mime_type(mime_type)
     body_validator = validators.body(mime_type, encoding)
     if body_validator is not None:

@@ -216,12 +216,16 @@ def _echoed(text: str) -> str | None:
     return text if len(text) <= MAX_ECHOED_BODY_BYTES else None
 
 
+_BYTE_ORDER_MARK = "\ufeff"
+
+
 def parse_json_body(raw: bytes, *, encoding: str, max_depth: int | None = None) -> Any:
     """The JSON value of a request body; None for an empty one.
 
     Stricter than `json.loads`: NaN, Infinity, numbers too large for a float, strings holding
     a lone UTF-16 surrogate (which cannot be stored as UTF-8) and, with `max_depth`, values
-    nesting more levels than that are all rejected.
+    nesting more levels than that are all rejected. A byte order mark before the value is
+    ignored, as RFC 8259 lets a parser do and Prefect's server does.
     """
     if not raw:
         return None
@@ -233,6 +237,7 @@ def parse_json_body(raw: bytes, *, encoding: str, max_depth: int | None = None) 
             f"the body is not valid {encoding} text",
             request_body=_echoed(raw.decode("utf-8", errors="replace")),
         ) from error
+    text = text.removeprefix(_BYTE_ORDER_MARK)
     try:
         body = _STRICT_DECODER.decode(text)
     except json.JSONDecodeError as error:

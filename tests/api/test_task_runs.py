@@ -493,6 +493,40 @@ class TestCreateTaskRun:
         assert response.status_code == 201, response.text
         assert read_run(client, response.json()["id"])["name"] == "caf\u00e9"
 
+    @pytest.mark.parametrize(
+        "content_type", ["Application/JSON", "APPLICATION/JSON; Charset=UTF-8"]
+    )
+    def test_the_media_type_is_read_in_any_case(
+        self, client: TestClient, content_type: str
+    ) -> None:
+        body = b'{"task_key": "t", "dynamic_key": "d", "name": "caf\xc3\xa9"}'
+
+        response = client.post(CREATE, content=body, headers={"content-type": content_type})
+
+        assert response.status_code == 201, response.text
+        assert read_run(client, response.json()["id"])["name"] == "caf\u00e9"
+
+    def test_a_byte_order_mark_before_the_body_is_ignored(self, client: TestClient) -> None:
+        body = b'\xef\xbb\xbf{"task_key": "t", "dynamic_key": "d"}'
+
+        response = client.post(CREATE, content=body, headers={"content-type": "application/json"})
+
+        assert response.status_code == 201, response.text
+
+    def test_a_byte_order_mark_inside_the_body_is_invalid_json(self, client: TestClient) -> None:
+        body = b' \xef\xbb\xbf{"task_key": "t", "dynamic_key": "d"}'
+
+        response = client.post(CREATE, content=body, headers={"content-type": "application/json"})
+
+        assert_validation_error(response, ["body", 1], "json_invalid")
+
+    def test_a_body_in_a_media_type_of_another_case_is_validated(self, client: TestClient) -> None:
+        response = client.post(
+            CREATE, content=b'{"task_key": "t"}', headers={"content-type": "Application/Json"}
+        )
+
+        assert_validation_error(response, ["body", "dynamic_key"], "missing")
+
     def test_a_body_that_is_not_json_is_415(self, client: TestClient) -> None:
         response = client.post(CREATE, content=b"hi", headers={"content-type": "text/plain"})
 
