@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -190,4 +191,17 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if _app is None:
         _app = create_app()
+        freeze_startup_heap()
     return _app
+
+
+def freeze_startup_heap() -> None:
+    """Leave what start-up built (modules, the document, the app) out of every later
+    garbage collection.
+
+    That is most of a worker's 145,000-odd tracked objects, and they live as long as the
+    process. A full collection walked them all, about 30 ms of CPU, and under load ran every
+    few seconds, holding up every request in the worker meanwhile.
+    """
+    gc.collect()
+    gc.freeze()
