@@ -79,9 +79,9 @@ async def validate_with_prepared_validators(
         validators = self.__dict__[_VALIDATORS] = _Validators(self)
     validators.parameters.validate(scope)
     mime_type, encoding = self.extract_content_type(scope["headers"])
-    # Media types are case-insensitive (RFC 9110): `Application/JSON` is JSON, and its body
-    # is checked and decoded like any other.
-    mime_type = mime_type.lower()
+    # Media types are case-insensitive and may have spaces before their parameters (RFC
+    # 9110): `Application/JSON ; charset=utf-8` is JSON, checked and decoded like any other.
+    mime_type = mime_type.strip().lower()
     self.validate_mime_type(mime_type)
     body_validator = validators.body(mime_type, encoding)
     if body_validator is not None:

@@ -494,9 +494,10 @@ class TestCreateTaskRun:
         assert read_run(client, response.json()["id"])["name"] == "caf\u00e9"
 
     @pytest.mark.parametrize(
-        "content_type", ["Application/JSON", "APPLICATION/JSON; Charset=UTF-8"]
+        "content_type",
+        ["Application/JSON", "APPLICATION/JSON; Charset=UTF-8", "application/json ; charset=utf-8"],
     )
-    def test_the_media_type_is_read_in_any_case(
+    def test_the_media_type_is_read_in_any_case_and_spacing(
         self, client: TestClient, content_type: str
     ) -> None:
         body = b'{"task_key": "t", "dynamic_key": "d", "name": "caf\xc3\xa9"}'
