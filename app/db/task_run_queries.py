@@ -42,6 +42,7 @@ from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import Text
 
+from app.db.driver_statements import DriverStatement
 from app.db.tables import task_run, task_run_state, task_run_tag
 from app.db.types import UTCDateTime, json_text, uuid_text
 
@@ -457,6 +458,20 @@ def _listed_columns() -> tuple[ColumnElement[Any], ...]:
 
 
 _LISTED_COLUMNS = _listed_columns()
+
+
+# One run by id, in the form a list gives its runs.
+_LISTED_BY_ID = DriverStatement(
+    select(*_LISTED_COLUMNS)
+    .select_from(task_run.outerjoin(task_run_state, task_run_state.c.id == task_run.c.state_id))
+    .where(task_run.c.id == bindparam("id"))
+)
+
+
+def find_listed_task_run(connection: Connection, task_run_id: UUID) -> ListedTaskRun | None:
+    """The run with this id and its current state, read as `list_task_runs` reads them."""
+    row = _LISTED_BY_ID.first(connection, {"id": task_run_id})
+    return None if row is None else ListedTaskRun._make(row)
 
 
 def list_task_runs(

@@ -27,10 +27,11 @@ class TaskRunHandlers:
         )
         return outcome.task_run, 201 if outcome.created else 200
 
-    def read_task_run(self, *, id: UUID) -> tuple[models.TaskRun, Literal[200]]:
+    def read_task_run(self, *, id: UUID) -> tuple[Serialized[models.TaskRun], Literal[200]]:
         """Read a task run by id."""
         with self._database.snapshot() as connection:
-            return task_runs.read_task_run(connection=connection, task_run_id=id), 200
+            run = task_run_queries.read_task_run(connection=connection, task_run_id=id)
+        return Serialized(run), 200
 
     def update_task_run(self, *, id: UUID, body: models.TaskRunUpdate) -> tuple[None, Literal[204]]:
         """Rename a task run."""

@@ -18,6 +18,8 @@ from app.db import task_run_queries as queries
 from app.db.task_run_queries import Condition, TimeField
 from app.services import task_run_json
 from app.services.clock import LATEST, to_utc, utcnow
+from app.services.errors import NotFound
+from app.services.task_runs import NOT_FOUND_MESSAGE
 from generated import models
 
 # Prefect's PREFECT_SERVER_API_DEFAULT_LIMIT: the default and the largest page.
@@ -31,6 +33,17 @@ class FilteredBody(Protocol):
     flows: models.FlowFilter | None
     flow_runs: models.FlowRunFilter | None
     task_runs: models.TaskRunFilter | None
+
+
+def read_task_run(*, connection: Connection, task_run_id: UUID) -> bytes:
+    """The task run with this id, with its current state, as JSON.
+
+    :raises NotFound: no task run has this id.
+    """
+    run = queries.find_listed_task_run(connection, task_run_id)
+    if run is None:
+        raise NotFound(NOT_FOUND_MESSAGE)
+    return task_run_json.task_run_json(run, now=utcnow())
 
 
 def read_task_runs(*, connection: Connection, body: models.ReadTaskRunsBody | None) -> bytes:

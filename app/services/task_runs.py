@@ -99,17 +99,6 @@ def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -
     return CreateOutcome(created=False, existing=existing)
 
 
-def read_task_run(*, connection: Connection, task_run_id: UUID) -> models.TaskRun:
-    """The task run with this id, with its current state.
-
-    :raises NotFound: no task run has this id.
-    """
-    stored = rows.find_task_run(connection, task_run_id)
-    if stored is None:
-        raise NotFound(NOT_FOUND_MESSAGE)
-    return task_run_model(stored.run, stored.state, now=utcnow())
-
-
 def rename_task_run(
     *, connection: Connection, task_run_id: UUID, update: models.TaskRunUpdate
 ) -> None:

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from app.db.database import Database
 from app.main import create_app
-from app.services import task_runs
+from app.services import task_run_queries, task_runs
 from app.settings import Settings
 from generated import models
 from tests.support.api import (
@@ -768,7 +768,7 @@ class TestErrors:
         def fail(**_: Any) -> None:
             raise RuntimeError("secret internals")
 
-        monkeypatch.setattr(task_runs, "read_task_run", fail)
+        monkeypatch.setattr(task_run_queries, "read_task_run", fail)
 
         response = client.get(f"{CREATE}{uuid.uuid4()}")
 
@@ -782,7 +782,7 @@ class TestErrors:
         def fail(**_: Any) -> None:
             raise ValueError("row contents: secret-value") from KeyError("secret-key")
 
-        monkeypatch.setattr(task_runs, "read_task_run", fail)
+        monkeypatch.setattr(task_run_queries, "read_task_run", fail)
 
         client.get(f"{CREATE}{uuid.uuid4()}")
 

@@ -1,7 +1,8 @@
-"""The lists of runs (filter, paginate) give each run byte for byte as reading it does.
+"""Reads and lists of runs (filter, paginate) give each run byte for byte as its model does.
 
-Lists build their JSON from the rows (app/services/task_run_json.py), a read from the run's
-model: the runs here carry every kind of field whose JSON could come out differently.
+They build their JSON from the rows (app/services/task_run_json.py); a create answers with
+the run's model (TaskRun built from the stored records). The runs here carry every kind of
+field whose JSON could come out differently.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 from sqlalchemy import Connection
 from starlette.testclient import TestClient
 
+from app.db import task_runs as rows
 from app.db.database import Database
 from app.db.tables import task_run_state
 from app.services import task_run_queries, task_runs
@@ -130,9 +132,23 @@ def read_bytes(client: TestClient, run_id: str) -> bytes:
     return response.content
 
 
+def model_bytes(database: Database, run_id: str) -> bytes:
+    """The stored run's JSON as its model gives it, at NOW."""
+    with database.snapshot() as connection:
+        stored = rows.find_task_run(connection, uuid.UUID(run_id))
+    assert stored is not None
+    return task_runs.task_run_model(stored.run, stored.state, now=NOW).model_dump_json().encode()
+
+
 @pytest.mark.usefixtures("fixed_clock")
-class TestListsAnswerAsReads:
-    def test_filter_gives_each_run_as_read(self, client: TestClient) -> None:
+class TestReadsAndListsAnswerAsModels:
+    def test_read_gives_each_run_as_its_model(self, client: TestClient, database: Database) -> None:
+        for run_id in varied_runs(client):
+            assert read_bytes(client, run_id) == model_bytes(database, run_id)
+
+    def test_filter_gives_each_run_as_its_model(
+        self, client: TestClient, database: Database
+    ) -> None:
         run_ids = sorted(varied_runs(client), reverse=True)
 
         response = client.post(
@@ -140,10 +156,10 @@ class TestListsAnswerAsReads:
         )
 
         assert response.status_code == 200, response.text
-        reads = [read_bytes(client, run_id) for run_id in run_ids]
-        assert response.content == b"[" + b",".join(reads) + b"]"
+        models_json = [model_bytes(database, run_id) for run_id in run_ids]
+        assert response.content == b"[" + b",".join(models_json) + b"]"
 
-    def test_details_not_stored_as_the_model_dumps_them_are_given_as_read(
+    def test_details_not_stored_as_the_model_dumps_them_are_given_as_it_does(
         self, client: TestClient, database: Database
     ) -> None:
         run = create_run(client, task_key=uuid.uuid4().hex, dynamic_key="details")
@@ -156,13 +172,17 @@ class TestListsAnswerAsReads:
         response = client.post(FILTER, json=task_runs_body(id={"any_": [run["id"]]}))
 
         assert response.status_code == 200, response.text
-        assert response.content == b"[" + read_bytes(client, run["id"]) + b"]"
+        read = read_bytes(client, run["id"])
+        assert read == model_bytes(database, run["id"])
+        assert response.content == b"[" + read + b"]"
         details = response.json()[0]["state"]["state_details"]
         # Through the model: its defaults filled in, the instant written in its format.
         assert details["deferred"] is False
         assert details["scheduled_time"] == "2026-05-31T14:00:00.500000+02:00"
 
-    def test_paginate_gives_the_page_as_its_model_does(self, client: TestClient) -> None:
+    def test_paginate_gives_the_page_as_its_model_does(
+        self, client: TestClient, database: Database
+    ) -> None:
         run_ids = sorted(varied_runs(client), reverse=True)
         body: dict[str, Any] = {
             **task_runs_body(id={"any_": run_ids}),
@@ -176,7 +196,7 @@ class TestListsAnswerAsReads:
         assert response.status_code == 200, response.text
         page = models.TaskRunPaginationResponse(
             results=[
-                models.TaskRun.model_validate_json(read_bytes(client, run_id))
+                models.TaskRun.model_validate_json(model_bytes(database, run_id))
                 for run_id in run_ids[3:6]
             ],
             count=len(run_ids),
