@@ -73,6 +73,13 @@ class DriverStatement:
         with self._cursor(connection, parameters) as (cursor, _compiled):
             return int(cursor.rowcount)
 
+    def execute_many(
+        self, connection: Connection, parameter_sets: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Run the statement once for each set of parameters, in one call of the driver."""
+        with self._cursor(connection, parameter_sets, many=True):
+            pass
+
     def first(
         self, connection: Connection, parameters: Mapping[str, Any]
     ) -> tuple[Any, ...] | None:
@@ -91,14 +98,25 @@ class DriverStatement:
 
     @contextmanager
     def _cursor(
-        self, connection: Connection, parameters: Mapping[str, Any]
+        self,
+        connection: Connection,
+        parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        many: bool = False,
     ) -> Iterator[tuple[Any, _Compiled]]:
-        """A cursor that ran the statement, closed after the block; a driver error in the
-        statement or the block is raised as SQLAlchemy's.
+        """A cursor that ran the statement (once per set of `parameters` when `many`),
+        closed after the block; a driver error in the statement or the block is raised as
+        SQLAlchemy's.
         """
         dialect = connection.dialect
         compiled = self._for(dialect)
-        driver_parameters = compiled.driver_parameters(parameters)
+        driver_parameters: Any
+        if many:
+            assert isinstance(parameters, Sequence)
+            driver_parameters = [compiled.driver_parameters(each) for each in parameters]
+        else:
+            assert isinstance(parameters, Mapping)
+            driver_parameters = compiled.driver_parameters(parameters)
         if not connection.in_transaction():
             # As `Connection.execute` would: the transaction is SQLAlchemy's to begin (on
             # SQLite, with the writer's turn) and to commit or roll back.
@@ -107,7 +125,10 @@ class DriverStatement:
         assert driver is not None
         cursor = driver.cursor()
         try:
-            cursor.execute(compiled.sql, driver_parameters)
+            if many:
+                cursor.executemany(compiled.sql, driver_parameters)
+            else:
+                cursor.execute(compiled.sql, driver_parameters)
             yield cursor, compiled
         except dialect.loaded_dbapi.Error as error:
             raise DBAPIError.instance(

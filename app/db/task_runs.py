@@ -130,6 +130,9 @@ _RENAME = (
     )
 )
 _DELETE = task_run.delete().where(task_run.c.id == bindparam("run_id"))
+_INSERT_TAG = DriverStatement(
+    task_run_tag.insert().values(task_run_id=bindparam("task_run_id"), tag=bindparam("tag"))
+)
 _DELETE_TAGS = task_run_tag.delete().where(task_run_tag.c.task_run_id == bindparam("run_id"))
 # Waits for, then holds until the transaction ends, the run's row (PostgreSQL).
 _LOCK = DriverStatement(
@@ -177,7 +180,7 @@ def _insert_tags(connection: Connection, run: TaskRunRecord) -> None:
     searchable = (tag for tag in dict.fromkeys(run.tags) if "\x00" not in tag)
     rows = [{"task_run_id": run.id, "tag": tag} for tag in searchable]
     if rows:
-        connection.execute(task_run_tag.insert(), rows)
+        _INSERT_TAG.execute_many(connection, rows)
 
 
 def insert_task_run_with_first_state(

@@ -17,7 +17,7 @@ from app.db import task_runs as run_rows
 from app.db.database import Database
 from app.db.driver_statements import DriverStatement
 from app.db.records import TaskRunStateRecord
-from app.db.tables import task_run, task_run_state
+from app.db.tables import task_run, task_run_state, task_run_tag
 from app.services.ids import uuid7
 from app.services.task_run_states import set_task_run_state
 from generated import models
@@ -107,6 +107,32 @@ def test_a_driver_error_is_raised_as_sqlalchemys(database: Database) -> None:
     # The parameters stay out of the message, as the engine's own errors keep them.
     assert str(run.id.hex) not in str(raised.value)
     assert str(run.id) not in str(raised.value)
+
+
+def test_many_parameter_sets_write_a_row_each(database: Database) -> None:
+    run = created_run(database, tags=["a", "b", "a", "c"])
+
+    with database.snapshot() as connection:
+        tags = connection.execute(
+            select(task_run_tag.c.tag).where(task_run_tag.c.task_run_id == run.id)
+        ).scalars()
+        assert sorted(tags) == ["a", "b", "c"]
+
+
+def test_a_driver_error_of_many_parameter_sets_is_raised_as_sqlalchemys(
+    database: Database,
+) -> None:
+    run = created_run(database, tags=["a"])
+    rows = [{"task_run_id": run.id, "tag": "b"}, {"task_run_id": run.id, "tag": "a"}]
+
+    with pytest.raises(IntegrityError), database.transaction() as connection:
+        run_rows._INSERT_TAG.execute_many(connection, rows)
+
+    with database.snapshot() as connection:
+        tags = connection.execute(
+            select(task_run_tag.c.tag).where(task_run_tag.c.task_run_id == run.id)
+        ).scalars()
+        assert list(tags) == ["a"]
 
 
 def test_literals_of_the_statement_are_sent_with_the_parameters(database: Database) -> None:
