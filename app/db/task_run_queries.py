@@ -460,11 +460,13 @@ def _listed_columns() -> tuple[ColumnElement[Any], ...]:
 _LISTED_COLUMNS = _listed_columns()
 
 
+# Built once: a SELECT of the 31 columns took 25 to 30 µs to build, for every list.
+_SELECT_LISTED = select(*_LISTED_COLUMNS)
 # One run by id, in the form a list gives its runs.
 _LISTED_BY_ID = DriverStatement(
-    select(*_LISTED_COLUMNS)
-    .select_from(task_run.outerjoin(task_run_state, task_run_state.c.id == task_run.c.state_id))
-    .where(task_run.c.id == bindparam("id"))
+    _SELECT_LISTED.select_from(
+        task_run.outerjoin(task_run_state, task_run_state.c.id == task_run.c.state_id)
+    ).where(task_run.c.id == bindparam("id"))
 )
 
 
@@ -487,23 +489,15 @@ def list_task_runs(
     in the form a list of runs answers them, without decoding the JSON columns or building
     UUID objects only to print them.
     """
-    statement = _page_of_runs(
-        _LISTED_COLUMNS, condition, sort=sort, limit=limit, offset=offset, now=now
-    )
+    statement = _page_of_runs(condition, sort=sort, limit=limit, offset=offset, now=now)
     make = ListedTaskRun._make
     return [make(row) for row in connection.execute(statement).all()]
 
 
 def _page_of_runs(
-    columns: Sequence[ColumnElement[Any]],
-    condition: Condition,
-    *,
-    sort: Sort,
-    limit: int,
-    offset: int,
-    now: datetime,
+    condition: Condition, *, sort: Sort, limit: int, offset: int, now: datetime
 ) -> Select[Any]:
-    """`columns` of the matching runs joined to their current states, in order.
+    """The matching runs joined to their current states, in order, as ListedTaskRun rows.
 
     The runs are chosen and ordered first and joined to their states only then, so that the
     database walks an index of task_run alone.
@@ -516,15 +510,11 @@ def _page_of_runs(
         .offset(offset)
         .subquery("page")
     )
-    return (
-        select(*columns)
-        .select_from(
-            page.join(task_run, task_run.c.id == page.c.id).outerjoin(
-                task_run_state, task_run_state.c.id == task_run.c.state_id
-            )
+    return _SELECT_LISTED.select_from(
+        page.join(task_run, task_run.c.id == page.c.id).outerjoin(
+            task_run_state, task_run_state.c.id == task_run.c.state_id
         )
-        .order_by(*order_by(sort, now=now))
-    )
+    ).order_by(*order_by(sort, now=now))
 
 
 def count_task_runs(connection: Connection, condition: Condition) -> int:
