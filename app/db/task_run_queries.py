@@ -44,6 +44,7 @@ from sqlalchemy.types import Text
 
 from app.db.driver_statements import DriverStatement
 from app.db.tables import task_run, task_run_state, task_run_tag
+from app.db.task_runs import RUN_WITH_CURRENT_STATE
 from app.db.types import UTCDateTime, json_text, uuid_text
 
 Condition = ColumnElement[bool]
@@ -464,9 +465,7 @@ _LISTED_COLUMNS = _listed_columns()
 _SELECT_LISTED = select(*_LISTED_COLUMNS)
 # One run by id, in the form a list gives its runs.
 _LISTED_BY_ID = DriverStatement(
-    _SELECT_LISTED.select_from(
-        task_run.outerjoin(task_run_state, task_run_state.c.id == task_run.c.state_id)
-    ).where(task_run.c.id == bindparam("id"))
+    _SELECT_LISTED.select_from(RUN_WITH_CURRENT_STATE).where(task_run.c.id == bindparam("id"))
 )
 
 

@@ -139,11 +139,15 @@ _LOCK = DriverStatement(
     select(task_run.c.id).where(task_run.c.id == bindparam("run_id")).with_for_update()
 )
 
+# Each run with its current state (none for a run that never had one).
+RUN_WITH_CURRENT_STATE = task_run.outerjoin(
+    task_run_state, task_run_state.c.id == task_run.c.state_id
+)
 # A run with its current state, the columns in the order of the records' fields.
 _WITH_CURRENT_STATE = select(
     *(task_run.c[name] for name in TASK_RUN_COLUMNS),
     *(task_run_state.c[name].label(f"state_{name}") for name in TASK_RUN_STATE_COLUMNS),
-).select_from(task_run.outerjoin(task_run_state, task_run_state.c.id == task_run.c.state_id))
+).select_from(RUN_WITH_CURRENT_STATE)
 _BY_ID = DriverStatement(_WITH_CURRENT_STATE.where(task_run.c.id == bindparam("id")))
 # The same, the run's row locked until the transaction ends (PostgreSQL).
 _BY_ID_LOCKED = DriverStatement(
