@@ -108,6 +108,12 @@ class Database:
         self._writer_lock = WriterLock(self._lock_path(), timeout=lock_timeout)
         writer: WriterLock | bool = self._writer_lock if self.is_sqlite else True
         self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: writer})
+        # PostgreSQL: a write of one statement commits with it, no BEGIN or COMMIT sent.
+        self._one_statement_engine = (
+            self._write_engine
+            if self.is_sqlite
+            else self._write_engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self._read_engine = (
             self.engine
             if self.is_sqlite
@@ -161,28 +167,33 @@ class Database:
         )
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self, *, one_statement: bool = False) -> Iterator[Connection]:
         """A write transaction: committed when the block ends, rolled back if it raises.
 
         On SQLite the transaction, and the writer's turn, start with its first statement, so
-        that the work before it does not keep other writers waiting.
+        that the work before it does not keep other writers waiting. `one_statement`: the
+        block changes data by one statement at most, which on PostgreSQL is then its own
+        transaction (no BEGIN and COMMIT round trips); reads around it see committed data.
         """
         self._refuse_unwritable_shared_memory()
         callbacks: list[Callable[[], None]] = []
         reset_token = _AFTER_COMMIT.set(callbacks)
+        engine = self._one_statement_engine if one_statement else self._write_engine
         try:
-            with self._committed() as connection:
+            with self._committed(engine) as connection:
                 yield connection
         finally:
             _AFTER_COMMIT.reset(reset_token)
         _call_all(callbacks)
 
     @contextmanager
-    def _committed(self) -> Iterator[Connection]:
-        """A write connection whose transaction is committed if the block ends normally and
-        rolled back if it raises; the writer's turn ends either way.
+    def _committed(self, engine: Engine | None = None) -> Iterator[Connection]:
+        """A write connection (of `engine`, by default the write engine) whose transaction
+        is committed if the block ends normally and rolled back if it raises; the writer's
+        turn ends either way.
         """
-        with _unavailable_on_connection_errors(), self._write_engine.connect() as connection:
+        engine = engine or self._write_engine
+        with _unavailable_on_connection_errors(), engine.connect() as connection:
             try:
                 yield connection
                 connection.commit()
@@ -193,16 +204,21 @@ class Database:
                 # Not a flag on the connection: a fault can discard it, and its flags with it.
                 self._writer_lock.release_if_held()
 
-    def write(self, work: Callable[[Connection], _Result]) -> _Result:
+    def write(
+        self, work: Callable[[Connection], _Result], *, one_statement: bool = False
+    ) -> _Result:
         """Run `work` in a write transaction and return its result once committed.
 
         On SQLite the writes of this process that wait for their turn at the same time are
         committed together (app/db/group_commit.py); `work` then runs in another thread, in
         a copy of this thread's context, and must not start another write. An exception it
         raises undoes its own changes only, and is raised here.
+
+        `one_statement`: `work` changes data by one statement at most; on PostgreSQL that
+        statement is then its own transaction (see `transaction`).
         """
         if not self.is_sqlite:
-            with self.transaction() as connection:
+            with self.transaction(one_statement=one_statement) as connection:
                 return work(connection)
         callbacks: list[Callable[[], None]] = []
 

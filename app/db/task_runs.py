@@ -41,8 +41,9 @@ _INSERT_TASK_RUN_UNLESS_CONFLICTING = {
 
 
 def _insert_run_with_first_state() -> Any:
-    """One PostgreSQL statement for both rows of a new run: the run unless it conflicts (as
-    above), and its first state only if the run went in. RETURNING tells whether they did.
+    """One PostgreSQL statement for every row of a new run: the run unless it conflicts (as
+    above), and its first state and tags only if the run went in. RETURNING tells whether
+    they did.
     """
     inserted = (
         postgresql.insert(task_run)
@@ -50,6 +51,19 @@ def _insert_run_with_first_state() -> Any:
         .on_conflict_do_nothing()
         .returning(task_run.c.id)
         .cte("inserted_run")
+    )
+    # A data-modifying CTE runs whether or not the statement reads it.
+    tags = (
+        func.unnest(bindparam("tags", type_=postgresql.ARRAY(Text)))
+        .table_valued("tag")
+        .render_derived()
+    )
+    inserted_tags = (
+        task_run_tag.insert()
+        .from_select(
+            ["task_run_id", "tag"], select(inserted.c.id, tags.c.tag).select_from(inserted)
+        )
+        .cte("inserted_tags")
     )
     # In a SELECT list a parameter has no column to take its type from: each is cast.
     state_values = [
@@ -65,6 +79,7 @@ def _insert_run_with_first_state() -> Any:
         task_run_state.insert()
         .from_select(list(TASK_RUN_STATE_COLUMNS), select(*state_values).select_from(inserted))
         .returning(task_run_state.c.task_run_id)
+        .add_cte(inserted_tags)
     )
 
 
@@ -176,25 +191,29 @@ def insert_task_run_unless_conflicting(connection: Connection, run: TaskRunRecor
 
 
 def _insert_tags(connection: Connection, run: TaskRunRecord) -> None:
-    """One task_run_tag row per distinct tag of the run that a filter can ask for.
+    """One task_run_tag row per tag of the run that a filter can ask for."""
+    rows = [{"task_run_id": run.id, "tag": tag} for tag in _searchable_tags(run)]
+    if rows:
+        _INSERT_TAG.execute_many(connection, rows)
+
+
+def _searchable_tags(run: TaskRunRecord) -> list[str]:
+    """The run's distinct tags that a filter can ask for.
 
     A tag holding U+0000 is left out: PostgreSQL cannot store it in a column of its own, and
     no filter can name it (the contract forbids U+0000 in filters).
     """
-    searchable = (tag for tag in dict.fromkeys(run.tags) if "\x00" not in tag)
-    rows = [{"task_run_id": run.id, "tag": tag} for tag in searchable]
-    if rows:
-        _INSERT_TAG.execute_many(connection, rows)
+    return [tag for tag in dict.fromkeys(run.tags) if "\x00" not in tag]
 
 
 def insert_task_run_with_first_state(
     connection: Connection, run: TaskRunRecord, state: TaskRunStateRecord
 ) -> bool:
-    """INSERT the run and its first state unless the run's id or idempotency key is taken;
-    return whether they went in.
+    """INSERT the run, its first state and its tags unless the run's id or idempotency key
+    is taken; return whether they went in.
 
-    On PostgreSQL one statement does both (one round trip to the server instead of two);
-    the run's tags, if it has any, take another.
+    On PostgreSQL one statement does it all: one round trip to the server, and a statement
+    that needs no transaction around it (`Database.write(..., one_statement=True)`).
     """
     if connection.dialect.name != "postgresql":
         if not insert_task_run_unless_conflicting(connection, run):
@@ -203,10 +222,8 @@ def insert_task_run_with_first_state(
         return True
     parameters = {f"run_{name}": value for name, value in run.values().items()}
     parameters.update({f"state_{name}": value for name, value in state.values().items()})
-    inserted = _INSERT_RUN_WITH_FIRST_STATE.first(connection, parameters) is not None
-    if inserted:
-        _insert_tags(connection, run)
-    return inserted
+    parameters["tags"] = _searchable_tags(run)
+    return _INSERT_RUN_WITH_FIRST_STATE.first(connection, parameters) is not None
 
 
 def find_task_run_to_change(connection: Connection, task_run_id: UUID) -> StoredTaskRun | None:

@@ -23,7 +23,8 @@ class TaskRunHandlers:
     ) -> tuple[models.TaskRun, Literal[200, 201]]:
         """Create a task run: 201 when this request inserted it, 200 when it already existed."""
         outcome = self._database.write(
-            lambda connection: task_runs.create_task_run(connection=connection, task_run=body)
+            lambda connection: task_runs.create_task_run(connection=connection, task_run=body),
+            one_statement=task_runs.creates_in_one_statement(body),
         )
         return outcome.task_run, 201 if outcome.created else 200
 

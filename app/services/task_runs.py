@@ -17,7 +17,7 @@ from app.services.clock import to_utc, utcnow
 from app.services.errors import Conflict, NotFound
 from app.services.ids import uuid7
 from app.services.names import random_name
-from app.services.orchestration.policies import Orchestration, select_policy
+from app.services.orchestration.policies import Orchestration, Policy, select_policy
 from app.services.orchestration.transition import Transition
 from app.services.orchestration_store import DatabaseOrchestrationStore
 from app.services.states import TERMINAL_STATE_TYPES, enter_state, new_state_row, state_model
@@ -59,32 +59,28 @@ def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -
     The first state is written as proposed (a forced transition), except that a deferred
     one, a background task's, goes through the background-task rules, as in Prefect.
 
-    The answer of an inserted run is built from its rows inside the transaction, so a run
-    whose answer cannot be built is never committed.
+    The answer of an inserted run is built from its rows before they are written, so a run
+    whose answer cannot be built is never stored.
 
     :raises Conflict: the requested id belongs to a run with a different key.
     """
     now = utcnow()
     run = _new_task_run(task_run, now=now)
-    proposed = task_run.state or PENDING
     transition = Transition(
         run=run,
         initial=None,
-        proposed=new_state_row(task_run=run, proposed=proposed, now=now),
+        proposed=new_state_row(task_run=run, proposed=_first_state(task_run), now=now),
         now=now,
     )
-    deferred = bool(proposed.state_details and proposed.state_details.deferred)
     orchestration = Orchestration(
-        select_policy(deferred=deferred, force=True),
-        transition,
-        DatabaseOrchestrationStore(connection),
+        _first_state_policy(task_run), transition, DatabaseOrchestrationStore(connection)
     )
     orchestration.decide()
     # No rule that governs a first state leaves the run without one.
     state = transition.proposal
     enter_state(run, state)
+    answer = task_run_model(run, state, now=now)
     if rows.insert_task_run_with_first_state(connection, run, state):
-        answer = task_run_model(run, state, now=now)
         orchestration.written()
         return CreateOutcome(created=True, inserted=answer)
 
@@ -97,6 +93,24 @@ def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -
     if existing is None:
         raise Conflict(f"Task run id {run.id} is already used by another task run.")
     return CreateOutcome(created=False, existing=existing)
+
+
+def creates_in_one_statement(task_run: models.TaskRunCreate) -> bool:
+    """Whether creating this run changes data by one statement on PostgreSQL: unless rules
+    govern its first state (a background task's may queue it once written), a create is
+    the insert of its rows, or a read of the run that has its key.
+    """
+    return not _first_state_policy(task_run).rules
+
+
+def _first_state(task_run: models.TaskRunCreate) -> models.StateCreate:
+    return task_run.state or PENDING
+
+
+def _first_state_policy(task_run: models.TaskRunCreate) -> Policy:
+    """Forced, unless deferred: a background task's first state gets its rules."""
+    details = _first_state(task_run).state_details
+    return select_policy(deferred=bool(details and details.deferred), force=True)
 
 
 def rename_task_run(

@@ -657,6 +657,47 @@ class TestCreateTaskRun:
         assert assert_validation_error(small, ["body", "tags", 0], "type")["request_body"]
         assert assert_validation_error(large, ["body", "tags", 0], "type")["request_body"] is None
 
+    def test_a_run_whose_answer_cannot_be_built_is_not_stored(
+        self, client: TestClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Also on PostgreSQL, where the create's statement commits by itself."""
+
+        def fail(*_: Any, **__: Any) -> None:
+            raise RuntimeError("cannot build it")
+
+        monkeypatch.setattr(task_runs, "task_run_model", fail)
+
+        response = create(client, tags=["t"])
+        monkeypatch.undo()
+
+        assert response.status_code == 500
+        assert client.post("/api/task_runs/count", json={}).json() == 0
+        assert create(client, tags=["t"]).status_code == 201
+
+    @pytest.mark.parametrize(
+        ("state", "one_statement"),
+        [(None, True), ({"type": "SCHEDULED", "state_details": {"deferred": True}}, False)],
+    )
+    def test_a_create_is_written_as_one_statement_unless_a_background_tasks(
+        self,
+        client: TestClient,
+        database: Database,
+        monkeypatch: pytest.MonkeyPatch,
+        state: dict[str, Any] | None,
+        one_statement: bool,
+    ) -> None:
+        asked: list[bool] = []
+        write = database.write
+
+        def recorded_write(work: Any, *, one_statement: bool = False) -> Any:
+            asked.append(one_statement)
+            return write(work, one_statement=one_statement)
+
+        monkeypatch.setattr(database, "write", recorded_write)
+
+        assert create(client, state=state).status_code == 201
+        assert asked == [one_statement]
+
 
 class TestReadTaskRun:
     @pytest.fixture

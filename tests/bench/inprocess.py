@@ -6,6 +6,12 @@
 Requests go straight to the ASGI application (every middleware, Flask and the handler, on an
 SQLite file), one at a time. CPU time depends on what else the machine runs; instruction
 counts do not, which makes them the measure of small changes: the same code counts the same.
+
+    python -m tests.bench.inprocess --postgresql postgresql://postgres@127.0.0.1:5432/test
+
+runs them on a throw-away database on that PostgreSQL server instead, and (the server on
+this machine) adds the CPU its processes spent per request. Callgrind counts this process
+only: the database's own work, and the kernel's for each round trip, are not in the count.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,34 +153,86 @@ def requests_of(operation: str, driver: Driver, count: int) -> list[Request]:
     raise ValueError(operation)
 
 
+@dataclass(frozen=True)
+class Cost:
+    """CPU ms per request: this process's, and the PostgreSQL server's (None on SQLite)."""
+
+    process: float
+    database: float | None = None
+
+
 def measure(
-    operations: list[str], count: int, *, timed: bool, send: bool = True
-) -> dict[str, float]:
-    """CPU ms per request of each operation (or, untimed, just send them; or, not sending,
-    only make what the requests need).
+    operations: list[str],
+    count: int,
+    *,
+    timed: bool,
+    send: bool = True,
+    postgresql: str | None = None,
+) -> dict[str, Cost]:
+    """CPU per request of each operation (or, untimed, just send them; or, not sending,
+    only make what the requests need), on an SQLite file or, given a PostgreSQL server's
+    URL, a database of its own there.
     """
     from app.db.migrate import upgrade  # noqa: PLC0415 - after the environment is set
     from app.main import create_app  # noqa: PLC0415
     from app.settings import Settings  # noqa: PLC0415
 
-    directory = Path(tempfile.mkdtemp(prefix="taskrun-inprocess-"))
-    try:
-        url = f"sqlite:///{directory / 'bench.db'}"
+    with _bench_database(postgresql) as url:
         upgrade(url)
         driver = Driver(create_app(Settings(database_url=url)))
-        results: dict[str, float] = {}
+        results: dict[str, Cost] = {}
         try:
             for operation in operations:
                 prepared = requests_of(operation, driver, count)
                 send_all(driver, prepared[: max(1, count // 10)] if timed else [])
-                began = time.process_time()
+                began, database_began = time.process_time(), _postgresql_cpu_seconds()
                 send_all(driver, prepared if send else [])
-                results[operation] = (time.process_time() - began) * 1000 / max(count, 1)
+                per_request = 1000 / max(count, 1)
+                results[operation] = Cost(
+                    process=(time.process_time() - began) * per_request,
+                    database=(
+                        (_postgresql_cpu_seconds() - database_began) * per_request
+                        if postgresql
+                        else None
+                    ),
+                )
         finally:
             driver.close()
         return results
+
+
+@contextmanager
+def _bench_database(postgresql: str | None) -> Iterator[str]:
+    """An SQLite file in a temporary directory, or a throw-away database on the server."""
+    if postgresql:
+        from tests.support.databases import postgres_database  # noqa: PLC0415
+
+        with postgres_database(postgresql) as url:
+            yield url
+        return
+    directory = Path(tempfile.mkdtemp(prefix="taskrun-inprocess-"))
+    try:
+        yield f"sqlite:///{directory / 'bench.db'}"
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _postgresql_cpu_seconds() -> float:
+    """The CPU time of every PostgreSQL process on this machine (user and system), from /proc."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        name, _, rest = stat.partition(") ")
+        if name.endswith("(postgres"):
+            fields = rest.split()
+            # utime and stime: fields 14 and 15 of the line, 12 and 13 after the name.
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def send_all(driver: Driver, prepared: list[Request]) -> None:
@@ -181,11 +241,12 @@ def send_all(driver: Driver, prepared: list[Request]) -> None:
         assert 200 <= status < 300, (status, answer[:300])
 
 
-def instructions(operation: str, count: int) -> float:
+def instructions(operation: str, count: int, *, postgresql: str | None = None) -> float:
     """Instructions per request of `operation`, counted by callgrind: a run that sends `count`
     requests less one that only makes what they need (the start-up, and the run each
     proposal changes), over `count`.
     """
+    database = ["--postgresql", postgresql] if postgresql else []
 
     def run(requests: int, *, send: bool) -> int:
         with tempfile.TemporaryDirectory() as directory:
@@ -193,7 +254,8 @@ def instructions(operation: str, count: int) -> float:
             subprocess.run(
                 ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                  sys.executable, "-m", "tests.bench.inprocess", "--operations", operation,
-                 "--requests", str(requests), "--untimed", *([] if send else ["--unsent"])],
+                 "--requests", str(requests), "--untimed", *([] if send else ["--unsent"]),
+                 *database],
                 capture_output=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
             )  # fmt: skip
             summary = re.search(r"^summary: (\d+)", out.read_text(errors="replace"), re.M)
@@ -208,28 +270,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--operations", nargs="+", choices=OPERATIONS, default=list(OPERATIONS))
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--instructions", action="store_true", help="count with callgrind")
+    parser.add_argument(
+        "--postgresql",
+        metavar="SERVER_URL",
+        help="run on a throw-away database on this PostgreSQL server instead of SQLite",
+    )
     parser.add_argument("--untimed", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--unsent", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
+    postgresql = arguments.postgresql
     if arguments.untimed:
-        measure(arguments.operations, arguments.requests, timed=False, send=not arguments.unsent)
+        measure(
+            arguments.operations,
+            arguments.requests,
+            timed=False,
+            send=not arguments.unsent,
+            postgresql=postgresql,
+        )
         return 0
     report: Callable[[str], str]
     if arguments.instructions:
         if shutil.which("valgrind") is None:
             print("--instructions needs valgrind (Debian package valgrind)", file=sys.stderr)  # noqa: T201
             return 2
-        values = {
-            op: instructions(op, min(arguments.requests, MAX_COUNTED_REQUESTS.get(op, 200)))
+        counts = {
+            op: instructions(
+                op,
+                min(arguments.requests, MAX_COUNTED_REQUESTS.get(op, 200)),
+                postgresql=postgresql,
+            )
             for op in arguments.operations
         }
-        report = lambda op: f"{values[op] / 1e6:8.3f} M instructions per request"  # noqa: E731
+        report = lambda op: f"{counts[op] / 1e6:8.3f} M instructions per request"  # noqa: E731
     else:
-        values = measure(arguments.operations, arguments.requests, timed=True)
-        report = lambda op: f"{values[op]:8.3f} ms of CPU per request"  # noqa: E731
+        costs = measure(arguments.operations, arguments.requests, timed=True, postgresql=postgresql)
+        report = lambda op: _cpu_report(costs[op])  # noqa: E731
     for operation in arguments.operations:
         print(f"{operation:<10} {report(operation)}")  # noqa: T201
     return 0
+
+
+def _cpu_report(cost: Cost) -> str:
+    text = f"{cost.process:8.3f} ms of CPU per request"
+    if cost.database is not None:
+        text += f", and {cost.database:.3f} ms of the PostgreSQL server's"
+    return text
 
 
 if __name__ == "__main__":

@@ -12,7 +12,15 @@ import pytest
 from app.db.migrate import upgrade
 from app.main import create_app
 from app.settings import Settings
-from tests.bench.inprocess import FILTER_PAGE, OPERATIONS, Driver, requests_of, send_all
+from tests.bench.inprocess import (
+    FILTER_PAGE,
+    OPERATIONS,
+    Driver,
+    measure,
+    requests_of,
+    send_all,
+)
+from tests.support.databases import POSTGRES_ENV, postgres_server_url
 
 
 @pytest.fixture
@@ -41,3 +49,27 @@ def test_a_filter_lists_a_full_page_of_running_runs(driver: Driver) -> None:
     assert status == 200
     assert len(runs) == FILTER_PAGE
     assert {run["state_type"] for run in runs} == {"RUNNING"}
+
+
+@pytest.mark.postgresql
+def test_on_postgresql_the_servers_cpu_is_measured_beside_the_process() -> None:
+    server = postgres_server_url()
+    if server is None:
+        pytest.skip(f"{POSTGRES_ENV} is not set")
+
+    costs = measure(["create", "read"], 20, timed=True, postgresql=server)
+
+    assert set(costs) == {"create", "read"}
+    for cost in costs.values():
+        assert cost.process > 0
+        assert cost.database is not None
+    # Its processes run on this machine: a create makes the server work.
+    create_on_the_server = costs["create"].database
+    assert create_on_the_server is not None
+    assert create_on_the_server > 0
+
+
+def test_on_sqlite_there_is_no_servers_cpu() -> None:
+    costs = measure(["health"], 5, timed=True)
+
+    assert costs["health"].database is None

@@ -110,7 +110,11 @@ def test_a_driver_error_is_raised_as_sqlalchemys(database: Database) -> None:
 
 
 def test_many_parameter_sets_write_a_row_each(database: Database) -> None:
-    run = created_run(database, tags=["a", "b", "a", "c"])
+    run = created_run(database)
+    rows = [{"task_run_id": run.id, "tag": tag} for tag in ["b", "a", "c"]]
+
+    with database.transaction() as connection:
+        run_rows._INSERT_TAG.execute_many(connection, rows)
 
     with database.snapshot() as connection:
         tags = connection.execute(
