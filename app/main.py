@@ -67,15 +67,17 @@ def cors_policy(settings: Settings) -> CorsPolicy | None:
     )
 
 
-def abandon_running_requests(count: int) -> NoReturn:
+def abandon_running_requests(count: int, database: Database) -> NoReturn:
     """End this process now, with status 1, leaving `count` unfinished requests undone.
 
-    Their transactions are never committed: the database rolls them back.
+    Their transactions are never committed: the database rolls them back. A write of one
+    statement on PostgreSQL has no transaction to roll back, so its statement is cancelled.
     """
     logger.error(
         "%d request(s) still running after the graceful shutdown period: exiting without them",
         count,
     )
+    database.cancel_one_statement_writes()
     metrics.forget_this_process()
     os._exit(ABANDONED_REQUESTS_EXIT_STATUS)
 
@@ -123,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
         # still running; their handler threads may go on, keep the process alive, and even
         # commit a write whose client was answered 500. The process ends without them.
         if bridge.running:
-            abandon_running_requests(bridge.running)
+            abandon_running_requests(bridge.running, database)
         # What the sockets were doing ends first: it may still be using a connection.
         socket_work.drain(timeout=LOCK_TIMEOUT_SECONDS)
         database.dispose()

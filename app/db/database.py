@@ -35,6 +35,8 @@ LOCK_TIMEOUT_SECONDS = 10.0
 STATEMENT_TIMEOUT_SECONDS = 30.0
 # How long opening a PostgreSQL connection may take.
 CONNECT_TIMEOUT_SECONDS = 10
+# How long asking PostgreSQL to cancel a statement may take.
+CANCEL_TIMEOUT_SECONDS = 2.0
 
 # Execution option of write transactions: the WriterLock that admits them (SQLite), or True.
 _WRITE_OPTION = "taskrun_writer"
@@ -126,6 +128,9 @@ class Database:
             else self.engine.execution_options(isolation_level="REPEATABLE READ")
         )
         self._group_commit = GroupCommit(self._commit_batch)
+        # The PostgreSQL connections of one-statement writes under way: their statement
+        # commits by itself, even after the process that sent it is gone.
+        self._one_statement_writes: set[Any] = set()
 
     def _lock_path(self) -> Path | None:
         """The file SQLite writers of every process lock (none for a PostgreSQL or memory one)."""
@@ -181,10 +186,38 @@ class Database:
         engine = self._one_statement_engine if one_statement else self._write_engine
         try:
             with self._committed(engine) as connection:
-                yield connection
+                if one_statement and not self.is_sqlite:
+                    with self._cancellable(connection):
+                        yield connection
+                else:
+                    yield connection
         finally:
             _AFTER_COMMIT.reset(reset_token)
         _call_all(callbacks)
+
+    @contextmanager
+    def _cancellable(self, connection: Connection) -> Iterator[None]:
+        """Let `cancel_one_statement_writes` reach the connection's statement meanwhile."""
+        driver = connection.connection.driver_connection
+        self._one_statement_writes.add(driver)
+        try:
+            yield
+        finally:
+            self._one_statement_writes.discard(driver)
+
+    def cancel_one_statement_writes(self) -> int:
+        """Ask PostgreSQL to cancel the statement of every one-statement write under way;
+        how many were asked. For a process that ends without waiting for its requests: a
+        transaction is rolled back once its client is gone, but such a statement would go on
+        and commit (a create waiting for a lock, say) after its client was answered 500.
+        """
+        writes = list(self._one_statement_writes)
+        for driver in writes:
+            try:
+                driver.cancel_safe(timeout=CANCEL_TIMEOUT_SECONDS)
+            except Exception as error:  # the process is ending: say so and go on
+                logger.error("could not cancel a statement: %s", type(error).__name__)
+        return len(writes)
 
     @contextmanager
     def _committed(self, engine: Engine | None = None) -> Iterator[Connection]:

@@ -5,13 +5,15 @@ on PostgreSQL by one statement, which a write of one statement commits by itself
 from __future__ import annotations
 
 import dataclasses
+import time
+from concurrent.futures import ThreadPoolExecutor
 from uuid import UUID, uuid4
 
 import pytest
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, create_engine, select, text
 
 from app.db import task_runs as run_rows
-from app.db.database import Database
+from app.db.database import Database, DatabaseUnavailable
 from app.db.tables import task_run, task_run_tag
 from app.services.task_runs import creates_in_one_statement
 from generated import models
@@ -74,6 +76,59 @@ def test_only_a_write_of_one_statement_on_postgresql_commits_before_the_block_en
 
     assert seen_before_the_end == [backend == "postgresql" and one_statement]
     assert is_stored(database, run.id)
+
+
+def test_a_one_statement_write_given_up_is_cancelled_not_committed(
+    database: Database, backend: str
+) -> None:
+    """As a worker does before it exits without its requests: the statement, waiting for a
+    lock here, would otherwise commit by itself once the lock is released.
+    """
+    if backend != "postgresql":
+        pytest.skip("SQLite writes are transactions: a process that ends commits none")
+    run = fresh_run()
+
+    def insert(connection: Connection) -> bool:
+        return run_rows.insert_task_run_unless_conflicting(connection, run)
+
+    engine = create_engine(database.url)
+    try:
+        with (
+            engine.connect() as holder,
+            engine.connect() as watcher,
+            ThreadPoolExecutor(max_workers=1) as pool,
+            holder.begin(),
+        ):
+            holder.execute(text("LOCK TABLE task_run IN EXCLUSIVE MODE"))
+            write = pool.submit(database.write, insert, one_statement=True)
+            wait_for_a_lock_wait(watcher)
+
+            assert database.cancel_one_statement_writes() == 1
+            with pytest.raises(DatabaseUnavailable) as cancelled:
+                # Well before the lock timeout (10 s), which would end the wait too.
+                write.result(timeout=5)
+            assert "SQLSTATE 57014" in cancelled.value.reason  # query_canceled
+    finally:
+        engine.dispose()
+
+    assert not is_stored(database, run.id)
+    assert database.cancel_one_statement_writes() == 0
+
+
+def wait_for_a_lock_wait(watcher: Connection) -> None:
+    """Until a statement of this database waits for a lock."""
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        # A new transaction each time: one sees a single snapshot of the activity.
+        with watcher.begin():
+            if watcher.execute(waiting).scalar_one() > 0:
+                return
+        assert time.monotonic() < deadline, "no statement waits for the lock"
+        time.sleep(0.02)
 
 
 def test_a_write_of_one_statement_that_fails_leaves_nothing(database: Database) -> None:
