@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.bench import procstat
+
 OPERATIONS = ("health", "read", "create", "set_state", "filter")
 # The runs a `filter` request lists: a full page.
 FILTER_PAGE = 200
@@ -185,7 +187,8 @@ def measure(
             for operation in operations:
                 prepared = requests_of(operation, driver, count)
                 send_all(driver, prepared[: max(1, count // 10)] if timed else [])
-                began, database_began = time.process_time(), _postgresql_cpu_seconds()
+                began = time.process_time()
+                database_began = _postgresql_cpu_seconds() if postgresql else 0.0
                 send_all(driver, prepared if send else [])
                 per_request = 1000 / max(count, 1)
                 results[operation] = Cost(
@@ -218,21 +221,8 @@ def _bench_database(postgresql: str | None) -> Iterator[str]:
 
 
 def _postgresql_cpu_seconds() -> float:
-    """The CPU time of every PostgreSQL process on this machine (user and system), from /proc."""
-    ticks = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # the process ended meanwhile
-            continue
-        name, _, rest = stat.partition(") ")
-        if name.endswith("(postgres"):
-            fields = rest.split()
-            # utime and stime: fields 14 and 15 of the line, 12 and 13 after the name.
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    """The CPU time of every PostgreSQL process on this machine (user and system)."""
+    return sum(procstat.cpu_seconds(pid) or 0.0 for pid in procstat.processes_named("postgres"))
 
 
 def send_all(driver: Driver, prepared: list[Request]) -> None:

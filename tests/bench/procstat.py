@@ -56,6 +56,20 @@ def command_line(pid: int) -> str:
         return ""
 
 
+def processes_named(name: str) -> list[int]:
+    """The ids of the processes whose command name (/proc/PID/comm) is `name`."""
+    found: list[int] = []
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if _read(entry / "comm").strip() == name:
+                found.append(int(entry.name))
+        except FileNotFoundError:  # it ended meanwhile
+            continue
+    return found
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User plus system CPU time the process has used so far, None once it is gone."""
     try:

@@ -1,11 +1,14 @@
-"""Waiting for the machine to settle between bench runs."""
+"""Waiting for the machine to settle between bench runs, and finding processes by name."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+from tests.bench import procstat
 from tests.bench.procstat import wait_until_idle
 
 BUSY_SECONDS = 1.5
@@ -37,3 +40,10 @@ def test_returns_soon_on_an_idle_machine() -> None:
     wait_until_idle([], timeout=10)
 
     assert time.monotonic() - started < 5
+
+
+def test_processes_are_found_by_their_command_name() -> None:
+    own_name = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
+
+    assert os.getpid() in procstat.processes_named(own_name)
+    assert procstat.processes_named("no-such-command-name") == []
