@@ -13,7 +13,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,11 +110,9 @@ class Database:
         self._writer_lock = WriterLock(self._lock_path(), timeout=lock_timeout)
         writer: WriterLock | bool = self._writer_lock if self.is_sqlite else True
         self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: writer})
-        # PostgreSQL: a write of one statement commits with it, no BEGIN or COMMIT sent.
-        self._one_statement_engine = (
-            self._write_engine
-            if self.is_sqlite
-            else self._write_engine.execution_options(isolation_level="AUTOCOMMIT")
+        # PostgreSQL's writes of one statement: it commits with it, no BEGIN or COMMIT sent.
+        self._one_statement_engine = self._write_engine.execution_options(
+            isolation_level="AUTOCOMMIT"
         )
         self._read_engine = (
             self.engine
@@ -183,14 +181,14 @@ class Database:
         self._refuse_unwritable_shared_memory()
         callbacks: list[Callable[[], None]] = []
         reset_token = _AFTER_COMMIT.set(callbacks)
-        engine = self._one_statement_engine if one_statement else self._write_engine
+        commits_by_itself = one_statement and not self.is_sqlite
+        engine = self._one_statement_engine if commits_by_itself else self._write_engine
         try:
-            with self._committed(engine) as connection:
-                if one_statement and not self.is_sqlite:
-                    with self._cancellable(connection):
-                        yield connection
-                else:
-                    yield connection
+            with (
+                self._committed(engine) as connection,
+                self._cancellable(connection) if commits_by_itself else nullcontext(),
+            ):
+                yield connection
         finally:
             _AFTER_COMMIT.reset(reset_token)
         _call_all(callbacks)
