@@ -181,7 +181,7 @@ class Database:
         self._refuse_unwritable_shared_memory()
         callbacks: list[Callable[[], None]] = []
         reset_token = _AFTER_COMMIT.set(callbacks)
-        commits_by_itself = one_statement and not self.is_sqlite
+        commits_by_itself = one_statement and self.autocommits_one_statement_writes
         engine = self._one_statement_engine if commits_by_itself else self._write_engine
         try:
             with (
@@ -192,6 +192,13 @@ class Database:
         finally:
             _AFTER_COMMIT.reset(reset_token)
         _call_all(callbacks)
+
+    @property
+    def autocommits_one_statement_writes(self) -> bool:
+        """Whether a write of one statement runs without a transaction around it, its statement
+        committed by itself (PostgreSQL; SQLite's writes are committed in groups).
+        """
+        return not self.is_sqlite
 
     @contextmanager
     def _cancellable(self, connection: Connection) -> Iterator[None]:

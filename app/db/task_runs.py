@@ -65,9 +65,16 @@ def _insert_run_with_first_state() -> Any:
         )
         .cte("inserted_tags")
     )
+    return _insert_state_of(inserted).add_cte(inserted_tags)
+
+
+def _insert_state_of(run: Any) -> Any:
+    """An INSERT of the state in the `state_<column>` parameters for each row of `run` (a CTE
+    with the run's `id`): none when `run` has no row. RETURNING tells whether it went in.
+    """
     # In a SELECT list a parameter has no column to take its type from: each is cast.
     state_values = [
-        inserted.c.id
+        run.c.id
         if name == "task_run_id"
         else cast(
             bindparam(f"state_{name}", type_=task_run_state.c[name].type),
@@ -77,9 +84,8 @@ def _insert_run_with_first_state() -> Any:
     ]
     return (
         task_run_state.insert()
-        .from_select(list(TASK_RUN_STATE_COLUMNS), select(*state_values).select_from(inserted))
+        .from_select(list(TASK_RUN_STATE_COLUMNS), select(*state_values).select_from(run))
         .returning(task_run_state.c.task_run_id)
-        .add_cte(inserted_tags)
     )
 
 
@@ -111,12 +117,23 @@ def _update_of_fields(names: Sequence[str]) -> Update:
     )
 
 
-# PostgreSQL: the new state's row and the run's fields in one statement (one round trip).
-_INSERT_STATE_AND_UPDATE_STATE_FIELDS = DriverStatement(
-    _update_of_fields(_STATE_FIELDS).add_cte(
-        postgresql.insert(task_run_state)
-        .values({name: bindparam(f"state_{name}") for name in TASK_RUN_STATE_COLUMNS})
-        .cte("inserted_state")
+def _update_of_state_fields_unless_changed(names: Sequence[str]) -> Update:
+    """`_update_of_fields(names)` of a run whose current state is still the one read (the
+    parameter `read_state_id`). On PostgreSQL, an UPDATE that waited for another transaction's
+    lock on the row checks that again on the row that transaction left.
+    """
+    return _update_of_fields(names).where(
+        task_run.c.state_id.is_not_distinct_from(bindparam("read_state_id"))
+    )
+
+
+# PostgreSQL: the run's fields, then the new state's row if they were written, in one
+# statement (one round trip, and a transaction of its own in autocommit).
+_UPDATE_STATE_FIELDS_THEN_INSERT_STATE = DriverStatement(
+    _insert_state_of(
+        _update_of_state_fields_unless_changed(_STATE_FIELDS)
+        .returning(task_run.c.id)
+        .cte("updated_run")
     )
 )
 # The columns an event about the run may change: all but its identity and key.
@@ -262,33 +279,38 @@ def write_current_state(
     state: TaskRunStateRecord,
     *,
     stored: Mapping[str, Any],
-) -> None:
-    """INSERT the run's new current state and write the fields it derives (times, counts);
-    `stored` holds those fields as the database has them (`state_fields` of the run as read,
-    before any change).
+) -> bool:
+    """INSERT the run's new current state and write the fields it derives (times, counts),
+    unless the run's current state is no longer the one it was read with; return whether
+    they were written. `stored` holds those fields as the database has them (`state_fields`
+    of the run as read, before any change), its `state_id` the state read.
 
-    On PostgreSQL one statement does both. On SQLite only the fields that changed are set:
-    an UPDATE there rewrites the entries of every index on a column it sets, changed or not
-    (most of these fields are indexed for the queries).
+    On PostgreSQL one statement does both, so that it needs no transaction around it: a
+    proposal decided on a read that took no lock writes by it, and reads and decides again
+    if another writer changed the run's state meanwhile. On SQLite only the fields that
+    changed are set: an UPDATE there rewrites the entries of every index on a column it
+    sets, changed or not (most of these fields are indexed for the queries).
     """
     if connection.dialect.name != "postgresql":
         changed = tuple(name for name in _STATE_FIELDS if getattr(run, name) != stored[name])
-        insert_state(connection, state)
         parameters = {f"new_{name}": getattr(run, name) for name in changed}
-        _update_of(changed).execute(connection, {"run_id": run.id, **parameters})
-        return
+        parameters.update(run_id=run.id, read_state_id=stored["state_id"])
+        if _update_of_unless_changed(changed).execute(connection, parameters) != 1:
+            return False
+        insert_state(connection, state)
+        return True
     parameters = {f"new_{name}": getattr(run, name) for name in _STATE_FIELDS}
-    parameters["run_id"] = run.id
+    parameters.update(run_id=run.id, read_state_id=stored["state_id"])
     parameters.update({f"state_{name}": value for name, value in state.values().items()})
-    _INSERT_STATE_AND_UPDATE_STATE_FIELDS.execute(connection, parameters)
+    return _UPDATE_STATE_FIELDS_THEN_INSERT_STATE.first(connection, parameters) is not None
 
 
 @functools.lru_cache(maxsize=128)
-def _update_of(names: tuple[str, ...]) -> DriverStatement:
-    """`_update_of_fields(names)` on the driver (a few combinations occur: one per kind of
-    transition).
+def _update_of_unless_changed(names: tuple[str, ...]) -> DriverStatement:
+    """`_update_of_state_fields_unless_changed(names)` on the driver (a few combinations
+    occur: one per kind of transition).
     """
-    return DriverStatement(_update_of_fields(names))
+    return DriverStatement(_update_of_state_fields_unless_changed(names))
 
 
 def update_reported_fields(connection: Connection, run: TaskRunRecord) -> None:

@@ -39,14 +39,16 @@ class TaskRunHandlers:
         self._database.write(
             lambda connection: task_runs.rename_task_run(
                 connection=connection, task_run_id=id, update=body
-            )
+            ),
+            one_statement=True,
         )
         return None, 204
 
     def delete_task_run(self, *, id: UUID) -> tuple[None, Literal[204]]:
         """Delete a task run with its states."""
         self._database.write(
-            lambda connection: task_runs.delete_task_run(connection=connection, task_run_id=id)
+            lambda connection: task_runs.delete_task_run(connection=connection, task_run_id=id),
+            one_statement=True,
         )
         return None, 204
 
@@ -54,10 +56,8 @@ class TaskRunHandlers:
         self, *, id: UUID, body: models.SetTaskRunStateBody
     ) -> tuple[models.OrchestrationResult, Literal[200, 201]]:
         """Propose a state: 201 when a state was written, 200 when none was."""
-        outcome = self._database.write(
-            lambda connection: task_run_states.set_task_run_state(
-                connection=connection, task_run_id=id, proposed=body.state, force=body.force
-            )
+        outcome = task_run_states.propose_state(
+            self._database, task_run_id=id, proposed=body.state, force=body.force
         )
         metrics.count_orchestration(outcome.transition.status.value)
         return outcome.result, 201 if outcome.written else 200

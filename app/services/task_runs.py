@@ -117,6 +117,7 @@ def rename_task_run(
     *, connection: Connection, task_run_id: UUID, update: models.TaskRunUpdate
 ) -> None:
     """Apply an update: a new name (a random one for null or ""), or only a new `updated`.
+    One statement: it needs no transaction around it (`Database.write(..., one_statement=True)`).
 
     :raises NotFound: no task run has this id.
     """
@@ -127,7 +128,8 @@ def rename_task_run(
 
 
 def delete_task_run(*, connection: Connection, task_run_id: UUID) -> None:
-    """Delete a run, its states and their cache entries.
+    """Delete a run, its states and their cache entries. One statement (the rest goes by ON
+    DELETE CASCADE): it needs no transaction around it.
 
     :raises NotFound: no task run has this id.
     """

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from app.db.database import Database
 from tests.support.api import (
     CREATE,
     assert_validation_error,
@@ -23,6 +24,7 @@ from tests.support.api import (
     states_of,
     wide_text,
 )
+from tests.support.databases import record_writes
 
 TERMINAL = ["COMPLETED", "FAILED", "CANCELLED", "CRASHED"]
 PERSISTED = {"storage_key": "/results/abc", "serializer": {"type": "pickle"}}
@@ -922,3 +924,37 @@ class TestBookkeeping:
 
         timestamps = [parse_time(state["timestamp"]) for state in states_of(client, run["id"])]
         assert timestamps == sorted(set(timestamps))
+
+
+class TestHowAProposalIsWritten:
+    """On PostgreSQL a proposal is written by one statement unless its rules act after the
+    write; on SQLite every proposal is a write of the group commit.
+    """
+
+    @pytest.mark.parametrize(
+        ("proposed", "writes_on_postgresql"),
+        [
+            (("RUNNING", {}), [True]),
+            (("COMPLETED", {}), [True]),
+            # The state is cached once written: decided again in a transaction.
+            (("COMPLETED", {"cache_key": "written-in-a-transaction"}), [True, False]),
+            # The run is queued for a task worker once written.
+            (("SCHEDULED", {"deferred": True}), [True, False]),
+        ],
+    )
+    def test_writes_asked_of_the_database(
+        self,
+        client: TestClient,
+        database: Database,
+        monkeypatch: pytest.MonkeyPatch,
+        proposed: tuple[str, dict[str, Any]],
+        writes_on_postgresql: list[bool],
+    ) -> None:
+        state_type, state_details = proposed
+        run = run_in(client, "RUNNING")
+        asked = record_writes(database, monkeypatch)
+
+        response = set_state(client, run["id"], state_type, state_details=state_details)
+
+        assert decided(response)[:3] == (201, "ACCEPT", state_type)
+        assert asked == (writes_on_postgresql if not database.is_sqlite else [False])

@@ -29,6 +29,7 @@ from tests.support.api import (
     wide_text,
     without_estimates,
 )
+from tests.support.databases import record_writes
 
 TWO_WORD_NAME = re.compile(r"^[a-z]+-[a-z]+$")
 TERMINAL = ["COMPLETED", "FAILED", "CANCELLED", "CRASHED"]
@@ -686,14 +687,7 @@ class TestCreateTaskRun:
         state: dict[str, Any] | None,
         one_statement: bool,
     ) -> None:
-        asked: list[bool] = []
-        write = database.write
-
-        def recorded_write(work: Any, *, one_statement: bool = False) -> Any:
-            asked.append(one_statement)
-            return write(work, one_statement=one_statement)
-
-        monkeypatch.setattr(database, "write", recorded_write)
+        asked = record_writes(database, monkeypatch)
 
         assert create(client, state=state).status_code == 201
         assert asked == [one_statement]
@@ -955,6 +949,16 @@ class TestUpdateTaskRun:
     def patch(self, client: TestClient, run_id: str, body: Any) -> Any:
         return client.patch(f"{CREATE}{run_id}", json=body)
 
+    def test_a_rename_is_written_as_one_statement(
+        self, client: TestClient, database: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        run = create_run(client, name="before")
+        asked = record_writes(database, monkeypatch)
+
+        assert self.patch(client, run["id"], {"name": "after"}).status_code == 204
+        assert asked == [True]
+        assert read_run(client, run["id"])["name"] == "after"
+
     def test_renames_the_run_and_answers_204_without_a_body(self, client: TestClient) -> None:
         run = create_run(client, name="before")
 
@@ -1073,6 +1077,18 @@ class TestDeleteTaskRun:
 
         assert again.status_code == 201
         assert again.json()["id"] != first["id"]
+
+    def test_a_delete_is_written_as_one_statement(
+        self, client: TestClient, database: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        run = create_run(client)
+        set_state(client, run["id"], "RUNNING")
+        asked = record_writes(database, monkeypatch)
+
+        assert client.delete(f"{CREATE}{run['id']}").status_code == 204
+        assert asked == [True]
+        assert client.get(f"{CREATE}{run['id']}").status_code == 404
+        assert states_of(client, run["id"]) == []
 
     def test_an_unknown_or_already_deleted_run_is_404(self, client: TestClient) -> None:
         run = create_run(client)

@@ -7,7 +7,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -72,3 +74,18 @@ def created_run(database: Database, **fields: object) -> models.TaskRun:
         lambda connection: create_task_run(connection=connection, task_run=body)
     )
     return outcome.task_run
+
+
+def record_writes(database: Database, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """From now on, each write asked of `database` appends to the list returned whether it
+    was asked as one statement (`Database.write(..., one_statement=...)`).
+    """
+    asked: list[bool] = []
+    write = database.write
+
+    def recorded_write(work: Any, *, one_statement: bool = False) -> Any:
+        asked.append(one_statement)
+        return write(work, one_statement=one_statement)
+
+    monkeypatch.setattr(database, "write", recorded_write)
+    return asked

@@ -102,9 +102,21 @@ class Orchestration:
             if transition.proposed_type != let_through:
                 rule.undo(transition)
 
+    def acts_after_write(self) -> bool:
+        """Whether `written` would change data once the decided state is written: if so, the
+        write and `written` belong in one transaction.
+        """
+        return any(rule.acts_after(self.transition) for rule in self._acting_after_write())
+
     def written(self) -> None:
         """Let the rules act on the written state (`transition.proposed`)."""
+        for rule in self._acting_after_write():
+            rule.after(self.transition, self.store)
+
+    def _acting_after_write(self) -> list[Rule]:
+        """The rules that let through the state to be written, the last to decide first."""
         written_type = self.transition.proposed_type
-        for rule, let_through in reversed(self._decided):
-            if written_type is not None and written_type == let_through:
-                rule.after(self.transition, self.store)
+        if written_type is None:
+            return []
+        decided = reversed(self._decided)
+        return [rule for rule, let_through in decided if let_through == written_type]

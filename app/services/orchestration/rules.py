@@ -44,6 +44,10 @@ class Rule:
     def before(self, transition: Transition, store: OrchestrationStore) -> None:
         """Decide, before anything is written."""
 
+    def acts_after(self, transition: Transition) -> bool:  # noqa: ARG002
+        """Whether `after` would change data once the state proposed now is written."""
+        return False
+
     def after(self, transition: Transition, store: OrchestrationStore) -> None:
         """Act on the state that was written, when it is the one this rule let through."""
 
@@ -277,9 +281,12 @@ class EnqueueScheduledTasks(Rule):
     from_types = ANY_STATE
     to_types = frozenset({StateType.SCHEDULED})
 
+    def acts_after(self, transition: Transition) -> bool:
+        return bool(transition.proposal.state_details.get("deferred"))
+
     def after(self, transition: Transition, store: OrchestrationStore) -> None:
-        written = transition.proposal
-        if written.state_details.get("deferred"):
+        if self.acts_after(transition):
+            written = transition.proposal
             store.enqueue(transition.run, retry=written.name == "AwaitingRetry")
 
 
@@ -289,7 +296,9 @@ class CacheInsertion(Rule):
     from_types = ANY_STATE
     to_types = frozenset({StateType.COMPLETED})
 
+    def acts_after(self, transition: Transition) -> bool:
+        return bool(transition.proposal.state_details.get("cache_key"))
+
     def after(self, transition: Transition, store: OrchestrationStore) -> None:
-        written = transition.proposal
-        if written.state_details.get("cache_key"):
-            store.cache(written)
+        if self.acts_after(transition):
+            store.cache(transition.proposal)
