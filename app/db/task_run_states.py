@@ -14,6 +14,7 @@ from app.db.records import TASK_RUN_STATE_COLUMNS, CacheEntryRecord, TaskRunStat
 from app.db.tables import task_run_state, task_run_state_cache
 
 _INSERT_STATE = DriverStatement(task_run_state.insert())
+_DELETE_STATE = task_run_state.delete().where(task_run_state.c.id == bindparam("state_id"))
 _INSERT_STATE_UNLESS_PRESENT = {
     name: dialect.insert(task_run_state).on_conflict_do_nothing().returning(task_run_state.c.id)
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
@@ -51,6 +52,11 @@ _NEWEST_UNEXPIRED_ENTRY = (
 def insert_state(connection: Connection, state: TaskRunStateRecord) -> None:
     """INSERT a state row."""
     _INSERT_STATE.execute(connection, state.values())
+
+
+def delete_state(connection: Connection, state_id: UUID) -> None:
+    """DELETE a state row (and its cache entries, by ON DELETE CASCADE)."""
+    connection.execute(_DELETE_STATE, {"state_id": state_id})
 
 
 def insert_state_unless_present(connection: Connection, state: TaskRunStateRecord) -> bool:

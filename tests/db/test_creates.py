@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from uuid import UUID, uuid4
 
 import pytest
@@ -76,6 +77,29 @@ def test_only_a_write_of_one_statement_on_postgresql_commits_before_the_block_en
 
     assert seen_before_the_end == [backend == "postgresql" and one_statement]
     assert is_stored(database, run.id)
+
+
+def test_postgresql_connections_leave_autocommit_only_for_write_transactions(
+    database: Database, backend: str
+) -> None:
+    """A connection a write transaction had is in autocommit again once back in the pool: the
+    reads and one-statement writes after it change nothing on the connection they take.
+    """
+    if backend != "postgresql":
+        pytest.skip("SQLite's connections have no autocommit mode here")
+
+    def autocommit(connection: Connection) -> bool:
+        return bool(connection.connection.driver_connection.autocommit)  # type: ignore[union-attr]
+
+    with database.transaction() as connection:
+        assert not autocommit(connection)
+    with database.transaction(one_statement=True) as connection:
+        assert autocommit(connection)
+    # Every connection in the pool, the transaction's among them.
+    pool_size = database.engine.pool.size()  # type: ignore[attr-defined]
+    with ExitStack() as stack:
+        reads = [stack.enter_context(database.snapshot()) for _ in range(pool_size)]
+        assert [autocommit(connection) for connection in reads] == [True] * pool_size
 
 
 def test_a_one_statement_write_given_up_is_cancelled_not_committed(
