@@ -61,9 +61,9 @@ def propose_state(
     proposal is first decided on a read that takes no lock, and written by one statement,
     committed by itself, that checks the run's state: two round trips instead of four
     (BEGIN, the locking read, the write, COMMIT). If another writer came first, it is read
-    and decided again. A proposal whose rules act after the
-    write (a background task queued, a COMPLETED state cached) needs a transaction, as does
-    one that lost `UNLOCKED_ATTEMPTS` times: it is decided again in one that locks the run.
+    and decided again. A proposal whose rules act after the write (a background task queued,
+    a COMPLETED state cached) needs a transaction, as does one that lost `UNLOCKED_ATTEMPTS`
+    times: it is decided again in one that locks the run.
 
     :raises NotFound: no task run has this id.
     """

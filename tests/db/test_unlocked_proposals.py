@@ -76,12 +76,6 @@ def test_nothing_is_written_when_the_runs_state_changed_since_it_was_read(
     assert after.run.run_count == 1
 
 
-@pytest.fixture
-def postgresql_only(backend: str) -> None:
-    if backend != "postgresql":
-        pytest.skip("SQLite's proposals are made in its writer's turn, never without a lock")
-
-
 def interfering(database: Database, monkeypatch: pytest.MonkeyPatch, *, times: int) -> list[UUID]:
     """Make the first `times` reads of a proposal without a lock each followed by another
     writer's RUNNING proposal for the same run, committed before the read one can write.
@@ -108,59 +102,60 @@ def write_running(task_run_id: UUID) -> Callable[..., task_run_states.SetStateOu
 
 
 @pytest.mark.postgresql
-@pytest.mark.usefixtures("postgresql_only")
-def test_a_proposal_overtaken_by_another_writer_is_decided_again(
-    database: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    run = created_run(database)
-    reads = interfering(database, monkeypatch, times=1)
+class TestWithoutALock:
+    """PostgreSQL only: SQLite's proposals are made in its writer's turn."""
 
-    outcome = propose_running(database, run.id)
+    @pytest.fixture(autouse=True)
+    def postgresql_only(self, backend: str) -> None:
+        if backend != "postgresql":
+            pytest.skip("SQLite's proposals are made in its writer's turn, never without a lock")
 
-    assert len(reads) == 2
-    assert outcome.written
-    assert outcome.state is not None
-    # Decided against the other writer's RUNNING state: a rerun, counted as the second run.
-    assert outcome.state.name == "Rerunning"
-    assert history(database, run.id) == [
-        ("PENDING", "Pending"),
-        ("RUNNING", "Running"),
-        ("RUNNING", "Rerunning"),
-    ]
-    after = stored_run(database, run.id)
-    assert after.run.state_id == outcome.state.id
-    assert after.run.run_count == 2
+    def test_a_proposal_overtaken_by_another_writer_is_decided_again(
+        self, database: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        run = created_run(database)
+        reads = interfering(database, monkeypatch, times=1)
 
+        outcome = propose_running(database, run.id)
 
-@pytest.mark.postgresql
-@pytest.mark.usefixtures("postgresql_only")
-def test_a_proposal_overtaken_every_time_is_made_with_the_run_locked(
-    database: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    run = created_run(database)
-    reads = interfering(database, monkeypatch, times=task_run_states.UNLOCKED_ATTEMPTS)
+        assert len(reads) == 2
+        assert outcome.written
+        assert outcome.state is not None
+        # Decided against the other writer's RUNNING state: a rerun, counted as the second run.
+        assert outcome.state.name == "Rerunning"
+        assert history(database, run.id) == [
+            ("PENDING", "Pending"),
+            ("RUNNING", "Running"),
+            ("RUNNING", "Rerunning"),
+        ]
+        after = stored_run(database, run.id)
+        assert after.run.state_id == outcome.state.id
+        assert after.run.run_count == 2
 
-    outcome = propose_running(database, run.id)
+    def test_a_proposal_overtaken_every_time_is_made_with_the_run_locked(
+        self, database: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        run = created_run(database)
+        reads = interfering(database, monkeypatch, times=task_run_states.UNLOCKED_ATTEMPTS)
 
-    # Every unlocked attempt lost; the locking transaction does not read through it.
-    assert len(reads) == task_run_states.UNLOCKED_ATTEMPTS
-    assert outcome.written
-    expected_runs = task_run_states.UNLOCKED_ATTEMPTS + 1
-    assert [state_type for state_type, _ in history(database, run.id)] == [
-        "PENDING",
-        *["RUNNING"] * expected_runs,
-    ]
-    assert stored_run(database, run.id).run.run_count == expected_runs
+        outcome = propose_running(database, run.id)
 
+        # Every unlocked attempt lost; the locking transaction does not read through it.
+        assert len(reads) == task_run_states.UNLOCKED_ATTEMPTS
+        assert outcome.written
+        expected_runs = task_run_states.UNLOCKED_ATTEMPTS + 1
+        assert [state_type for state_type, _ in history(database, run.id)] == [
+            "PENDING",
+            *["RUNNING"] * expected_runs,
+        ]
+        assert stored_run(database, run.id).run.run_count == expected_runs
 
-@pytest.mark.postgresql
-@pytest.mark.usefixtures("postgresql_only")
-def test_a_proposal_of_an_unknown_run_is_not_found_without_a_lock(
-    database: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    reads = interfering(database, monkeypatch, times=0)
+    def test_a_proposal_of_an_unknown_run_is_not_found_without_a_lock(
+        self, database: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        reads = interfering(database, monkeypatch, times=0)
 
-    with pytest.raises(NotFound):
-        propose_running(database, UUID(int=7))
+        with pytest.raises(NotFound):
+            propose_running(database, UUID(int=7))
 
-    assert len(reads) == 1
+        assert len(reads) == 1
