@@ -82,6 +82,23 @@ def cpu_seconds(pid: int) -> float | None:
     return (user_ticks + system_ticks) / CLOCK_TICKS_PER_SECOND
 
 
+def on_cpu_seconds(pid: int) -> float | None:
+    """The time the process's live threads have run on a CPU so far, to the nanosecond (from
+    /proc/PID/task/*/schedstat), None once it is gone or where the kernel keeps no schedstat.
+
+    /proc/PID/stat counts in ticks of 10 ms: a process that ran a few milliseconds during a
+    short measurement may show none of them, or a whole tick.
+    """
+    total = 0.0
+    try:
+        threads = list((PROC / str(pid) / "task").iterdir())
+        for thread in threads:
+            total += int(_read(thread / "schedstat").split()[0]) / 1e9
+    except FileNotFoundError:
+        return None
+    return total
+
+
 def memory_bytes(pid: int) -> dict[str, int]:
     """VmRSS (now) and VmHWM (peak since start) of the process in bytes; {} once it is gone."""
     try:

@@ -47,3 +47,24 @@ def test_processes_are_found_by_their_command_name() -> None:
 
     assert os.getpid() in procstat.processes_named(own_name)
     assert procstat.processes_named("no-such-command-name") == []
+
+
+def test_a_few_milliseconds_of_cpu_are_measured_to_below_a_tick() -> None:
+    own = os.getpid()
+    before = procstat.on_cpu_seconds(own)
+    end = time.thread_time() + 0.002
+    while time.thread_time() < end:
+        pass
+    after = procstat.on_cpu_seconds(own)
+
+    assert before is not None
+    assert after is not None
+    # Two milliseconds of work, a fifth of one of /proc/PID/stat's ticks.
+    assert 0.002 <= after - before < 0.5
+
+
+def test_a_process_that_is_gone_has_no_cpu_time() -> None:
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+
+    assert procstat.on_cpu_seconds(ended.pid) is None
