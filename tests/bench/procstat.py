@@ -87,7 +87,9 @@ def on_cpu_seconds(pid: int) -> float | None:
     /proc/PID/task/*/schedstat), None once it is gone or where the kernel keeps no schedstat.
 
     /proc/PID/stat counts in ticks of 10 ms: a process that ran a few milliseconds during a
-    short measurement may show none of them, or a whole tick.
+    short measurement may show none of them, or a whole tick. The kernel adds a thread's time
+    up when it stops running (and at its ticks), so read a process while it waits, as the
+    database's do between requests.
     """
     total = 0.0
     try:

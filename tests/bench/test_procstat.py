@@ -49,13 +49,50 @@ def test_processes_are_found_by_their_command_name() -> None:
     assert procstat.processes_named("no-such-command-name") == []
 
 
+# Works for two milliseconds of its CPU time when told to, then waits again.
+WORKS_WHEN_TOLD = """
+import sys, time
+print("waiting", flush=True)
+sys.stdin.readline()
+end = time.thread_time() + 0.002
+while time.thread_time() < end:
+    pass
+print("worked", flush=True)
+sys.stdin.readline()
+"""
+
+
+def wait_until_asleep(pid: int) -> None:
+    """Until the process waits (state S): the kernel has then added up all its CPU time,
+    where a running process's last few milliseconds may not be counted yet.
+    """
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat[stat.rindex(")") + 2] == "S":
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} never waited")
+
+
 def test_a_few_milliseconds_of_cpu_are_measured_to_below_a_tick() -> None:
-    own = os.getpid()
-    before = procstat.on_cpu_seconds(own)
-    end = time.thread_time() + 0.002
-    while time.thread_time() < end:
-        pass
-    after = procstat.on_cpu_seconds(own)
+    with subprocess.Popen(
+        [sys.executable, "-c", WORKS_WHEN_TOLD],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as worker:
+        assert worker.stdin is not None
+        assert worker.stdout is not None
+        assert worker.stdout.readline() == "waiting\n"
+        wait_until_asleep(worker.pid)
+        before = procstat.on_cpu_seconds(worker.pid)
+        worker.stdin.write("\n")
+        worker.stdin.flush()
+        assert worker.stdout.readline() == "worked\n"
+        wait_until_asleep(worker.pid)
+        after = procstat.on_cpu_seconds(worker.pid)
+        worker.stdin.write("\n")
 
     assert before is not None
     assert after is not None
