@@ -416,6 +416,13 @@ _POSTGRESQL_INDEXES = """
     WHERE schemaname = current_schema() AND tablename = ANY(%s)
       AND indexname NOT IN (SELECT conname FROM pg_constraint)
 """
+# Statistics targets set on an index's columns (an expression's): a rebuilt index has none.
+_POSTGRESQL_INDEX_STATISTICS = """
+    SELECT index.relname, attribute.attnum, attribute.attstattarget
+    FROM pg_attribute AS attribute JOIN pg_class AS index ON index.oid = attribute.attrelid
+    WHERE index.relnamespace = current_schema()::regnamespace AND index.relname = ANY(%s)
+      AND attribute.attstattarget >= 0
+"""
 _SQLITE_INDEXES = (
     "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
     " AND tbl_name IN ({})"
@@ -428,6 +435,9 @@ def _postgresql_target(database_url: str) -> Iterator[Target]:
     dsn = libpq_url.render_as_string(hide_password=False)
     with psycopg.connect(dsn, options="-c timezone=UTC -c maintenance_work_mem=256MB") as db:
         indexes = db.execute(_POSTGRESQL_INDEXES, [loaded_tables()]).fetchall()
+        statistics = db.execute(
+            _POSTGRESQL_INDEX_STATISTICS, [[name for name, _definition in indexes]]
+        ).fetchall()
         for name, _definition in indexes:
             db.execute(f'DROP INDEX "{name}"')
         db.commit()
@@ -439,6 +449,8 @@ def _postgresql_target(database_url: str) -> Iterator[Target]:
             }
             for _name, definition in indexes:
                 db.execute(definition)
+            for name, column, target in statistics:
+                db.execute(f'ALTER INDEX "{name}" ALTER COLUMN {column} SET STATISTICS {target}')
             db.commit()
             # VACUUM as autovacuum would have done by now: it sets the visibility map, without
             # which an index-only scan (a count) reads every row it counts from the table.
