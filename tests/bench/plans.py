@@ -26,6 +26,8 @@ SQLITE_FULL_SCAN = re.compile(r"^SCAN (\w+)$")
 # A walk through a whole index of the table, in its order: all of it unless a LIMIT stops it.
 SQLITE_INDEX_WALK = re.compile(r"^SCAN (\w+) USING (?:COVERING )?INDEX \w+$")
 POSTGRESQL_FULL_SCAN = re.compile(rf"Seq Scan on {TABLE}\b")
+# An index scan of the table; without an "Index Cond" it walks the whole index in its order.
+POSTGRESQL_INDEX_SCAN = re.compile(rf"Index (?:Only )?Scan (?:Backward )?using \w+ on {TABLE}\b")
 
 
 @dataclass(frozen=True)
@@ -127,17 +129,34 @@ def full_scans(dialect: str, sql: str, plan: Sequence[str]) -> list[str]:
 
 
 def index_walks(dialect: str, sql: str, plan: Sequence[str]) -> list[str]:
-    """SQLite's steps that walk a whole index of the task-run table (not flagged as full
-    scans: with a LIMIT they stop early, as paging in index order does).
+    """The steps that walk a whole index of the task-run table (not flagged as full scans:
+    with a LIMIT they stop early, as paging in index order does).
     """
     if dialect != "sqlite":
-        return []
+        return [
+            line.strip()
+            for number, line in enumerate(plan)
+            if POSTGRESQL_INDEX_SCAN.search(line)
+            and not any(detail.startswith("Index Cond:") for detail in _details(plan, number))
+        ]
     names = aliases_of_table(sql)
     return [
         line.strip()
         for line in plan
         if (found := SQLITE_INDEX_WALK.match(line.strip())) and found.group(1) in names
     ]
+
+
+def _details(plan: Sequence[str], number: int) -> list[str]:
+    """The lines of PostgreSQL's plan that describe the step on line `number` (its "Index
+    Cond", "Filter", ...): those after it, up to the next step ("->").
+    """
+    details = []
+    for line in plan[number + 1 :]:
+        if line.lstrip().startswith("->"):
+            break
+        details.append(line.strip())
+    return details
 
 
 def plans_of_request(app: FlaskApp, path: str, body: dict[str, Any]) -> RequestPlans:

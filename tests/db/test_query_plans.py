@@ -28,6 +28,7 @@ from tests.bench.plans import (
     Statement,
     explain,
     full_scans,
+    index_walks,
     plans_of_request,
     service_in_process,
 )
@@ -250,3 +251,44 @@ class TestFullScanDetection:
     )
     def test_postgresql(self, line: str, flagged: bool) -> None:
         assert bool(full_scans("postgresql", "SELECT 1", [line])) == flagged
+
+
+class TestIndexWalkDetection:
+    @pytest.mark.parametrize(
+        ("plan", "walks"),
+        [
+            # A name search walking the runs by id until the page is full.
+            (
+                [
+                    "Limit  (cost=0.42..1682.33 rows=200 width=16)",
+                    "  ->  Index Scan Backward using pk_task_run on task_run task_run_1"
+                    "  (cost=0.42..84945.06 rows=10101 width=16)",
+                    "        Filter: (lower(name) ~~ '%task-417-%'::text)",
+                ],
+                [1],
+            ),
+            # A page of every run, in id order.
+            (
+                [
+                    "Limit  (cost=602.59..608.67 rows=200 width=16)",
+                    "  ->  Index Only Scan Backward using pk_task_run on task_run task_run_1"
+                    "  (cost=0.42..30412.20 rows=999985 width=16)",
+                    "  ->  Index Scan using pk_task_run on task_run  (cost=0.42..8.34 rows=1)",
+                    "        Index Cond: (id = task_run_1.id)",
+                ],
+                [1],
+            ),
+            (
+                [
+                    "Index Scan using ix_task_run__state_name_id on task_run  (cost=0.42..8.44)",
+                    "  Index Cond: (state_name = 'Failed'::text)",
+                    "  Filter: (tags IS NOT NULL)",
+                ],
+                [],
+            ),
+            (["Bitmap Index Scan on ix_task_run__lower_name_trgm  (cost=0.00..108.75)"], []),
+            (["Index Scan using pk_task_run_state on task_run_state  (cost=0.43..1.24)"], []),
+        ],
+    )
+    def test_postgresql(self, plan: list[str], walks: list[int]) -> None:
+        assert index_walks("postgresql", "SELECT 1", plan) == [plan[n].strip() for n in walks]
