@@ -109,19 +109,17 @@ class Database:
         )
         self._writer_lock = WriterLock(self._lock_path(), timeout=lock_timeout)
         writer: WriterLock | bool = self._writer_lock if self.is_sqlite else True
+        # PostgreSQL's writes of one statement: it commits with it, no BEGIN or COMMIT sent.
+        self._one_statement_engine = self.engine.execution_options(**{_WRITE_OPTION: writer})
         # PostgreSQL's connections are in autocommit unless a write transaction asks for one:
         # reads and writes of one statement, the most frequent, then change nothing on the
         # connection they take from the pool (the change and its reset on return cost about
         # 0.15 M instructions, 6 % of a read's).
         self._write_engine = (
-            self.engine.execution_options(**{_WRITE_OPTION: writer})
+            self._one_statement_engine
             if self.is_sqlite
-            else self.engine.execution_options(
-                **{_WRITE_OPTION: writer}, isolation_level="READ COMMITTED"
-            )
+            else self._one_statement_engine.execution_options(isolation_level="READ COMMITTED")
         )
-        # PostgreSQL's writes of one statement: it commits with it, no BEGIN or COMMIT sent.
-        self._one_statement_engine = self.engine.execution_options(**{_WRITE_OPTION: writer})
         self._read_engine = self.engine
         # SQLite: a BEGIN on a read connection; PostgreSQL: one snapshot per transaction.
         self._consistent_read_engine = (
