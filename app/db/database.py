@@ -96,17 +96,17 @@ class Database:
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self.in_memory = self.is_sqlite and self.url.database in (None, "", ":memory:")
         self.lock_timeout = lock_timeout
+        # SQLite maps its -shm file into memory: writing there after the file became
+        # unwritable kills the process (SIGBUS) instead of failing, so it is checked first.
+        self._shared_memory_file = (
+            Path(f"{self.url.database}-shm") if self.is_sqlite and not self.in_memory else None
+        )
         self.engine = (
             self._sqlite_engine(pool_size)
             if self.is_sqlite
             else self._postgresql_engine(pool_size, statement_timeout=statement_timeout)
         )
         event.listen(self.engine, "handle_error", _discard_connections_after_faults)
-        # SQLite maps its -shm file into memory: writing there after the file became
-        # unwritable kills the process (SIGBUS) instead of failing, so it is checked first.
-        self._shared_memory_file = (
-            Path(f"{self.url.database}-shm") if self.is_sqlite and not self.in_memory else None
-        )
         self._writer_lock = WriterLock(self._lock_path(), timeout=lock_timeout)
         writer: WriterLock | bool = self._writer_lock if self.is_sqlite else True
         # PostgreSQL's writes of one statement: it commits with it, no BEGIN or COMMIT sent.
@@ -152,8 +152,8 @@ class Database:
             hide_parameters=True,
             **pooling,
         )
-        event.listen(engine, "connect", _configure_sqlite_connection)
-        event.listen(engine, "begin", _begin_sqlite_transaction)
+        event.listen(engine, "connect", self._open_sqlite_connection)
+        event.listen(engine, "begin", self._begin_sqlite_transaction)
         return engine
 
     def _postgresql_engine(self, pool_size: int, *, statement_timeout: float) -> Engine:
@@ -302,8 +302,9 @@ class Database:
     @contextmanager
     def snapshot(self) -> Iterator[Connection]:
         """A connection for reads; every statement sees the data committed when it starts."""
-        self._refuse_unwritable_shared_memory()
         with _unavailable_on_connection_errors(), self._read_engine.connect() as connection:
+            # Looked at once the connection is this reader's: it may have waited for one.
+            self._refuse_unwritable_shared_memory()
             yield connection
 
     @contextmanager
@@ -311,11 +312,11 @@ class Database:
         """A connection for reads whose statements all see the data committed when the first
         one started: a read transaction (REPEATABLE READ on PostgreSQL), never committed.
         """
-        self._refuse_unwritable_shared_memory()
         with (
             _unavailable_on_connection_errors(),
             self._consistent_read_engine.connect() as connection,
         ):
+            self._refuse_unwritable_shared_memory()
             if self.is_sqlite:
                 # The driver leaves transactions to the service (isolation_level None).
                 connection.exec_driver_sql("BEGIN")
@@ -330,14 +331,38 @@ class Database:
                 else:
                     connection.rollback()
 
+    def _open_sqlite_connection(self, dbapi_connection: Any, _record: Any) -> None:
+        # A new connection reads the database at once (its journal mode), possibly long after
+        # the transaction that opens it looked at the files: they are looked at again first.
+        # Closed before it has read anything, it leaves the shared memory alone.
+        try:
+            self._refuse_unwritable_shared_memory()
+        except DatabaseUnavailable:
+            dbapi_connection.close()
+            raise
+        _configure_sqlite_connection(dbapi_connection)
+
+    def _begin_sqlite_transaction(self, connection: Connection) -> None:
+        # A writer waits for its turn, then takes SQLite's write lock up front, so it can
+        # never fail half-way when upgrading a read lock. Readers run each statement on its
+        # own. The files are looked at again once the turn has come: the wait can last up to
+        # the lock timeout, long enough for them to become unwritable meanwhile.
+        writer = connection.get_execution_options().get(_WRITE_OPTION)
+        if isinstance(writer, WriterLock):
+            writer.acquire()
+            self._refuse_unwritable_shared_memory()
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
     def _refuse_unwritable_shared_memory(self) -> None:
         """Fail before SQLite touches a -shm file that can no longer be written.
 
         Every transaction writes to that file through memory, readers too; once it is
         immutable or on a file system remounted read-only, such a write is a SIGBUS that
         kills the worker with every request it serves. One `access` call beforehand (a
-        microsecond) turns that into a 503. A fault that begins between the check and the
-        write cannot be caught this way.
+        microsecond) turns that into a 503: before a transaction, once a reader has its
+        connection, when a connection is opened and once a writer's turn has come, so that
+        no wait (for the writer's turn or a free connection) lies between the look and the
+        write. A fault that begins in the microseconds between them cannot be caught this way.
         """
         path = self._shared_memory_file
         if path is not None and not os.access(path, os.W_OK) and _exists_unwritable(path):
@@ -496,7 +521,7 @@ def _discard_connections_after_faults(context: ExceptionContext) -> None:
         context.is_disconnect = True
 
 
-def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+def _configure_sqlite_connection(dbapi_connection: Any) -> None:
     # The driver's own transaction handling is switched off; `_begin_sqlite_transaction`
     # starts each transaction explicitly instead.
     dbapi_connection.isolation_level = None
@@ -511,15 +536,6 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
-
-
-def _begin_sqlite_transaction(connection: Connection) -> None:
-    # A writer waits for its turn, then takes SQLite's write lock up front, so it can never
-    # fail half-way when upgrading a read lock. Readers run each statement on its own.
-    writer = connection.get_execution_options().get(_WRITE_OPTION)
-    if isinstance(writer, WriterLock):
-        writer.acquire()
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def use_wal(url: str) -> None:

@@ -7,18 +7,23 @@ it and checks that the service recovers without a restart and lost nothing it ac
 
 from __future__ import annotations
 
+import fcntl
+import multiprocessing
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
-from tests.support.faults import fill, set_immutable, small_tmpfs, wait_for
+from app.db.database import Database, DatabaseUnavailable, use_wal
+from tests.support.faults import fill, flock_waiters, set_immutable, small_tmpfs, wait_for
 from tests.support.server import RunningServer, running_server
 
 # A task key that must never appear in the logs: they name errors, not the rows.
@@ -115,7 +120,7 @@ class TestUnwritableFiles:
             assert_unavailable(response)
         assert recovered
         assert [response.status_code for response in after] == [201] * 10
-        assert workers_after == workers, "a worker died"
+        assert workers_after == workers, f"a worker died:\n{server.log()}"
         assert "database unavailable (the database files cannot be written)" in server.log()
         assert SECRET not in server.log()
 
@@ -164,3 +169,171 @@ def hold_write_lock(database: Path, holding: threading.Event, release: threading
         connection.execute("ROLLBACK")
     finally:
         connection.close()
+
+
+class TestFilesBecomingUnwritableMidway:
+    """SQLite writes to its -shm file through memory, readers too; once the file is immutable,
+    that write is a SIGBUS, which ends the process. The service looks at the file before
+    each transaction, and again where the transaction may wait. Here the files become
+    immutable after the first look, in a child process that must survive and be refused.
+    """
+
+    REFUSED = "unavailable: the database files cannot be written"
+
+    def test_while_a_writer_waits_for_its_turn(self, tmp_path: Path) -> None:
+        database = tmp_path / "taskrun.db"
+        lock_file = Path(f"{database}-write.lock")
+        with (
+            ChildDatabaseUser(write_when_told, database) as child,
+            lock_file.open("rb") as other_writer,
+        ):
+            # Another process's writer has the turn for as long as this flock is held.
+            fcntl.flock(other_writer, fcntl.LOCK_EX)
+            child.go()
+            assert wait_for(lambda: flock_waiters(lock_file) == 1, timeout=10)
+            with immutable_files(database):
+                fcntl.flock(other_writer, fcntl.LOCK_UN)
+                outcome = child.outcome()
+
+        assert (outcome, child.exitcode) == (self.REFUSED, 0)
+
+    def test_while_a_reader_waits_for_a_free_connection(self, tmp_path: Path) -> None:
+        database = tmp_path / "taskrun.db"
+        with ChildDatabaseUser(read_when_told, database) as child, immutable_files(database):
+            child.go()
+            outcome = child.outcome()
+
+        assert (outcome, child.exitcode) == (self.REFUSED, 0)
+
+    def test_while_a_transaction_opens_a_new_connection(self, tmp_path: Path) -> None:
+        database = tmp_path / "taskrun.db"
+        with ChildDatabaseUser(connect_when_told, database) as child, immutable_files(database):
+            child.go()
+            outcome = child.outcome()
+
+        assert (outcome, child.exitcode) == (self.REFUSED, 0)
+
+
+@contextmanager
+def immutable_files(database: Path) -> Iterator[None]:
+    files = [database, Path(f"{database}-wal"), Path(f"{database}-shm")]
+    set_immutable(files, immutable=True)
+    try:
+        yield
+    finally:
+        set_immutable(files, immutable=False)
+
+
+class ChildDatabaseUser:
+    """A child process that prepares `database`, then uses it when told (`go`) and says how
+    that went; it ends once the block has ended, when the files are writable again (closing
+    the last connection to a database writes to its shared memory too).
+    """
+
+    def __init__(self, target: Callable[..., None], database: Path) -> None:
+        spawn = multiprocessing.get_context("spawn")
+        self._prepared, self._told, self._done = spawn.Event(), spawn.Event(), spawn.Event()
+        self._outcomes: multiprocessing.Queue[str] = spawn.Queue()
+        self._process = spawn.Process(
+            target=target,
+            args=(database, self._prepared, self._told, self._done, self._outcomes),
+        )
+        self.exitcode: int | None = None
+
+    def __enter__(self) -> ChildDatabaseUser:
+        self._process.start()
+        assert self._prepared.wait(timeout=30), "the child did not prepare the database"
+        return self
+
+    def go(self) -> None:
+        self._told.set()
+
+    def outcome(self) -> str | None:
+        """What the child said, or None if it ended without saying it (-7: a SIGBUS)."""
+        wait_for(lambda: not self._outcomes.empty() or not self._process.is_alive(), timeout=30)
+        return None if self._outcomes.empty() else self._outcomes.get()
+
+    def __exit__(self, *_exception: object) -> None:
+        self._done.set()
+        self._process.join(timeout=30)
+        self._process.kill()
+        self._process.join()
+        self.exitcode = self._process.exitcode
+
+
+def prepare_stale_read_position(database: Path, *, pool_size: int = 10) -> Database:
+    """A Database that has read `database` before another connection committed to it: its
+    next transaction must note a new read position in SQLite's shared memory.
+    """
+    url = f"sqlite:///{database}"
+    use_wal(url)
+    user, other = Database(url, pool_size=pool_size), Database(url)
+    with other.transaction() as connection:
+        connection.execute(text("CREATE TABLE run (n INTEGER)"))
+    with user.snapshot() as connection:
+        connection.execute(text("SELECT count(*) FROM run"))
+    with other.transaction() as connection:
+        connection.execute(text("INSERT INTO run VALUES (1)"))
+    other.dispose()
+    return user
+
+
+def write_when_told(
+    database: Path, prepared: Any, told: Any, done: Any, outcomes: multiprocessing.Queue[str]
+) -> None:
+    """(In a child process) write once told, waiting for the writer's turn."""
+    user = prepare_stale_read_position(database)
+    prepared.set()
+    told.wait(timeout=30)
+    try:
+        with user.transaction() as connection:
+            connection.execute(text("INSERT INTO run VALUES (2)"))
+        outcomes.put("committed")
+    except DatabaseUnavailable as error:
+        outcomes.put(f"unavailable: {error}")
+    done.wait(timeout=30)
+
+
+def read_when_told(
+    database: Path, prepared: Any, told: Any, done: Any, outcomes: multiprocessing.Queue[str]
+) -> None:
+    """(In a child process) read while the pool's one connection is taken, then let it go
+    once told: the reader gets it after the files became unwritable.
+    """
+    user = prepare_stale_read_position(database, pool_size=1)
+    taken = user.engine.connect()
+    reader = threading.Thread(target=read, args=(user, outcomes))
+    reader.start()
+    # Time for the reader to look at the files and begin to wait for the connection.
+    time.sleep(0.5)
+    prepared.set()
+    told.wait(timeout=30)
+    taken.close()
+    reader.join()
+    done.wait(timeout=30)
+
+
+def read(user: Database, outcomes: multiprocessing.Queue[str]) -> None:
+    try:
+        with user.snapshot() as connection:
+            connection.execute(text("SELECT count(*) FROM run"))
+        outcomes.put("read")
+    except DatabaseUnavailable as error:
+        outcomes.put(f"unavailable: {error}")
+
+
+def connect_when_told(
+    database: Path, prepared: Any, told: Any, done: Any, outcomes: multiprocessing.Queue[str]
+) -> None:
+    """(In a child process) open a second connection once told, as a transaction that finds
+    the pool's one connection taken does after its look at the files.
+    """
+    user = prepare_stale_read_position(database)
+    prepared.set()
+    told.wait(timeout=30)
+    try:
+        with user.engine.connect(), user.engine.connect():
+            outcomes.put("connected")
+    except DatabaseUnavailable as error:
+        outcomes.put(f"unavailable: {error}")
+    done.wait(timeout=30)

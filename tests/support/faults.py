@@ -102,6 +102,18 @@ def flock_holder(path: Path) -> int | None:
     return None
 
 
+def flock_waiters(path: Path) -> int:
+    """How many waits for a `flock` on `path` are blocked, from /proc/locks."""
+    inode = path.stat().st_ino
+    waiting = 0
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        # "2: -> FLOCK  ADVISORY  WRITE 1235 fd:01:5678 0 EOF"
+        if len(fields) >= 7 and fields[1:3] == ["->", "FLOCK"]:
+            waiting += int(fields[6].rsplit(":", 1)[1]) == inode
+    return waiting
+
+
 def wait_for(condition: Callable[[], object], *, timeout: float, interval: float = 0.05) -> bool:
     """Poll `condition()` until it is true or `timeout` seconds have passed."""
     deadline = time.monotonic() + timeout
