@@ -11,7 +11,7 @@ from concurrent.futures import Executor
 from datetime import timedelta
 
 from app.db import events as rows
-from app.db.database import Database
+from app.db.database import Database, DatabaseUnavailable
 from app.services.clock import utcnow
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,9 @@ class EventPruner:
                 )
                 if deleted:
                     logger.info("deleted %d event(s) past the retention", deleted)
+            except DatabaseUnavailable as error:
+                # A known fault, already explained: no traceback to read.
+                logger.warning("deleting old events postponed: database unavailable (%s)", error)
             except Exception:
                 logger.exception("deleting old events failed; trying again later")
             await asyncio.sleep(self._every_seconds)

@@ -1,0 +1,69 @@
+"""The pruner of old events: a database that cannot be written postpones it, quietly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, cast
+
+import pytest
+
+from app.db.database import Database, DatabaseUnavailable
+from app.services.event_retention import EventPruner
+
+
+class FailingDatabase:
+    """Refuses every transaction with `error`, counting them."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.transactions = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        self.transactions += 1
+        raise self.error
+        yield  # pragma: no cover
+
+
+def prune_once(database: FailingDatabase) -> None:
+    async def start_and_stop() -> None:
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            pruner = EventPruner(
+                cast(Database, database), retention=timedelta(days=1), executor=executor
+            )
+            pruner.start()
+            while database.transactions == 0:
+                await asyncio.sleep(0.01)
+            await pruner.stop()
+
+    asyncio.run(start_and_stop())
+
+
+def test_an_unavailable_database_is_a_warning_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.services.event_retention")
+    prune_once(FailingDatabase(DatabaseUnavailable("the database files cannot be written")))
+
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == (
+        "deleting old events postponed: database unavailable (the database files cannot be written)"
+    )
+    assert record.exc_info is None
+
+
+def test_any_other_failure_is_an_error_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.services.event_retention")
+    prune_once(FailingDatabase(RuntimeError("unexpected")))
+
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR
+    assert record.exc_info is not None
