@@ -332,9 +332,9 @@ class Database:
                     connection.rollback()
 
     def _open_sqlite_connection(self, dbapi_connection: Any, _record: Any) -> None:
-        # A new connection reads the database at once (its journal mode), possibly long after
-        # the transaction that opens it looked at the files: they are looked at again first.
-        # Closed before it has read anything, it leaves the shared memory alone.
+        # A new connection reads the database at once (its journal mode), so the files are
+        # looked at first, as before any other read. Closed before it has read anything, it
+        # leaves the shared memory alone.
         try:
             self._refuse_unwritable_shared_memory()
         except DatabaseUnavailable:
