@@ -61,6 +61,10 @@ class EventPruner:
     async def _prune_periodically(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            # The first look comes one interval after the start, not with it: a worker that
+            # starts does not ask for the writer's turn while the service's first requests
+            # (and a restart's other workers) do, nor hold up a shutdown that follows soon.
+            await asyncio.sleep(self._every_seconds)
             try:
                 deleted = await loop.run_in_executor(
                     self._executor,
@@ -73,4 +77,3 @@ class EventPruner:
                 logger.warning("deleting old events postponed: database unavailable (%s)", error)
             except Exception:
                 logger.exception("deleting old events failed; trying again later")
-            await asyncio.sleep(self._every_seconds)

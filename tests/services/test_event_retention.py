@@ -1,9 +1,12 @@
-"""The pruner of old events: a database that cannot be written postpones it, quietly."""
+"""The pruner of old events: when it first looks, and a database that cannot be written
+postponing it, quietly.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,18 +33,31 @@ class FailingDatabase:
         yield  # pragma: no cover
 
 
-def prune_once(database: FailingDatabase) -> None:
-    async def start_and_stop() -> None:
+# Shorter than a minute: the pruner looks once per retention period.
+RETENTION = timedelta(seconds=0.2)
+
+
+def prune_once(database: FailingDatabase) -> float:
+    """Start a pruner, stop it after its first transaction; how long after the start that was."""
+
+    async def start_and_stop() -> float:
         with ThreadPoolExecutor(max_workers=1) as executor:
-            pruner = EventPruner(
-                cast(Database, database), retention=timedelta(days=1), executor=executor
-            )
+            pruner = EventPruner(cast(Database, database), retention=RETENTION, executor=executor)
+            started = time.monotonic()
             pruner.start()
             while database.transactions == 0:
                 await asyncio.sleep(0.01)
+            first_look = time.monotonic() - started
             await pruner.stop()
+            return first_look
 
-    asyncio.run(start_and_stop())
+    return asyncio.run(start_and_stop())
+
+
+def test_the_first_look_comes_one_interval_after_the_start() -> None:
+    first_look = prune_once(FailingDatabase(DatabaseUnavailable("no matter")))
+
+    assert first_look >= RETENTION.total_seconds()
 
 
 def test_an_unavailable_database_is_a_warning_without_a_traceback(
