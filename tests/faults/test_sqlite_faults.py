@@ -98,19 +98,15 @@ class TestUnwritableFiles:
         self, tmp_path: Path, log_path: Path
     ) -> None:
         database = tmp_path / "taskrun.db"
-        files = [database, Path(f"{database}-wal"), Path(f"{database}-shm")]
         with (
             running_server(f"sqlite:///{database}", log_path=log_path) as server,
             httpx.Client(base_url=server.api_url, timeout=30) as client,
         ):
             acknowledged = [create(client).json()["id"] for _ in range(5)]
             workers = server.worker_pids()
-            set_immutable(files, immutable=True)
-            try:
+            with immutable_files(database):
                 during = [create(client) for _ in range(10)]
                 reads_during = [client.get(f"/task_runs/{run_id}") for run_id in acknowledged]
-            finally:
-                set_immutable(files, immutable=False)
             recovered = wait_for(lambda: create(client).status_code == 201, timeout=5)
             after = [create(client) for _ in range(10)]
             assert_all_readable(client, acknowledged + [r.json()["id"] for r in after])
@@ -171,47 +167,8 @@ def hold_write_lock(database: Path, holding: threading.Event, release: threading
         connection.close()
 
 
-class TestFilesBecomingUnwritableMidway:
-    """SQLite writes to its -shm file through memory, readers too; once the file is immutable,
-    that write is a SIGBUS, which ends the process. The service looks at the file before
-    each transaction, and again where the transaction may wait. Here the files become
-    immutable after the first look, in a child process that must survive and be refused.
-    """
-
-    REFUSED = "unavailable: the database files cannot be written"
-
-    def test_while_a_writer_waits_for_its_turn(self, tmp_path: Path) -> None:
-        database = tmp_path / "taskrun.db"
-        lock_file = Path(f"{database}-write.lock")
-        with (
-            ChildDatabaseUser(write_when_told, database) as child,
-            lock_file.open("rb") as other_writer,
-        ):
-            # Another process's writer has the turn for as long as this flock is held.
-            fcntl.flock(other_writer, fcntl.LOCK_EX)
-            child.go()
-            assert wait_for(lambda: flock_waiters(lock_file) == 1, timeout=10)
-            with immutable_files(database):
-                fcntl.flock(other_writer, fcntl.LOCK_UN)
-                outcome = child.outcome()
-
-        assert (outcome, child.exitcode) == (self.REFUSED, 0)
-
-    def test_while_a_reader_waits_for_a_free_connection(self, tmp_path: Path) -> None:
-        database = tmp_path / "taskrun.db"
-        with ChildDatabaseUser(read_when_told, database) as child, immutable_files(database):
-            child.go()
-            outcome = child.outcome()
-
-        assert (outcome, child.exitcode) == (self.REFUSED, 0)
-
-    def test_while_a_transaction_opens_a_new_connection(self, tmp_path: Path) -> None:
-        database = tmp_path / "taskrun.db"
-        with ChildDatabaseUser(connect_when_told, database) as child, immutable_files(database):
-            child.go()
-            outcome = child.outcome()
-
-        assert (outcome, child.exitcode) == (self.REFUSED, 0)
+# A child process's entry point: database, prepared, told, done (events), outcomes (a queue).
+ChildUse = Callable[[Path, Any, Any, Any, "multiprocessing.Queue[str]"], None]
 
 
 @contextmanager
@@ -230,7 +187,7 @@ class ChildDatabaseUser:
     the last connection to a database writes to its shared memory too).
     """
 
-    def __init__(self, target: Callable[..., None], database: Path) -> None:
+    def __init__(self, target: ChildUse, database: Path) -> None:
         spawn = multiprocessing.get_context("spawn")
         self._prepared, self._told, self._done = spawn.Event(), spawn.Event(), spawn.Event()
         self._outcomes: multiprocessing.Queue[str] = spawn.Queue()
@@ -278,6 +235,15 @@ def prepare_stale_read_position(database: Path, *, pool_size: int = 10) -> Datab
     return user
 
 
+def outcome_of(work: Callable[[], None], *, done: str) -> str:
+    """`done` once `work` has returned, or how the database refused it."""
+    try:
+        work()
+    except DatabaseUnavailable as error:
+        return f"unavailable: {error}"
+    return done
+
+
 def write_when_told(
     database: Path, prepared: Any, told: Any, done: Any, outcomes: multiprocessing.Queue[str]
 ) -> None:
@@ -285,12 +251,12 @@ def write_when_told(
     user = prepare_stale_read_position(database)
     prepared.set()
     told.wait(timeout=30)
-    try:
+
+    def write() -> None:
         with user.transaction() as connection:
             connection.execute(text("INSERT INTO run VALUES (2)"))
-        outcomes.put("committed")
-    except DatabaseUnavailable as error:
-        outcomes.put(f"unavailable: {error}")
+
+    outcomes.put(outcome_of(write, done="committed"))
     done.wait(timeout=30)
 
 
@@ -314,12 +280,11 @@ def read_when_told(
 
 
 def read(user: Database, outcomes: multiprocessing.Queue[str]) -> None:
-    try:
+    def select() -> None:
         with user.snapshot() as connection:
             connection.execute(text("SELECT count(*) FROM run"))
-        outcomes.put("read")
-    except DatabaseUnavailable as error:
-        outcomes.put(f"unavailable: {error}")
+
+    outcomes.put(outcome_of(select, done="read"))
 
 
 def connect_when_told(
@@ -331,9 +296,52 @@ def connect_when_told(
     user = prepare_stale_read_position(database)
     prepared.set()
     told.wait(timeout=30)
-    try:
+
+    def connect_twice() -> None:
         with user.engine.connect(), user.engine.connect():
-            outcomes.put("connected")
-    except DatabaseUnavailable as error:
-        outcomes.put(f"unavailable: {error}")
+            pass
+
+    outcomes.put(outcome_of(connect_twice, done="connected"))
     done.wait(timeout=30)
+
+
+class TestFilesBecomingUnwritableMidway:
+    """SQLite writes to its -shm file through memory, readers too; once the file is immutable,
+    that write is a SIGBUS, which ends the process. The service looks at the file before
+    each transaction, and again where the transaction may wait. Here the files become
+    immutable after the first look, in a child process that must survive and be refused.
+    """
+
+    REFUSED = "unavailable: the database files cannot be written"
+
+    def test_while_a_writer_waits_for_its_turn(self, tmp_path: Path) -> None:
+        database = tmp_path / "taskrun.db"
+        lock_file = Path(f"{database}-write.lock")
+        with (
+            ChildDatabaseUser(write_when_told, database) as child,
+            lock_file.open("rb") as other_writer,
+        ):
+            # Another process's writer has the turn for as long as this flock is held.
+            fcntl.flock(other_writer, fcntl.LOCK_EX)
+            child.go()
+            assert wait_for(lambda: flock_waiters(lock_file) == 1, timeout=10)
+            with immutable_files(database):
+                fcntl.flock(other_writer, fcntl.LOCK_UN)
+                outcome = child.outcome()
+
+        assert (outcome, child.exitcode) == (self.REFUSED, 0)
+
+    @pytest.mark.parametrize(
+        "use",
+        [
+            pytest.param(read_when_told, id="while a reader waits for a free connection"),
+            pytest.param(connect_when_told, id="while a transaction opens a new connection"),
+        ],
+    )
+    def test_while_the_child_waits_or_connects(self, tmp_path: Path, use: ChildUse) -> None:
+        database = tmp_path / "taskrun.db"
+        with ChildDatabaseUser(use, database) as child, immutable_files(database):
+            child.go()
+            outcome = child.outcome()
+
+        assert (outcome, child.exitcode) == (self.REFUSED, 0)
