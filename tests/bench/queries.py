@@ -15,7 +15,7 @@ from tests.bench.seed import Dataset
 
 QUERY_CONCURRENCY = 16
 LIMIT = 200
-# The issue's targets at QUERY_CONCURRENCY: p99 of filter and paginate, of count and history.
+# The targets at QUERY_CONCURRENCY: p99 of filter and paginate, of count and history.
 LIST_P99_MS = 50.0
 AGGREGATE_P99_MS = 100.0
 HISTORY_DAYS = 7
@@ -59,9 +59,7 @@ def _filter(criteria: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 
 def query_cells(dataset: Dataset) -> list[QueryCell]:
-    """The cells of point 4 of the issue (QUERY_CELLS), with criteria taken from what was
-    loaded.
-    """
+    """The query cells (QUERY_CELLS), with criteria taken from what was loaded."""
     first_tags = list(dataset.tags[:2])
     history_start = dataset.window_end - timedelta(days=HISTORY_DAYS)
     cells = [

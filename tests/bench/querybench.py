@@ -33,7 +33,7 @@ from tests.bench.servers import (
 )
 from tests.bench.wrk import write_script
 
-# The tables; QUICK=1 loads a small one instead (and says so).
+# The tables the targets are set for; QUICK=1 loads a small one instead (and says so).
 FULL_RUNS = {"sqlite": 200_000, "postgresql": 1_000_000}
 QUICK_RUNS = 20_000
 PREFECT_RUNS = 10_000

@@ -27,7 +27,7 @@ from tests.bench.servers import OURS, PREFECT
 DATABASE_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 SYSTEM_NAMES = {OURS: "taskrun-api", PREFECT: "Prefect 3.9.1"}
 
-# The issue's targets, checked against the measured numbers (printed, never asserted).
+# The targets, checked against the measured numbers (printed, never asserted).
 TARGET_CONCURRENCY = 16
 TARGET_TIMES_PREFECT_RPS = 15.0
 TARGET_FRACTION_OF_PREFECT_P99 = 0.1
@@ -472,7 +472,7 @@ def query_header(query: QueryRun) -> str:
     """Which table the query cells ran on."""
     size = f"{query.runs:,} runs"
     if query.quick:
-        size += " (QUICK: a small table, not the issue's)"
+        size += " (QUICK: a small table, not the one the targets are set for)"
     return (
         f"{SYSTEM_NAMES[query.run.system]} on {DATABASE_NAMES[query.run.database]}: query"
         f" cells on {size}; {query.load}"
