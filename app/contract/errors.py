@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -29,6 +28,7 @@ from app.contract.middleware import (
 )
 from app.contract.validation import RequestValidationError
 from app.db.database import DatabaseUnavailable
+from app.observability.logs import log_failure
 from app.services.errors import Conflict, NotFound, NotReady, Unprocessable
 from generated.routes import InvalidRequestModel
 
@@ -125,39 +125,6 @@ async def _unsupported_media_type(
     return detail_response(415, str(error.detail))
 
 
-def log_failure(level: int, what: str, error: BaseException, *, with_stack: bool) -> None:
-    """Log a request that failed: what happened, and the error by name, never by content.
-
-    The messages of database errors can hold a request's rows and SQL parameters, so only
-    the names of the exception and of its causes are logged, and with `with_stack` the code
-    locations it passed through. Every failure the service logs goes through here.
-    """
-    lines = [f"{what}: {_names(error)}"]
-    if with_stack:
-        lines.append("Traceback (most recent call last; messages and source left out):")
-        lines += [
-            f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}'
-            for frame in traceback.extract_tb(error.__traceback__)
-        ]
-    logger.log(level, "%s", "\n".join(lines))
-
-
-def _names(error: BaseException) -> str:
-    """ "sqlalchemy.exc.OperationalError, caused by sqlite3.OperationalError", and so on."""
-    return ", caused by ".join(
-        f"{type(cause).__module__}.{type(cause).__qualname__}" for cause in _chain(error)
-    )
-
-
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def _retry_later(detail: str) -> ConnexionResponse:
     return detail_response(503, detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
@@ -166,14 +133,16 @@ async def _database_unavailable(
     _request: ConnexionRequest, error: DatabaseUnavailable
 ) -> ConnexionResponse:
     # The reason names the fault (an SQLite result code, a PostgreSQL SQLSTATE), no data.
-    log_failure(logging.WARNING, f"database unavailable ({error.reason})", error, with_stack=False)
+    log_failure(
+        logger, logging.WARNING, f"database unavailable ({error.reason})", error, with_stack=False
+    )
     return _retry_later("The database is unavailable; nothing was changed. Retry later.")
 
 
 async def _too_many_unfinished_bodies(
     _request: ConnexionRequest, error: TooManyUnfinishedBodies
 ) -> ConnexionResponse:
-    log_failure(logging.WARNING, "request refused", error, with_stack=False)
+    log_failure(logger, logging.WARNING, "request refused", error, with_stack=False)
     return _retry_later(str(error))
 
 
@@ -192,13 +161,13 @@ async def _http_exception(_request: ConnexionRequest, error: HTTPException) -> C
 
 async def _problem(_request: ConnexionRequest, error: ProblemException) -> ConnexionResponse:
     if error.status >= 500:
-        log_failure(logging.ERROR, f"{error.status} {error.title}", error, with_stack=False)
+        log_failure(logger, logging.ERROR, f"{error.status} {error.title}", error, with_stack=False)
     headers = dict(error.headers or {})
     return detail_response(error.status, str(error.detail or error.title), headers=headers)
 
 
 async def _unexpected(_request: ConnexionRequest, error: Exception) -> ConnexionResponse:
-    log_failure(logging.ERROR, "unhandled error", error, with_stack=True)
+    log_failure(logger, logging.ERROR, "unhandled error", error, with_stack=True)
     return detail_response(500, "Internal Server Error")
 
 

@@ -22,7 +22,16 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from app.contract.asyncapi import Channel, frame_validator
 from app.contract.validation import RequestValidationError, parse_json_body
-from app.handlers.sockets import POLICY_VIOLATION, Disconnected, Frame, Socket
+from app.db.database import DatabaseUnavailable
+from app.handlers.sockets import (
+    INTERNAL_ERROR,
+    POLICY_VIOLATION,
+    TRY_AGAIN_LATER,
+    Disconnected,
+    Frame,
+    Socket,
+)
+from app.observability.logs import log_failure
 
 logger = logging.getLogger(__name__)
 
@@ -193,4 +202,22 @@ class WebSocketChannels:
             return
         socket = await open_prefect_socket(websocket, auth_string=self.auth_string)
         if socket is not None:
-            await handler(socket)
+            await _serve(handler, socket, address=scope["path"])
+
+
+async def _serve(handler: SocketHandler, socket: Socket, *, address: str) -> None:
+    """Run the channel's handler on the socket. A fault of the service closes the socket
+    with a code on which Prefect's clients reconnect, and is logged as the HTTP operations'
+    faults are: by name and place, never by message (which can quote rows and events).
+    """
+    try:
+        await handler(socket)
+    except DatabaseUnavailable as error:
+        what = f"websocket {address}: database unavailable ({error.reason})"
+        log_failure(logger, logging.WARNING, what, error, with_stack=False)
+        await socket.close(TRY_AGAIN_LATER, "The database is unavailable. Reconnect later.")
+    except Exception as error:
+        log_failure(
+            logger, logging.ERROR, f"websocket {address}: unhandled error", error, with_stack=True
+        )
+        await socket.close(INTERNAL_ERROR, "Internal Server Error")

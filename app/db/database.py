@@ -26,6 +26,7 @@ from sqlalchemy.pool import StaticPool
 
 from app.db.group_commit import Batch, GroupCommit, WriteUnit
 from app.db.writer_lock import WriterLock, WriterLockTimeout, WriterLockUnavailable
+from app.observability.logs import log_failure
 
 _Result = TypeVar("_Result")
 
@@ -440,8 +441,10 @@ def _call_all(callbacks: list[Callable[[], None]]) -> None:
     for callback in callbacks:
         try:
             callback()
-        except Exception:
-            logger.exception("a callback after a commit failed")
+        except Exception as error:
+            log_failure(
+                logger, logging.ERROR, "a callback after a commit failed", error, with_stack=True
+            )
 
 
 def _exists_unwritable(path: Path) -> bool:

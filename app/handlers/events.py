@@ -15,7 +15,7 @@ from app.db import events as event_rows
 from app.db.database import Database
 from app.db.records import EventRecord
 from app.handlers.inbox import Inbox
-from app.handlers.sockets import POLICY_VIOLATION, Disconnected, Frame, Socket
+from app.handlers.sockets import INTERNAL_ERROR, POLICY_VIOLATION, Disconnected, Frame, Socket
 from app.services.clock import utcnow
 from app.services.event_feed import EventFeed, FollowerTooSlow
 from app.services.event_filters import EventFilter, UnsupportedFilter, parse_filter
@@ -26,8 +26,6 @@ logger = logging.getLogger(__name__)
 # The largest event stored, as Prefect's server has it.
 MAX_EVENT_BYTES = 1_500_000
 BACKFILL_PAGE = 250
-# Closes a follower that fell too far behind: Prefect's clients reconnect and catch up.
-INTERNAL_ERROR = 1011
 _BEFORE_EVERY_ID = UUID(int=0)
 
 

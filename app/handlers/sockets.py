@@ -10,6 +10,9 @@ from typing import Any, Protocol
 NORMAL_CLOSURE = 1000
 POLICY_VIOLATION = 1008
 PROTOCOL_VIOLATION = 4001
+# The service's own faults: Prefect's clients reconnect after either.
+INTERNAL_ERROR = 1011
+TRY_AGAIN_LATER = 1013
 
 
 class Disconnected(Exception):

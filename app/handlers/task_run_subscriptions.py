@@ -13,6 +13,7 @@ from app.db.database import Database
 from app.db.deliveries import ENQUEUED
 from app.handlers.inbox import Inbox
 from app.handlers.sockets import NORMAL_CLOSURE, PROTOCOL_VIOLATION, Disconnected, Socket
+from app.observability.logs import log_failure
 from app.services import deliveries
 from app.services.ids import uuid7
 
@@ -74,9 +75,15 @@ class TaskRunSubscriptionHandler:
                     deliveries.return_delivery(
                         connection=connection, task_run_id=task_run_id, claim_id=claim_id
                     )
-            except Exception:
+            except Exception as error:
                 # The claim expires by itself; the run is delivered again then.
-                logger.exception("giving back the delivery of task run %s failed", task_run_id)
+                log_failure(
+                    logger,
+                    logging.ERROR,
+                    f"giving back the delivery of task run {task_run_id} failed",
+                    error,
+                    with_stack=True,
+                )
 
         asyncio.get_running_loop().run_in_executor(self._executor, give_back)
 

@@ -8,6 +8,8 @@ request's context), so any code can name it with `current_request_id()`.
 from __future__ import annotations
 
 import logging
+import traceback
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from asgi_correlation_id.context import correlation_id
@@ -85,3 +87,40 @@ def skip_unused_record_fields() -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+
+
+def log_failure(
+    logger: logging.Logger, level: int, what: str, error: BaseException, *, with_stack: bool
+) -> None:
+    """Log a failure: what happened, and the error by name, never by content.
+
+    The messages of database errors can hold rows and SQL parameters, and those of
+    validation errors the values validated, so only the names of the exception and of its
+    causes are logged, and with `with_stack` the code locations it passed through. Every
+    failure the service logs, of a request or of its work in the background, goes through
+    here.
+    """
+    lines = [f"{what}: {_names(error)}"]
+    if with_stack:
+        lines.append("Traceback (most recent call last; messages and source left out):")
+        lines += [
+            f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}'
+            for frame in traceback.extract_tb(error.__traceback__)
+        ]
+    logger.log(level, "%s", "\n".join(lines))
+
+
+def _names(error: BaseException) -> str:
+    """ "sqlalchemy.exc.OperationalError, caused by sqlite3.OperationalError", and so on."""
+    return ", caused by ".join(
+        f"{type(cause).__module__}.{type(cause).__qualname__}" for cause in _chain(error)
+    )
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__

@@ -17,8 +17,9 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from app.db import events as rows
-from app.db.database import Database
+from app.db.database import Database, DatabaseUnavailable
 from app.db.records import EventRecord
+from app.observability.logs import log_failure
 from app.services.clock import utcnow
 
 logger = logging.getLogger(__name__)
@@ -116,8 +117,18 @@ class EventFeed:
             latest, records = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._read_since, self._watermark - OVERLAP, known
             )
-        except Exception:
-            logger.exception("reading new events failed; trying again")
+        except DatabaseUnavailable as error:
+            # A known fault, already explained: no traceback to read.
+            logger.warning("reading new events postponed: database unavailable (%s)", error)
+            return
+        except Exception as error:
+            log_failure(
+                logger,
+                logging.ERROR,
+                "reading new events failed; trying again",
+                error,
+                with_stack=True,
+            )
             return
         for record in records:
             self._hand_over(record)

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from app.db import events as rows
 from app.db.database import Database, DatabaseUnavailable
+from app.observability.logs import log_failure
 from app.services.clock import utcnow
 
 logger = logging.getLogger(__name__)
@@ -75,5 +76,11 @@ class EventPruner:
             except DatabaseUnavailable as error:
                 # A known fault, already explained: no traceback to read.
                 logger.warning("deleting old events postponed: database unavailable (%s)", error)
-            except Exception:
-                logger.exception("deleting old events failed; trying again later")
+            except Exception as error:
+                log_failure(
+                    logger,
+                    logging.ERROR,
+                    "deleting old events failed; trying again later",
+                    error,
+                    with_stack=True,
+                )

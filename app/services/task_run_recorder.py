@@ -213,7 +213,17 @@ def _report(payload: dict[str, Any]) -> TaskRunReport:
     try:
         return TaskRunReport.model_validate(payload)
     except ValidationError as error:
-        raise UnrecordableEvent(f"the payload is not a task-run report: {error}") from error
+        raise UnrecordableEvent(
+            f"the payload is not a task-run report: {_validation_problems(error)}"
+        ) from error
+
+
+def _validation_problems(error: ValidationError) -> str:
+    """Where and what, as a 422 names them: not pydantic's text, which repeats the values."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']) or '(payload)'}: {problem['msg']}"
+        for problem in error.errors(include_url=False, include_input=False)
+    )
 
 
 def _resource_uuid(resource_id: str, prefix: str) -> UUID:

@@ -5,6 +5,7 @@ the handshake, the delivery of background tasks, events in and out.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid
@@ -20,9 +21,10 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from app.contract.asyncapi import frame_validator
-from app.db.database import Database
+from app.db.database import Database, DatabaseUnavailable
 from app.db.migrate import upgrade
 from app.db.tables import event, task_run_delivery
+from app.handlers import events as events_handlers
 from app.main import create_app, database_of
 from app.settings import Settings
 from tests.support.api import read_run, set_state, states_of, wide_text, without_estimates
@@ -745,6 +747,67 @@ class TestEventsIn:
         send_events(client, broken)
 
         assert stored_event_ids(database) == [broken["id"]]
+
+
+class TestFaults:
+    """A fault of the service while it serves a socket: the client is told to reconnect, and
+    the log names the fault without quoting what the socket carried.
+    """
+
+    def fail_storing(self, monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+        def fail(**_: Any) -> bool:
+            raise error
+
+        monkeypatch.setattr(events_handlers, "receive_event", fail)
+
+    def test_an_unexpected_error_closes_with_1011_and_is_logged_without_its_message(
+        self, client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        self.fail_storing(monkeypatch, ValueError("row contents: secret-value"))
+
+        with authenticated(client, EVENTS_IN) as socket:
+            socket.send_json(task_run_event(str(uuid.uuid4()), "RUNNING"))
+            assert closed(socket) == (1011, "Internal Server Error")
+
+        [record] = [r for r in caplog.records if r.name == "app.contract.websockets"]
+        logged = record.getMessage()
+        assert record.levelno == logging.ERROR
+        assert logged.startswith(f"websocket {EVENTS_IN}: unhandled error: builtins.ValueError")
+        assert "in fail" in logged  # where it was raised
+        assert "secret" not in logged
+        assert record.exc_info is None
+
+    def test_an_unavailable_database_closes_with_1013_and_a_warning(
+        self, client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        self.fail_storing(monkeypatch, DatabaseUnavailable("SQLITE_FULL"))
+
+        with authenticated(client, EVENTS_IN) as socket:
+            socket.send_json(task_run_event(str(uuid.uuid4()), "RUNNING"))
+            assert closed(socket) == (1013, "The database is unavailable. Reconnect later.")
+
+        [record] = [r for r in caplog.records if r.name == "app.contract.websockets"]
+        assert record.levelno == logging.WARNING
+        assert record.getMessage() == (
+            f"websocket {EVENTS_IN}: database unavailable (SQLITE_FULL):"
+            " app.db.database.DatabaseUnavailable"
+        )
+
+    def test_an_unrecordable_report_is_logged_by_its_problems_not_its_values(
+        self, client: TestClient, database: Database, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.WARNING, logger="app.services.events")
+        report = task_run_event(str(uuid.uuid4()), "RUNNING")
+        report["payload"]["validated_state"]["type"] = "secret-state"
+
+        send_events(client, report)
+
+        [record] = [r for r in caplog.records if r.name == "app.services.events"]
+        logged = record.getMessage()
+        assert "stored, not recorded: the payload is not a task-run report:" in logged
+        assert "validated_state.type: Input should be 'SCHEDULED'" in logged
+        assert "secret" not in logged
+        assert stored_event_ids(database)[-1] == report["id"]
 
 
 class TestEventsOut:

@@ -7,31 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, cast
+from typing import cast
 
 import pytest
 
 from app.db.database import Database, DatabaseUnavailable
 from app.services.event_retention import EventPruner
-
-
-class FailingDatabase:
-    """Refuses every transaction with `error`, counting them."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-        self.transactions = 0
-
-    @contextmanager
-    def transaction(self) -> Iterator[Any]:
-        self.transactions += 1
-        raise self.error
-        yield  # pragma: no cover
-
+from tests.support.failing_database import FailingDatabase
 
 # Shorter than a minute: the pruner looks once per retention period.
 RETENTION = timedelta(seconds=0.2)
@@ -45,7 +29,7 @@ def prune_once(database: FailingDatabase) -> float:
             pruner = EventPruner(cast(Database, database), retention=RETENTION, executor=executor)
             started = time.monotonic()
             pruner.start()
-            while database.transactions == 0:
+            while database.attempts == 0:
                 await asyncio.sleep(0.01)
             first_look = time.monotonic() - started
             await pruner.stop()
@@ -74,12 +58,18 @@ def test_an_unavailable_database_is_a_warning_without_a_traceback(
     assert record.exc_info is None
 
 
-def test_any_other_failure_is_an_error_with_its_traceback(
+def test_any_other_failure_is_an_error_with_its_places_not_its_message(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="app.services.event_retention")
-    prune_once(FailingDatabase(RuntimeError("unexpected")))
+    prune_once(FailingDatabase(RuntimeError("unexpected: secret-value")))
 
     [record] = caplog.records
+    logged = record.getMessage()
     assert record.levelno == logging.ERROR
-    assert record.exc_info is not None
+    assert logged.startswith(
+        "deleting old events failed; trying again later: builtins.RuntimeError\n"
+    )
+    assert "in transaction" in logged  # where it was raised
+    assert "secret" not in logged
+    assert record.exc_info is None
