@@ -97,7 +97,7 @@ check: check-generated check-handlers check-asyncapi lint typecheck ## generated
 fuzz: $(DEV) ## Schemathesis against a running server (EXAMPLES=1000 per operation)
 	$(BIN)/python -m tests.fuzz --examples $(or $(EXAMPLES),1000)
 
-clean: ## remove the virtualenv and caches
+clean: ## remove the virtualenvs (the service's and Prefect's server's), .tools and the caches
 	rm -rf $(VENV) $(PREFECT_VENV) .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis \
 	  .schemathesis
 
