@@ -117,9 +117,10 @@ def _seconds_between_sqlite(element: _SecondsBetween, compiler: SQLCompiler, **k
 
 @compiles(_SecondsBetween, "postgresql")
 def _seconds_between_postgresql(element: _SecondsBetween, compiler: SQLCompiler, **kw: Any) -> str:
-    # date_part is double precision: much cheaper per row than EXTRACT's numeric.
+    # EXTRACT is exact (numeric), rounded to a float once, as Python's total_seconds() is;
+    # date_part's double adds the days of the interval to its time apart, rounding twice.
     later, earlier = (compiler.process(clause, **kw) for clause in element.clauses)
-    return f"date_part('epoch', {later} - {earlier})"
+    return f"CAST(EXTRACT(EPOCH FROM {later} - {earlier}) AS DOUBLE PRECISION)"
 
 
 def _seconds_between(
@@ -539,11 +540,12 @@ def task_run_history(
     condition: Condition,
     *,
     start: datetime,
-    end: datetime,
+    end: datetime | None,
     interval: timedelta,
     now: datetime,
 ) -> list[HistoryRow]:
-    """The matching runs expected to start in [start, end), counted by interval and state.
+    """The matching runs expected to start in [start, end) (from `start` on, without an
+    `end`), counted by interval and state.
 
     Interval `i` holds the runs expected to start in [start + i * interval, start + (i + 1) *
     interval); the intervals are numbered in whole microseconds, exactly on both databases.
@@ -562,7 +564,7 @@ def task_run_history(
             condition,
             task_run.c.state_type.is_not(None),
             task_run.c.expected_start_time >= start,
-            task_run.c.expected_start_time < end,
+            true() if end is None else task_run.c.expected_start_time < end,
         )
         .group_by(number, task_run.c.state_type, task_run.c.state_name)
     )

@@ -51,16 +51,15 @@ def read_task_runs(*, connection: Connection, body: models.ReadTaskRunsBody | No
     array of them.
     """
     body = body or models.ReadTaskRunsBody()
-    now = utcnow()
     runs = queries.list_task_runs(
         connection,
         matching(body),
         sort=_sort(body.sort),
         limit=_limit(body.limit),
         offset=body.offset or 0,
-        now=now,
+        now=utcnow(),
     )
-    return task_run_json.task_runs_json(runs, now=now)
+    return task_run_json.task_runs_json(runs, now=_after_reading())
 
 
 def count_task_runs(*, connection: Connection, body: models.CountTaskRunsBody | None) -> int:
@@ -77,7 +76,6 @@ def paginate_task_runs(
     body = body or models.PaginateTaskRunsBody()
     limit, page = _limit(body.limit), body.page or 1
     condition = matching(body)
-    now = utcnow()
     count = queries.count_task_runs(connection, condition)
     runs = queries.list_task_runs(
         connection,
@@ -85,7 +83,7 @@ def paginate_task_runs(
         sort=_sort(body.sort),
         limit=limit,
         offset=(page - 1) * limit,
-        now=now,
+        now=utcnow(),
     )
     return task_run_json.pagination_json(
         runs,
@@ -93,8 +91,16 @@ def paginate_task_runs(
         limit=limit,
         pages=math.ceil(count / limit) if limit else 0,
         page=page,
-        now=now,
+        now=_after_reading(),
     )
+
+
+def _after_reading() -> datetime:
+    """The moment a list's estimates are computed for: after its runs were read, as a single
+    read computes them, so that a run that entered RUNNING while the list was being read
+    never shows less than its total run time.
+    """
+    return utcnow()
 
 
 def task_run_history(
@@ -110,7 +116,7 @@ def task_run_history(
         connection,
         matching(body),
         start=start,
-        end=_later(starts[-1], interval),
+        end=_end_of_last(starts[-1], interval),
         interval=interval,
         now=utcnow(),
     )
@@ -145,6 +151,16 @@ def _interval_starts(start: datetime, end: datetime, interval: timedelta) -> lis
             break
         current = _later(current, interval)
     return starts
+
+
+def _end_of_last(start: datetime, interval: timedelta) -> datetime | None:
+    """Where the last interval, from `start`, ends; None when that is past the latest instant
+    there is: the interval then holds every instant from `start` on, the latest included.
+    """
+    try:
+        return start + interval
+    except OverflowError:
+        return None
 
 
 def _later(instant: datetime, interval: timedelta) -> datetime:
@@ -239,7 +255,7 @@ def _name_condition(criterion: models.TaskRunFilterName) -> Condition:
 
 def _tags_condition(criterion: models.TaskRunFilterTags) -> Condition:
     conditions = []
-    if criterion.all_:
+    if criterion.all_ is not None:
         conditions.append(queries.has_all_tags([tag.root for tag in criterion.all_]))
     if criterion.is_null_ is True:
         conditions.append(queries.has_no_tags())

@@ -164,6 +164,12 @@ class TestReadTaskRuns:
         body = task_runs(tags={"operator": "or_", "all_": ["a"], "is_null_": True})
         assert filter_ids(client, body) == newest_first([tagged, untagged])
 
+    def test_tags_all_empty_matches_every_run_under_or_too(self, client: TestClient) -> None:
+        tagged, untagged = new_run(client, tags=["a"]), new_run(client)
+
+        body = task_runs(tags={"operator": "or_", "all_": [], "is_null_": False})
+        assert filter_ids(client, body) == newest_first([tagged, untagged])
+
     def test_duplicate_tags_count_once_and_go_with_the_deleted_run(
         self, client: TestClient, database: Database
     ) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from tests.support.api import assert_validation_error, set_state
+from tests.support.api import assert_validation_error, create_run, set_state
 from tests.support.queries import HISTORY, at, new_run, task_runs
 
 HOUR = 3600
@@ -149,3 +149,21 @@ class TestTaskRunHistory:
 
         assert response.status_code == 200
         assert len(response.json()) == 1
+
+    def test_a_run_at_the_latest_instant_counts_in_the_interval_that_holds_it(
+        self, client: TestClient
+    ) -> None:
+        latest = "9999-12-31T23:59:59.999999Z"
+        scheduled = {"type": "SCHEDULED", "state_details": {"scheduled_time": latest}}
+        run = create_run(client, state=scheduled)
+        assert run["expected_start_time"] == latest
+        # The one interval, a day from midnight, would end past the latest instant.
+        body = {
+            "history_start": "9999-12-31T00:00:00Z",
+            "history_end": "9999-12-31T12:00:00Z",
+            "history_interval_seconds": 86400,
+        }
+
+        [interval] = client.post(HISTORY, json=body).json()
+
+        assert [state["count_runs"] for state in interval["states"]] == [1]

@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 from app.db import task_runs as rows
 from app.db.database import Database
 from app.db.tables import task_run_state
-from app.services import task_run_queries, task_runs
+from app.services import clock, task_run_queries, task_run_states, task_runs
 from generated import models
 from tests.support.api import create_run, set_state
 from tests.support.queries import FILTER, PAGINATE
@@ -205,3 +205,39 @@ class TestReadsAndListsAnswerAsModels:
             page=2,
         )
         assert response.content == page.model_dump_json().encode()
+
+
+class TestEstimatesOfAList:
+    @pytest.mark.parametrize("path", [FILTER, PAGINATE])
+    def test_a_run_started_after_the_lists_first_clock_reading_shows_a_run_time_of_its_own(
+        self,
+        client: TestClient,
+        database: Database,
+        monkeypatch: pytest.MonkeyPatch,
+        path: str,
+    ) -> None:
+        run = create_run(client)
+        real_clock = clock.utcnow
+        started: list[str] = []
+
+        def clock_then_start() -> datetime:
+            # Another request's proposal commits right after the list first reads the clock.
+            now = real_clock()
+            if not started:
+                running = models.StateCreate(type=models.StateType.RUNNING)
+                outcome = task_run_states.propose_state(
+                    database, task_run_id=uuid.UUID(run["id"]), proposed=running, force=False
+                )
+                started.append("written" if outcome.written else "not written")
+            return now
+
+        monkeypatch.setattr(task_run_queries, "utcnow", clock_then_start)
+        answer = client.post(path, json={}).json()
+
+        [listed] = answer if path == FILTER else answer["results"]
+        assert started == ["written"]
+        # A paginate reads its page after its count, in the count's snapshot: whether the
+        # run shows as started depends on when its snapshot began, its estimate does not.
+        if path == FILTER:
+            assert listed["state_type"] == "RUNNING"
+        assert listed["estimated_run_time"] >= listed["total_run_time"] == 0.0

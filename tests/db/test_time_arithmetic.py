@@ -39,6 +39,13 @@ EDGES = [
     datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
     datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
 ]
+# Gaps of more than a day, whose seconds as a float must be rounded once, as Python's
+# total_seconds() rounds them: PostgreSQL's interval keeps the days apart from the time.
+LONG_GAPS = [
+    timedelta(days=1, microseconds=86_008_635_065),
+    timedelta(days=2, hours=3, microseconds=123_457),
+    timedelta(days=400, microseconds=1),
+]
 
 
 def stored(database: Database, **fields: object) -> None:
@@ -82,6 +89,24 @@ def test_run_time_of_a_running_run(database: Database, entered: datetime) -> Non
     (run_time,) = computed(database, estimated_run_time(NOW))
 
     assert run_time == run_time_at(NOW, "RUNNING", entered, 2.5)
+
+
+@pytest.mark.parametrize("gap", LONG_GAPS, ids=str)
+def test_long_gaps_give_the_seconds_a_run_gives(database: Database, gap: timedelta) -> None:
+    entered = NOW - gap
+    stored(
+        database,
+        state_type="RUNNING",
+        state_timestamp=entered,
+        total_run_time=0.0,
+        expected_start_time=entered - gap,
+        start_time=entered,
+    )
+
+    run_time, lateness = computed(database, estimated_run_time(NOW), estimated_lateness(NOW))
+
+    assert run_time == run_time_at(NOW, "RUNNING", entered, 0.0) == gap.total_seconds()
+    assert lateness == lateness_at(NOW, "RUNNING", entered - gap, entered) == gap.total_seconds()
 
 
 @pytest.mark.parametrize("expected", EDGES[:6], ids=str)
