@@ -53,6 +53,13 @@ class Inbox:
             raise Disconnected
         return frame
 
+    def discard_pending(self) -> None:
+        """Forget the frames that have come so far; a client that left is still seen."""
+        while not self._frames.empty():
+            if self._frames.get_nowait() is None:
+                self._frames.put_nowait(None)
+                return
+
     async def race(self, other: Awaitable[_Other]) -> Frame | _Other:
         """Whichever comes first: the next frame, or what `other` gives (`other` when both do).
 

@@ -59,6 +59,9 @@ class TaskRunSubscriptionHandler:
             await inbox.race(ENQUEUED.wait(seen=seen, timeout=IDLE_POLL_SECONDS))
             return True
         try:
+            # What the worker sent while no run was out answers nothing (asyncapi.yaml): not
+            # this run, which it has not seen yet.
+            inbox.discard_pending()
             await socket.send(run.model_dump(mode="json"))
             reply = await self._reply(inbox, run.id, claim_id)
         except BaseException:

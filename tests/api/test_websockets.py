@@ -26,6 +26,7 @@ from app.db.migrate import upgrade
 from app.db.tables import event, task_run_delivery
 from app.handlers import events as events_handlers
 from app.main import create_app, database_of
+from app.services import deliveries as deliveries_service
 from app.settings import Settings
 from tests.support.api import read_run, set_state, states_of, wide_text, without_estimates
 from tests.support.databases import empty_database
@@ -79,6 +80,19 @@ def nested(levels: int) -> Any:
     for _ in range(levels):
         value = [value]
     return value
+
+
+def slow_claims(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make each claim of a run take a while, as it does when writers queue: frames the
+    worker sends meanwhile arrive before the run is out.
+    """
+    claim = deliveries_service.claim_next_delivery
+
+    def slow_claim(**arguments: Any) -> Any:
+        time.sleep(0.3)
+        return claim(**arguments)
+
+    monkeypatch.setattr(deliveries_service, "claim_next_delivery", slow_claim)
 
 
 def stored_event_ids(database: Database) -> list[str]:
@@ -285,6 +299,37 @@ class TestScheduledTaskRuns:
         with subscribed(client, "add-1") as socket:
             assert socket.receive_json()["id"] == run["id"]
             socket.send_json({"type": "ack"})
+
+    def test_a_frame_sent_before_a_run_is_out_answers_nothing(
+        self, client: TestClient, database: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        run = deferred_run(client)
+        slow_claims(monkeypatch)
+
+        with subscribed(client, "add-1") as socket:
+            # Sent while the service is still claiming the run.
+            socket.send_json({"type": "hello"})
+            assert socket.receive_json()["id"] == run["id"]
+            socket.send_json({"type": "ack"})
+            eventually(lambda: deliveries(database) == {})
+
+    def test_a_second_ack_does_not_acknowledge_the_next_run(
+        self, client: TestClient, database: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        first = deferred_run(client)
+
+        with subscribed(client, "add-1") as socket:
+            assert socket.receive_json()["id"] == first["id"]
+            slow_claims(monkeypatch)
+            socket.send_json({"type": "ack"})
+            socket.send_json({"type": "ack"})
+            second = deferred_run(client)
+            assert socket.receive_json()["id"] == second["id"]
+            # The worker leaves without acknowledging it: the run is delivered again.
+
+        eventually(
+            lambda: deliveries(database) == {second["id"]: {"claimed": False, "retry": True}}
+        )
 
     def test_quit_drops_the_run_and_closes_normally(
         self, client: TestClient, database: Database
