@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from uuid import UUID
 
-from sqlalchemy import Connection, and_, bindparam, or_, select
+from sqlalchemy import Connection, Subquery, Update, and_, bindparam, or_, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.db.database import after_commit
@@ -22,33 +23,57 @@ _ENQUEUE = {
     name: dialect.insert(task_run_delivery)
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
 }
-# The next run a worker of these task keys may take: first the retries, then the oldest,
-# never one claimed by a worker that is still within its claim. On PostgreSQL, concurrent
-# claims skip each other's rows instead of waiting for them.
-_NEXT_UNCLAIMED = (
-    select(task_run_delivery.c.task_run_id)
-    .where(
-        task_run_delivery.c.task_key.in_(bindparam("task_keys", expanding=True)),
-        or_(
-            task_run_delivery.c.claimed_until.is_(None),
-            task_run_delivery.c.claimed_until < bindparam("now"),
-        ),
-    )
-    .order_by(
-        task_run_delivery.c.retry.desc(),
-        task_run_delivery.c.enqueued,
-        task_run_delivery.c.task_run_id,
-    )
-    .limit(1)
-    .with_for_update(skip_locked=True)
-    .scalar_subquery()
+# The order runs are delivered in: first the retries, then the oldest.
+_DELIVERY_ORDER = (
+    task_run_delivery.c.retry.desc(),
+    task_run_delivery.c.enqueued,
+    task_run_delivery.c.task_run_id,
 )
-_CLAIM = (
-    task_run_delivery.update()
-    .where(task_run_delivery.c.task_run_id == _NEXT_UNCLAIMED)
-    .values(claim_id=bindparam("claim_id"), claimed_until=bindparam("claimed_until"))
-    .returning(task_run_delivery.c.task_run_id)
-)
+
+
+def _next_of_key(number: int) -> Subquery:
+    """The next run of one task key (the `number`th bound): the first of its index entries
+    that no worker within its claim holds. On PostgreSQL, concurrent claims skip each
+    other's rows instead of waiting for them.
+    """
+    delivery = task_run_delivery.c
+    return (
+        select(delivery.task_run_id, delivery.retry, delivery.enqueued)
+        .where(
+            delivery.task_key == bindparam(f"task_key_{number}"),
+            or_(delivery.claimed_until.is_(None), delivery.claimed_until < bindparam("now")),
+        )
+        .order_by(*_DELIVERY_ORDER)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .subquery(f"next_of_key_{number}")
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _claim_statement(keys: int) -> Update:
+    """Claim the next run a worker of `keys` task keys may take.
+
+    Each key's next run is read from the index in the delivery order, and the first of
+    those taken: with every key in one IN list the database would read and sort all the
+    waiting runs of the keys for each claim, which a queue of 50,000 runs made 16 ms, with
+    SQLite's writer waiting.
+    """
+    candidates = union_all(*(select(_next_of_key(number)) for number in range(keys))).subquery()
+    first = (
+        select(candidates.c.task_run_id)
+        .order_by(candidates.c.retry.desc(), candidates.c.enqueued, candidates.c.task_run_id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return (
+        task_run_delivery.update()
+        .where(task_run_delivery.c.task_run_id == first)
+        .values(claim_id=bindparam("claim_id"), claimed_until=bindparam("claimed_until"))
+        .returning(task_run_delivery.c.task_run_id)
+    )
+
+
 _CLAIMED = and_(
     task_run_delivery.c.task_run_id == bindparam("run_id"),
     task_run_delivery.c.claim_id == bindparam("claim"),
@@ -92,13 +117,16 @@ def claim_next(
     claimed_until: datetime,
 ) -> UUID | None:
     """Claim the next run for these task keys until `claimed_until`; None if there is none."""
+    if not task_keys:
+        return None
+    keys = list(dict.fromkeys(task_keys))
     parameters = {
-        "task_keys": task_keys,
+        **{f"task_key_{number}": key for number, key in enumerate(keys)},
         "now": now,
         "claim_id": claim_id,
         "claimed_until": claimed_until,
     }
-    run_id: UUID | None = connection.execute(_CLAIM, parameters).scalar()
+    run_id: UUID | None = connection.execute(_claim_statement(len(keys)), parameters).scalar()
     return run_id
 
 

@@ -228,7 +228,14 @@ task_run_delivery = Table(
     Column("enqueued", UTCDateTime, nullable=False),
     Column("claim_id", Uuid, nullable=True),
     Column("claimed_until", UTCDateTime, nullable=True),
-    Index(None, "task_key", "retry", "enqueued"),
+)
+# A key's runs in the order they are delivered, the first of them read without a sort.
+Index(
+    None,
+    task_run_delivery.c.task_key,
+    task_run_delivery.c.retry.desc(),
+    task_run_delivery.c.enqueued,
+    task_run_delivery.c.task_run_id,
 )
 
 # Events sent to /api/events/in, each stored once (its id is the client's).

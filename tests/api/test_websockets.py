@@ -82,6 +82,12 @@ def nested(levels: int) -> Any:
     return value
 
 
+def scheduled_again_after_a_failure(client: TestClient, run_id: str) -> None:
+    """Move a background run through RUNNING to SCHEDULED "AwaitingRetry", as a retry does."""
+    set_state(client, run_id, "RUNNING", state_details={"deferred": True})
+    set_state(client, run_id, "SCHEDULED", name="AwaitingRetry", state_details={"deferred": True})
+
+
 def slow_claims(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make each claim of a run take a while, as it does when writers queue: frames the
     worker sends meanwhile arrive before the run is out.
@@ -248,20 +254,28 @@ class TestScheduledTaskRuns:
     def test_a_retry_goes_first(self, client: TestClient) -> None:
         waiting = deferred_run(client)
         retried = deferred_run(client)
-        set_state(client, retried["id"], "RUNNING", state_details={"deferred": True})
-        set_state(
-            client,
-            retried["id"],
-            "SCHEDULED",
-            name="AwaitingRetry",
-            state_details={"deferred": True},
-        )
+        scheduled_again_after_a_failure(client, retried["id"])
 
         with subscribed(client, "add-1") as socket:
             assert socket.receive_json()["id"] == retried["id"]
             socket.send_json({"type": "ack"})
             assert socket.receive_json()["id"] == waiting["id"]
             socket.send_json({"type": "ack"})
+
+    def test_retries_then_the_oldest_whichever_key_they_have(self, client: TestClient) -> None:
+        oldest = deferred_run(client, "add-1")
+        newer = deferred_run(client, "mul-1")
+        newest = deferred_run(client, "add-1")
+        retried = deferred_run(client, "mul-1")
+        scheduled_again_after_a_failure(client, retried["id"])
+
+        delivered = []
+        with subscribed(client, "mul-1", "add-1") as socket:
+            for _ in range(4):
+                delivered.append(socket.receive_json()["id"])
+                socket.send_json({"type": "ack"})
+
+        assert delivered == [retried["id"], oldest["id"], newer["id"], newest["id"]]
 
     def test_set_state_to_a_deferred_scheduled_state_queues_the_run(
         self, client: TestClient
