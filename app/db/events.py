@@ -38,12 +38,20 @@ _OCCURRED_AFTER = (
     .order_by(event.c.occurred, event.c.id)
     .limit(bindparam("page"))
 )
-_IDS_RECEIVED_SINCE = (
+# In the order they were received, from a position (received, id) on, a page at a time.
+_IDS_RECEIVED_AFTER = (
     select(event.c.id, event.c.received)
-    .where(event.c.received >= bindparam("since"))
+    .where(
+        # The first condition, implied by the second, is one the index of `received` serves.
+        event.c.received >= bindparam("after", type_=UTCDateTime()),
+        tuple_(event.c.received, event.c.id)
+        > tuple_(bindparam("after", type_=UTCDateTime()), bindparam("after_id", type_=Uuid())),
+    )
     .order_by(event.c.received, event.c.id)
     .limit(bindparam("page"))
 )
+# Before every id: a position from which every event received at that time on is read.
+_BEFORE_EVERY_ID = UUID(int=0)
 _WITH_IDS = (
     select(*_COLUMNS)
     .where(event.c.id.in_(bindparam("ids", expanding=True)))
@@ -90,16 +98,31 @@ def events_occurred_after(
 def events_received_since(
     connection: Connection, *, since: datetime, page: int, known: Collection[UUID]
 ) -> tuple[datetime | None, list[EventRecord]]:
-    """Of the first `page` events received at or after `since`, the latest time one was
-    received (None: there is none) and those whose ids are not `known`, in the order they
-    were received. Only the ids of the known ones are read.
+    """Of the events received at or after `since`, the latest time one was received (None:
+    there is none) and those whose ids are not `known`, in the order they were received.
+
+    The ids are read `page` at a time, every page of them: a burst of more than a page of
+    events within the span read again at each poll must not hide the events after it. Only
+    the ids of the known ones are read.
     """
-    received = connection.execute(_IDS_RECEIVED_SINCE, {"since": since, "page": page}).all()
-    if not received:
-        return None, []
-    new = [event_id for event_id, _ in received if event_id not in known]
-    records = [_event(row) for row in connection.execute(_WITH_IDS, {"ids": new})] if new else []
-    return received[-1].received, records
+    latest: datetime | None = None
+    new: list[UUID] = []
+    after, after_id = since, _BEFORE_EVERY_ID
+    while True:
+        parameters = {"after": after, "after_id": after_id, "page": page}
+        received = connection.execute(_IDS_RECEIVED_AFTER, parameters).all()
+        new += [event_id for event_id, _ in received if event_id not in known]
+        if received:
+            after_id, after = received[-1]
+            latest = after
+        if len(received) < page:
+            break
+    records = [
+        _event(row)
+        for start in range(0, len(new), page)
+        for row in connection.execute(_WITH_IDS, {"ids": new[start : start + page]})
+    ]
+    return latest, records
 
 
 def _event(row: Row[Any]) -> EventRecord:

@@ -80,6 +80,10 @@ class EventFeed:
         """Hand over events this process has just stored (on the event loop)."""
         for record in records:
             self._hand_over(record)
+        if self._poller is None:
+            # Nobody follows, so no poll forgets the ids: those too old to be read again go
+            # now, or a process that only stores events would keep every id it ever saw.
+            self._forget_before(utcnow() - 2 * OVERLAP)
 
     @contextlib.asynccontextmanager
     async def follow(self) -> AsyncIterator[Follower]:
@@ -143,5 +147,13 @@ class EventFeed:
             return rows.events_received_since(connection, since=since, page=POLL_PAGE, known=known)
 
     def _forget_before(self, moment: datetime) -> None:
-        """Forget the ids of events too old to be read again."""
-        self._handed_over = {i: at for i, at in self._handed_over.items() if at >= moment}
+        """Forget the ids of events too old to be read again, from the oldest handed over on:
+        the cost is the ids forgotten, not those kept. (An id handed over after a newer one
+        stays until that one goes.)
+        """
+        handed_over = self._handed_over
+        while handed_over:
+            oldest = next(iter(handed_over))
+            if handed_over[oldest] >= moment:
+                return
+            del handed_over[oldest]

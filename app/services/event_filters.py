@@ -47,6 +47,13 @@ class ResourceCriterion:
             and (not self.roles or role in self.roles)
         )
 
+    @property
+    def restricts(self) -> bool:
+        """Whether any part was given: a criterion of none asks for nothing, not even a
+        resource to meet it (as Prefect's filters add no clause for it).
+        """
+        return bool(self.ids or self.id_prefixes or self.roles)
+
     def met_by_one_of(self, resources: list[tuple[str, str | None]]) -> bool:
         return any(self.matches(resource_id, role) for resource_id, role in resources)
 
@@ -124,8 +131,8 @@ def parse_filter(given: dict[str, Any]) -> EventFilter:
         names=_strings(event.get("name")),
         excluded_names=_strings(event.get("exclude_name")),
         resource=_resource_criterion(resource),
-        related=tuple(_resource_criterion(c) for c in _criteria(given.get("related"))),
-        any_resource=tuple(_resource_criterion(c) for c in _criteria(given.get("any_resource"))),
+        related=_restricting(given.get("related")),
+        any_resource=_restricting(given.get("any_resource")),
         event_ids=tuple(UUID(value) for value in ids.get("id") or ()),
     )
 
@@ -137,6 +144,12 @@ def _criteria(value: Any) -> list[dict[str, Any]]:
     if isinstance(value, list):
         return [criterion for criterion in value if isinstance(criterion, dict)]
     return []
+
+
+def _restricting(value: Any) -> tuple[ResourceCriterion, ...]:
+    """The criteria of a part that ask for something."""
+    criteria = (_resource_criterion(criterion) for criterion in _criteria(value))
+    return tuple(criterion for criterion in criteria if criterion.restricts)
 
 
 def _resource_criterion(given: dict[str, Any]) -> ResourceCriterion:

@@ -64,6 +64,10 @@ def _recording_problem(connection: Connection, record: EventRecord) -> str | Non
         )
     except UnrecordableEvent as problem:
         return str(problem)
+    except (ValueError, TypeError, OverflowError) as error:
+        # A value the recorder or the driver could not take, found while recording: by its
+        # class alone, as the message can quote it. The event itself is stored all the same.
+        return f"a value of its report could not be stored ({type(error).__name__})"
     if refused is None:
         return None
     # By its class alone: the message can quote the event's values.

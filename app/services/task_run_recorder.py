@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from annotated_types import MaxLen
+from annotated_types import Ge, Le, MaxLen
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 from sqlalchemy import Connection
 
@@ -62,6 +62,8 @@ CacheKey = Annotated[ColumnText, MaxLen(_document_max_length(models.TaskRunCreat
 # A tag may hold NUL: the run's list keeps it, and only the index of tags leaves it out.
 Tag = Annotated[str, MaxLen(_document_max_length(models.Tag, "root"))]
 StateName = Annotated[ColumnText, MaxLen(_document_max_length(models.StateCreate, "name"))]
+# A count the run's INTEGER columns hold on both databases (PostgreSQL's are 32 bits).
+StoredCount = Annotated[int, Ge(-(2**31)), Le(2**31 - 1)]
 
 
 class ReportedState(BaseModel):
@@ -106,8 +108,8 @@ class ReportedTaskRun(BaseModel):
         ]
         | None
     ) = None
-    run_count: int | None = None
-    flow_run_run_count: int | None = None
+    run_count: StoredCount | None = None
+    flow_run_run_count: StoredCount | None = None
     expected_start_time: datetime | None = None
     next_scheduled_start_time: datetime | None = None
     start_time: datetime | None = None

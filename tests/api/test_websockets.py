@@ -27,6 +27,7 @@ from app.db.tables import event, task_run_delivery
 from app.handlers import events as events_handlers
 from app.main import create_app, database_of
 from app.services import deliveries as deliveries_service
+from app.services import events as events_service
 from app.settings import Settings
 from tests.support.api import read_run, set_state, states_of, wide_text, without_estimates
 from tests.support.databases import empty_database
@@ -106,6 +107,16 @@ def stored_event_ids(database: Database) -> list[str]:
     with database.snapshot() as connection:
         query = select(event.c.id).where(event.c.event != "test.marker")
         return [str(i) for i in connection.scalars(query)]
+
+
+@pytest.fixture
+def server_time_in_tokyo(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The server's local time nine hours ahead of UTC, for as long as the test runs."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
 
 
 @pytest.fixture
@@ -806,6 +817,56 @@ class TestEventsIn:
         send_events(client, broken)
 
         assert stored_event_ids(database) == [broken["id"]]
+
+    def test_a_count_beyond_the_columns_is_stored_not_recorded(
+        self, client: TestClient, database: Database
+    ) -> None:
+        run_id = str(uuid.uuid4())
+        fields = {"task_key": "k", "dynamic_key": "huge", "run_count": 2**64}
+        broken = task_run_event(run_id, "RUNNING", task_run=fields)
+
+        send_events(client, broken)
+
+        assert stored_event_ids(database) == [broken["id"]]
+        assert client.get(f"/api/task_runs/{run_id}").status_code == 404
+
+    def test_any_other_failure_to_record_is_stored_not_recorded(
+        self,
+        client: TestClient,
+        database: Database,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        def fail(*_: Any) -> None:
+            raise OverflowError("a value: secret-value")
+
+        monkeypatch.setattr(events_service, "record_task_run_event", fail)
+        caplog.set_level(logging.WARNING, logger="app.services.events")
+        report = task_run_event(str(uuid.uuid4()), "RUNNING")
+
+        send_events(client, report)
+
+        assert stored_event_ids(database) == [report["id"]]
+        [record] = [r for r in caplog.records if r.name == "app.services.events"]
+        assert record.getMessage().endswith(
+            "stored, not recorded: a value of its report could not be stored (OverflowError)"
+        )
+
+    @pytest.mark.usefixtures("server_time_in_tokyo")
+    def test_instants_without_an_offset_are_read_in_utc(self, client: TestClient) -> None:
+        run_id = str(uuid.uuid4())
+        fields = {
+            "task_key": "k",
+            "dynamic_key": "naive",
+            "start_time": "2026-11-30T06:47:59.409977",
+            "expected_start_time": "0001-01-01T00:00:00",
+        }
+
+        send_events(client, task_run_event(run_id, "RUNNING", task_run=fields))
+
+        run = read_run(client, run_id)
+        assert run["start_time"] == "2026-11-30T06:47:59.409977Z"
+        assert run["expected_start_time"] == "0001-01-01T00:00:00Z"
 
 
 class TestFaults:

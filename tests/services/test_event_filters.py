@@ -156,3 +156,14 @@ def test_nulls_are_no_criteria() -> None:
     assert parse_filter({"text": None, "related": None, "resource": {"labels": None}}).matches(
         record()
     )
+
+
+@pytest.mark.parametrize(
+    "criterion",
+    [{"id": None, "role": None}, {"id": [], "role": []}, [{}, {"role": None}]],
+    ids=["nulls", "empty-lists", "a-list-of-empty-criteria"],
+)
+def test_a_related_criterion_of_no_parts_asks_for_no_related_resource(criterion: Any) -> None:
+    event_filter = parse_filter({"related": criterion})
+
+    assert event_filter.matches(record(related=[]))
