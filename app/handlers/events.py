@@ -50,14 +50,20 @@ class EventsInHandler:
         if problems:
             logger.warning("an event was not stored: %s", "; ".join(problems))
             return
-        record = event_record(frame.data, received=utcnow())
         loop = asyncio.get_running_loop()
-        if await loop.run_in_executor(self._executor, self._store, record):
-            self._feed.publish([record])
+        stored = await loop.run_in_executor(self._executor, self._store, frame.data)
+        if stored is not None:
+            self._feed.publish([stored])
 
-    def _store(self, record: EventRecord) -> bool:
+    def _store(self, event: dict[str, Any]) -> EventRecord | None:
+        """Store the event; the record stored, or None when it was stored before."""
         with self._database.transaction() as connection:
-            return receive_event(connection=connection, record=record)
+            # Received when a thread takes the event up, not when its frame arrived: other
+            # processes read again only the last seconds of events by when they were
+            # received, so the time to the commit must be short (the wait for a free thread
+            # is not in it; on SQLite the wait for the writer's turn still is).
+            record = event_record(event, received=utcnow())
+            return record if receive_event(connection=connection, record=record) else None
 
 
 def _event_problems(socket: Socket, frame: Frame) -> list[str]:
