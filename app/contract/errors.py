@@ -19,6 +19,7 @@ from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from starlette.exceptions import HTTPException
 
 from app.contract.middleware import (
+    ClientDisconnected,
     InvalidApiVersion,
     MethodNotAllowed,
     RequestBodyTimeout,
@@ -107,6 +108,14 @@ async def _detail(_request: ConnexionRequest, error: Exception) -> ConnexionResp
     return detail_response(status, str(error))
 
 
+async def _client_disconnected(
+    _request: ConnexionRequest, _error: ClientDisconnected
+) -> ConnexionResponse:
+    # Nobody is left to read the answer; it only has to end the request, unacted on.
+    logger.info("the client left before its request body was whole: not acted on")
+    return detail_response(400, "The client disconnected before the request body was whole.")
+
+
 async def _unauthorized(_request: ConnexionRequest, error: Unauthorized) -> ConnexionResponse:
     return detail_response(
         401, str(error), headers={"WWW-Authenticate": 'Basic realm="taskrun-api"'}
@@ -180,6 +189,7 @@ ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
     MethodNotAllowed: _method_not_allowed,
     **dict.fromkeys(DETAIL_STATUSES, _detail),
     TooManyUnfinishedBodies: _too_many_unfinished_bodies,
+    ClientDisconnected: _client_disconnected,
     DatabaseUnavailable: _database_unavailable,
     NotReady: _not_ready,
     HTTPException: _http_exception,

@@ -32,6 +32,10 @@ class RequestBodyTimeout(Exception):
     """The request body stopped arriving for longer than the body timeout; answered with 408."""
 
 
+class ClientDisconnected(Exception):
+    """The client left before its request body was whole: the request is not acted on."""
+
+
 class TooManyUnfinishedBodies(Exception):
     """This worker holds as many bytes of unfinished request bodies as it may; answered 503."""
 
@@ -208,6 +212,10 @@ class LimitedBody:
         if self._declared and not self._charged:
             raise TooManyUnfinishedBodies(_TOO_MANY_UNFINISHED)
         message = await self._next_part()
+        if message["type"] == "http.disconnect":
+            # What did arrive may parse on its own (a JSON object cut after its last key),
+            # but the client never finished asking.
+            raise ClientDisconnected
         size = len(message.get("body", b""))
         if self._received + size > self._limits.max_bytes:
             raise RequestTooLarge(self._too_large())

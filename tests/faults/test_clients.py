@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -202,6 +204,24 @@ class TestRequestBody:
         assert_refused(response, 408, "No part of the request body arrived for 3 s")
         assert BODY_TIMEOUT - 0.01 <= response.closed_after < BODY_TIMEOUT + SLACK_SECONDS
 
+    def test_a_body_cut_short_by_a_client_that_left_is_not_acted_on(
+        self, server: RunningServer
+    ) -> None:
+        name = f"cut-short-{uuid.uuid4()}"
+        body = json.dumps({"task_key": "cut-short", "dynamic_key": "0", "name": name}).encode()
+        connection = connect(server.port)
+        # What is sent parses as a whole JSON object; the rest of the declared body never comes.
+        connection.sendall(upload_head(len(body) + 50) + body)
+        time.sleep(SETTLE_SECONDS)
+        connection.close()
+        time.sleep(SETTLE_SECONDS)
+
+        query = json.dumps({"task_runs": {"name": {"any_": [name]}}}).encode()
+        counted = exchange(server.port, post_head("/api/task_runs/count", len(query)) + query)
+
+        assert counted.status == 200
+        assert counted.json() == 0
+
     def test_stalled_uploads_hold_no_more_memory_than_the_bound(
         self, server: RunningServer
     ) -> None:
@@ -284,10 +304,17 @@ class TestBodyBudget:
 
 def upload_head(length: int, *, chunked: bool = False) -> bytes:
     """The head of a create whose body is `length` bytes (declared, or sent in one chunk)."""
+    return post_head("/api/task_runs/", length, chunked=chunked)
+
+
+def post_head(path: str, length: int, *, chunked: bool = False) -> bytes:
+    """The head of a POST of JSON to `path` whose body is `length` bytes."""
     framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % length
     return (
-        b"POST /api/task_runs/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Connection: close\r\n" + framing + b"\r\n\r\n"
+        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" % path.encode()
+        + b"Connection: close\r\n"
+        + framing
+        + b"\r\n\r\n"
     )
 
 
