@@ -26,6 +26,8 @@ from generated import models
 FLOW_RUN_ID_LABEL = "prefect.flow-run.id"
 NOT_FOUND_MESSAGE = "Task run not found"
 PENDING = models.StateCreate(type=models.StateType.PENDING)
+# A create whose key is taken, then freed before it is read, inserts again: this many times.
+_INSERT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -80,19 +82,23 @@ def create_task_run(*, connection: Connection, task_run: models.TaskRunCreate) -
     state = transition.proposal
     enter_state(run, state)
     answer = task_run_model(run, state, now=now)
-    if rows.insert_task_run_with_first_state(connection, run, state):
-        orchestration.written()
-        return CreateOutcome(created=True, inserted=answer)
-
-    existing = rows.find_task_run_by_key(
-        connection,
-        flow_run_id=task_run.flow_run_id,
-        task_key=task_run.task_key,
-        dynamic_key=task_run.dynamic_key,
-    )
-    if existing is None:
-        raise Conflict(f"Task run id {run.id} is already used by another task run.")
-    return CreateOutcome(created=False, existing=existing)
+    for _ in range(_INSERT_ATTEMPTS):
+        if rows.insert_task_run_with_first_state(connection, run, state):
+            orchestration.written()
+            return CreateOutcome(created=True, inserted=answer)
+        existing = rows.find_task_run_by_key(
+            connection,
+            flow_run_id=task_run.flow_run_id,
+            task_key=task_run.task_key,
+            dynamic_key=task_run.dynamic_key,
+        )
+        if existing is not None:
+            return CreateOutcome(created=False, existing=existing)
+        if rows.find_task_run(connection, run.id) is not None:
+            raise Conflict(f"Task run id {run.id} is already used by another task run.")
+        # The run that held the key went between the insert and the read (deleted, or its
+        # keys changed by an event; PostgreSQL's statements each see the latest commits).
+    raise Conflict("The task run's key was taken and freed again while it was being created.")
 
 
 def creates_in_one_statement(task_run: models.TaskRunCreate) -> bool:

@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Connection
 from starlette.testclient import TestClient
 
+from app.db import task_runs as run_rows
 from app.db.database import Database
+from app.db.tables import task_run
 from app.main import create_app
 from app.services import task_run_queries, task_runs
 from app.settings import Settings
@@ -146,6 +149,28 @@ class TestCreateTaskRun:
             "detail": f"Task run id {taken} is already used by another task run."
         }
         assert create(client, task_key="another-task", flow_run_id=flow_run_id).status_code == 201
+
+    def test_a_key_freed_between_the_insert_and_its_read_is_inserted_again(
+        self, client: TestClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        first = create(client).json()
+        insert = run_rows.insert_task_run_with_first_state
+
+        def insert_then_lose_the_holder(connection: Connection, *rows: Any) -> bool:
+            inserted = insert(connection, *rows)
+            if not inserted:
+                # Another request deletes the run that holds the key, before it is read.
+                connection.execute(task_run.delete().where(task_run.c.id == uuid.UUID(first["id"])))
+            return inserted
+
+        monkeypatch.setattr(
+            run_rows, "insert_task_run_with_first_state", insert_then_lose_the_holder
+        )
+
+        response = create(client)
+
+        assert response.status_code == 201, response.text
+        assert response.json()["id"] != first["id"]
 
     @pytest.mark.parametrize("name", [{}, {"name": None}, {"name": ""}])
     def test_random_two_word_name_when_missing_null_or_empty(
