@@ -18,7 +18,7 @@ from sqlalchemy import (
     text,
 )
 
-from app.db.types import UTCDateTime
+from app.db.types import JSONKeepingNumbers, UTCDateTime
 
 # Deterministic constraint names, so that migrations can refer to them on both databases.
 NAMING_CONVENTION = {
@@ -169,7 +169,8 @@ task_run_state = Table(
     Column("name", Text, nullable=False),
     Column("timestamp", UTCDateTime, nullable=False),
     Column("message", Text, nullable=True),
-    Column("data", JSON(none_as_null=True), nullable=True),
+    # Any JSON value, a bare number too: JSONKeepingNumbers keeps its digits on SQLite.
+    Column("data", JSONKeepingNumbers(), nullable=True),
     Column("state_details", JSON, nullable=False),
     Index(None, "task_run_id", "timestamp"),
 )

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, DateTime, Text
+from sqlalchemy import JSON, ColumnElement, DateTime, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -131,14 +131,57 @@ def _canonical_uuid_from_sqlite_text(value: str | None) -> str | None:
     return str(UUID(value))
 
 
-def _json_text_from_sqlite(value: str | float | None) -> str | None:
-    """The JSON text of a value SQLite returned for a JSON column. A column declared JSON
-    has NUMERIC affinity there: a document that is a bare number is stored, and returned,
-    as an INTEGER or a REAL.
+def _json_text_from_sqlite(value: str | bytes | float | None) -> str | None:
+    """The JSON text of a value SQLite returned for a JSON column: stored as text, as a BLOB
+    (JSONKeepingNumbers), or, written before that type existed, as a number.
     """
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, bytes):
+        return value.decode()
     return json.dumps(value)
+
+
+class JSONKeepingNumbers(TypeDecorator[Any]):
+    """JSON whose every document reads back as it was written, on SQLite too.
+
+    A column declared JSON has NUMERIC affinity on SQLite: the text of a document that is a
+    bare number is stored as an INTEGER or a REAL instead, which keeps about 15 significant
+    digits, and no integer beyond 64 bits. Such a document is bound as a BLOB, which affinity
+    leaves as it is; every other document as its text, as SQLAlchemy's JSON binds it. The
+    column stays declared JSON, so no table is rebuilt. Documents written as numbers before
+    read back as the numbers they became.
+    """
+
+    impl = JSON(none_as_null=True)
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def bind(value: Any) -> str | bytes | None:
+            if value is None:
+                return None
+            text = json.dumps(value)
+            return text.encode() if text[0] in _NUMBER_STARTS else text
+
+        return bind
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        def result(value: str | bytes | float | None) -> Any:
+            if value is None or isinstance(value, int | float):
+                return value
+            return json.loads(value)
+
+        return result
+
+
+# The first character of a JSON number's text.
+_NUMBER_STARTS = frozenset("-0123456789")
 
 
 class _AsText(FunctionElement[str]):

@@ -241,3 +241,20 @@ class TestEstimatesOfAList:
         if path == FILTER:
             assert listed["state_type"] == "RUNNING"
         assert listed["estimated_run_time"] >= listed["total_run_time"] == 0.0
+
+
+class TestStateData:
+    @pytest.mark.parametrize(
+        "data",
+        [123456789012345678901234567890, 18446744073709551617, 1.829402849984213e-298, -0.0, 1e16],
+        ids=str,
+    )
+    def test_a_bare_number_reads_back_as_it_was_sent(self, client: TestClient, data: Any) -> None:
+        created = create_run(client, state={"type": "COMPLETED", "data": data})
+
+        read = client.get(f"/api/task_runs/{created['id']}").json()
+        [listed] = client.post(FILTER, json=task_runs_body(id={"any_": [created["id"]]})).json()
+        [state] = client.get("/api/task_run_states/", params={"task_run_id": created["id"]}).json()
+
+        for answer in (created["state"], read["state"], listed["state"], state):
+            assert repr(answer["data"]) == repr(data)
