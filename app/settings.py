@@ -15,6 +15,18 @@ def default_database_url() -> str:
     return f"sqlite:///{Path.cwd() / 'taskrun.db'}"
 
 
+# The longest timeout (seconds) that every use of one can take, about 24.8 days: PostgreSQL's
+# lock_timeout and statement_timeout, and SQLite's busy timeout, are milliseconds in a 32-bit
+# integer; asyncio, uvloop and threading.Lock.acquire take far longer ones.
+MAX_TIMEOUT_SECONDS = (2**31 - 1) // 1000
+# The longest event retention (seconds), 1000 years: now less the retention is still a date
+# (of the year 1000 or later) that a datetime holds and both databases store.
+MAX_EVENT_RETENTION_SECONDS = 1000 * 365 * 24 * 3600.0
+
+# A timeout in seconds; `inf`, NaN and longer ones are refused at start, not on first use.
+TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS)]
+
+
 class Settings(BaseSettings):
     """Configuration from environment variables (see the README for each one)."""
 
@@ -50,7 +62,7 @@ class Settings(BaseSettings):
         ),
     )
     # On SIGTERM, requests in flight get this long to finish before they are cancelled.
-    graceful_shutdown_seconds: Annotated[int, Field(ge=0)] = 20
+    graceful_shutdown_seconds: Annotated[int, Field(ge=0, le=MAX_TIMEOUT_SECONDS)] = 20
     # Threads per worker process that run the handlers, and database connections for them:
     # a thread holds one connection at a time, so more connections than threads (of both
     # kinds) sit idle.
@@ -63,24 +75,26 @@ class Settings(BaseSettings):
     # that would go past it is answered with 503.
     max_buffered_body_bytes: Annotated[int, Field(ge=1)] = 64 * 1024 * 1024
     # Clients that send too slowly, or too much before the body, are cut off (seconds, bytes).
-    request_header_timeout: Annotated[float, Field(gt=0)] = 20.0
-    request_body_timeout: Annotated[float, Field(gt=0)] = 20.0
+    request_header_timeout: TimeoutSeconds = 20.0
+    request_body_timeout: TimeoutSeconds = 20.0
     max_request_header_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024
     max_request_headers: Annotated[int, Field(ge=8)] = 100
     # How long a statement may run and a write may wait for a lock (seconds). The statement
     # timeout is PostgreSQL's statement_timeout; the lock timeout is its lock_timeout and,
     # on SQLite, how long a writer waits for its turn.
-    database_statement_timeout: Annotated[float, Field(gt=0)] = 30.0
-    database_lock_timeout: Annotated[float, Field(gt=0)] = 10.0
+    database_statement_timeout: TimeoutSeconds = 30.0
+    database_lock_timeout: TimeoutSeconds = 10.0
     # Worker supervision (seconds): how long a new worker may take to answer the supervisor's
     # first ping, and each one after it, before it is replaced.
-    worker_startup_timeout: Annotated[float, Field(gt=0)] = 120.0
-    worker_healthcheck_timeout: Annotated[float, Field(gt=0)] = 10.0
+    worker_startup_timeout: TimeoutSeconds = 120.0
+    worker_healthcheck_timeout: TimeoutSeconds = 10.0
     # Responses are checked against openapi.yaml in the tests; in production that costs CPU.
     validate_responses: bool = False
     # Events received longer ago than this are deleted (seconds; Prefect's server keeps
     # them 7 days too).
-    event_retention_seconds: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
+    event_retention_seconds: Annotated[float, Field(gt=0, le=MAX_EVENT_RETENTION_SECONDS)] = (
+        7 * 24 * 3600.0
+    )
     # "user:password" for HTTP Basic authentication; unset: no authentication. Prefect's
     # server reads the same from PREFECT_SERVER_API_AUTH_STRING, which is honoured too.
     api_auth_string: SecretStr | None = Field(

@@ -1,23 +1,40 @@
-"""The `taskrun-api` command: its version, and `python -m app`."""
+"""The `taskrun-api` command: its version, `python -m app`, and the settings it starts with."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
+from datetime import timedelta
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 import app
+from app.db.migrate import upgrade
+from app.main import create_app, database_of
+from app.services.event_retention import prune_old_events
+from app.settings import MAX_EVENT_RETENTION_SECONDS, MAX_TIMEOUT_SECONDS, Settings
+from tests.support.databases import empty_database
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CONSOLE_SCRIPT = str(Path(sys.executable).parent / "taskrun-api")
 
 
-def run(*command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPOSITORY)
+def run(
+    *command: str, environment: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPOSITORY,
+        env={**os.environ, **(environment or {})},
+    )
 
 
 class TestVersion:
@@ -45,3 +62,61 @@ class TestModule:
         assert result.returncode == 0, result.stderr
         assert "usage: taskrun-api" in result.stdout
         assert "serve" in result.stdout
+
+
+# Every setting a timeout or a duration reaches, and the most each one may be.
+BOUNDED_SETTINGS = {
+    "GRACEFUL_SHUTDOWN_SECONDS": MAX_TIMEOUT_SECONDS,
+    "REQUEST_HEADER_TIMEOUT": MAX_TIMEOUT_SECONDS,
+    "REQUEST_BODY_TIMEOUT": MAX_TIMEOUT_SECONDS,
+    "DATABASE_STATEMENT_TIMEOUT": MAX_TIMEOUT_SECONDS,
+    "DATABASE_LOCK_TIMEOUT": MAX_TIMEOUT_SECONDS,
+    "WORKER_STARTUP_TIMEOUT": MAX_TIMEOUT_SECONDS,
+    "WORKER_HEALTHCHECK_TIMEOUT": MAX_TIMEOUT_SECONDS,
+    "EVENT_RETENTION_SECONDS": MAX_EVENT_RETENTION_SECONDS,
+}
+
+
+class TestSettings:
+    @pytest.mark.parametrize("name", BOUNDED_SETTINGS)
+    @pytest.mark.parametrize("value", ["inf", "nan", "1e12", "just-over"])
+    def test_a_duration_past_its_bound_is_refused(
+        self, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+    ) -> None:
+        if value == "just-over":
+            value = str(int(BOUNDED_SETTINGS[name]) + 1)
+        monkeypatch.setenv(name, value)
+
+        with pytest.raises(ValidationError, match=name.lower()):
+            Settings()
+
+    def test_every_use_takes_the_longest_durations(self, backend: str, tmp_path: Path) -> None:
+        with empty_database(backend, tmp_path) as url:
+            upgrade(url)
+            longest = {name.lower(): bound for name, bound in BOUNDED_SETTINGS.items()}
+            settings = Settings.model_validate({"database_url": url, **longest})
+            application = create_app(settings)
+            try:
+                with application.test_client() as client:
+                    created = client.post(
+                        "/api/task_runs/", json={"task_key": "t", "dynamic_key": "0"}
+                    )
+                    assert created.status_code == 201, created.text
+                    retention = timedelta(seconds=settings.event_retention_seconds)
+                    assert prune_old_events(database_of(application), retention=retention) == 0
+            finally:
+                database_of(application).dispose()
+
+    def test_the_command_refuses_to_start_with_a_bad_setting(self, tmp_path: Path) -> None:
+        result = run(
+            CONSOLE_SCRIPT,
+            "check-handlers",
+            environment={
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+                "DATABASE_LOCK_TIMEOUT": "inf",
+            },
+        )
+
+        assert result.returncode == 1
+        assert "ValidationError" in result.stderr
+        assert "database_lock_timeout" in result.stderr

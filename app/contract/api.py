@@ -30,6 +30,7 @@ from app.contract.middleware import (
     BodyLimits,
     LineBreakPathMiddleware,
     MethodNotAllowedMiddleware,
+    UnroutedRequestMiddleware,
 )
 from app.contract.observability import (
     REQUEST_ID_HEADER,
@@ -208,6 +209,8 @@ def mount_contract(
         methods_by_path=methods_by_path(spec),
     )
     app.add_middleware(ApiVersionMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION)
+    # After routing: what Connexion did not route must not reach Flask's URL map.
+    app.add_middleware(UnroutedRequestMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION)
     # Outside the error handlers, so that it sees (and can close after) their answers too.
     app.add_middleware(
         BodyLimitMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, limits=body_limits

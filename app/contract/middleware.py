@@ -10,7 +10,9 @@ import json
 import re
 from dataclasses import dataclass
 
+from connexion.middleware.abstract import ROUTING_CONTEXT
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 API_VERSION_HEADER = "x-prefect-api-version"
@@ -281,6 +283,29 @@ class LineBreakPathMiddleware:
             await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)
+
+
+class UnroutedRequestMiddleware:
+    """Answers 404 for requests Connexion's router matched to no operation, before Flask.
+
+    Connexion passes such requests on to Flask, whose own URL map is more lenient: it merges
+    doubled slashes, so that `/api//health` would be redirected without a Location and
+    `//api/health` served without Connexion's routing context (a 500).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _operation_id(scope) is None:
+            raise HTTPException(404)
+        await self.app(scope, receive, send)
+
+
+def _operation_id(scope: Scope) -> str | None:
+    """The operation Connexion's router matched the request to; None when it matched none."""
+    routing: dict[str, str | None] = scope.get("extensions", {}).get(ROUTING_CONTEXT, {})
+    return routing.get("operation_id")
 
 
 class PathTemplate:

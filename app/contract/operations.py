@@ -31,6 +31,7 @@ from connexion.http_facts import FORM_CONTENT_TYPES
 from connexion.lifecycle import WSGIRequest
 from connexion.middleware.request_validation import RequestValidationOperation
 from starlette.types import Receive, Scope, Send
+from werkzeug.http import parse_options_header
 
 from app.contract.spec import SUPPORTED_CONNEXION, UnsupportedConnexion
 from app.contract.validation import DECODED_BODY
@@ -42,6 +43,8 @@ _VALIDATORS = "_taskrun_validators"
 # Body validators kept per operation: the media type and charset come from the client, so
 # only the first few combinations are kept (in practice one: application/json, utf-8).
 _KEPT_BODY_VALIDATORS = 4
+# A body's charset when its Content-Type declares none (RFC 8259: JSON is UTF-8).
+DEFAULT_CHARSET = "utf-8"
 
 
 def prepare_operations_once() -> None:
@@ -78,15 +81,27 @@ async def validate_with_prepared_validators(
     if validators is None:
         validators = self.__dict__[_VALIDATORS] = _Validators(self)
     validators.parameters.validate(scope)
-    mime_type, encoding = self.extract_content_type(scope["headers"])
+    # Connexion's reading of the media type: the operation's own when none is given.
+    mime_type, _ = self.extract_content_type(scope["headers"])
     # Media types are case-insensitive and may have spaces before their parameters (RFC
     # 9110): `Application/JSON ; charset=utf-8` is JSON, checked and decoded like any other.
     mime_type = mime_type.strip().lower()
     self.validate_mime_type(mime_type)
-    body_validator = validators.body(mime_type, encoding)
+    body_validator = validators.body(mime_type, declared_charset(scope["headers"]))
     if body_validator is not None:
         receive, scope = await body_validator.wrap_receive(receive, scope=scope)
     await self.next_app(scope, receive, send)
+
+
+def declared_charset(headers: list[tuple[bytes, bytes]]) -> str:
+    """The charset the request's Content-Type declares for its body; UTF-8 when none.
+
+    Read as RFC 9110 writes parameters: spaces around `;`, the name in any case, the value
+    quoted or not. Connexion finds the charset only when written exactly `;charset=...`.
+    """
+    _, parameters = parse_options_header(utils.extract_content_type(headers))
+    # Charset names are case-insensitive: one body validator for every spelling.
+    return parameters.get("charset", DEFAULT_CHARSET).lower()
 
 
 class _Validators:

@@ -13,6 +13,7 @@ from app.db import task_run_states as state_rows
 from app.db import task_runs as run_rows
 from app.db.database import Database
 from app.db.records import TaskRunStateRecord
+from app.services.clock import utcnow
 from app.services.errors import NotFound
 from app.services.orchestration.policies import Orchestration, select_policy
 from app.services.orchestration.transition import Transition
@@ -142,11 +143,14 @@ def _decide(
     """
     run, current = stored
     stored_fields = run_rows.state_fields(run)
-    now = next_state_time(current)
+    # The rules compare times with the server's clock; the state written is stamped later
+    # than the current one, which a client's clock may have put ahead of the server's.
+    now = utcnow()
+    timestamp = next_state_time(current, now=now)
     transition = Transition(
         run=run,
         initial=current,
-        proposed=new_state_row(task_run=run, proposed=proposed, now=now),
+        proposed=new_state_row(task_run=run, proposed=proposed, now=timestamp),
         now=now,
     )
     deferred = bool(proposed.state_details and proposed.state_details.deferred)

@@ -12,18 +12,26 @@ then on must answer each ping within `healthcheck_timeout`; no check waits: each
 most one ping outstanding, looked at twice a second. The answer's content (whether the worker's
 server has started) is not relied on: uvicorn's worker can report False for good when the
 first ping races its start-up.
+
+A worker that exits, whatever the reason, leaves its live gauges (requests in flight,
+connections in use) in the metrics directory; the supervisor removes them, as the worker
+itself does when it stops cleanly, so that they no longer add to every worker's `/metrics`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from socket import socket
 
+from prometheus_client import multiprocess
 from uvicorn import Config, Server
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
+
+from app.observability.metrics import MULTIPROCESS_DIR_ENV
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -57,8 +65,11 @@ class Supervisor(Multiprocess):
         if self.should_exit.is_set():
             return
         now = time.monotonic()
-        # Forget the workers uvicorn itself replaced (on SIGHUP) or retired (SIGTTOU).
-        self._watches = {p: w for p, w in self._watches.items() if p in self.processes}
+        # Forget the workers uvicorn itself replaced (on SIGHUP) or retired (SIGTTOU): it
+        # has waited for each of them to exit.
+        for gone in [process for process in self._watches if process not in self.processes]:
+            del self._watches[gone]
+            forget_live_gauges(gone)
         for index, process in enumerate(self.processes):
             problem = self._problem(process, now)
             if problem is None:
@@ -66,6 +77,7 @@ class Supervisor(Multiprocess):
             process.kill()
             process.join()
             self._watches.pop(process, None)
+            forget_live_gauges(process)
             if process.exitcode == STARTUP_FAILURE:
                 # It failed before serving: the application or the socket is broken, and
                 # every new worker would fail the same way.
@@ -105,6 +117,15 @@ class Supervisor(Multiprocess):
             process.parent_conn.recv()
             watch.answered = True
             watch.ping_sent_at = None
+
+
+def forget_live_gauges(process: Process) -> None:
+    """Drop an exited worker's live gauges from the metrics (its counters stay in the totals).
+
+    The worker cannot do it itself when it was killed or crashed.
+    """
+    if MULTIPROCESS_DIR_ENV in os.environ and process.pid is not None:
+        multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
 
 
 def run(config: Config, *, timeouts: WorkerTimeouts) -> None:

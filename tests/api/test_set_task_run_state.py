@@ -14,6 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from app.db.database import Database
+from app.services.clock import LATEST
 from tests.support.api import (
     CREATE,
     assert_validation_error,
@@ -25,6 +26,7 @@ from tests.support.api import (
     wide_text,
 )
 from tests.support.databases import record_writes
+from tests.support.sockets import EVENTS_IN, authenticated, eventually, task_run_event
 
 TERMINAL = ["COMPLETED", "FAILED", "CANCELLED", "CRASHED"]
 PERSISTED = {"storage_key": "/results/abc", "serializer": {"type": "pickle"}}
@@ -53,6 +55,19 @@ def run_in(client: TestClient, *transitions: str, **create_fields: Any) -> dict[
         response = set_state(client, run["id"], state_type)
         assert response.status_code == 201, response.text
     return read_run(client, run["id"])
+
+
+def recorded_from_an_event(
+    client: TestClient, run_id: str, state_type: str, *, occurred: datetime, **state: Any
+) -> dict[str, Any]:
+    """The run once a client's event, stamped `occurred` by the client's clock, has given it
+    a new state of `state_type`.
+    """
+    event = task_run_event(run_id, state_type, occurred=occurred, **state)
+    with authenticated(client, EVENTS_IN) as socket:
+        socket.send_json(event)
+        eventually(lambda: read_run(client, run_id)["state_id"] == event["id"])
+    return read_run(client, run_id)
 
 
 def cache_a_result(client: TestClient, cache_key: str, **details: Any) -> dict[str, Any]:
@@ -630,6 +645,26 @@ class TestRetryFailedTasks:
         assert state["state_details"]["scheduled_time"].startswith("9999-12-31T23:59:59")
 
     @pytest.mark.parametrize(
+        ("retry_delay", "due"),
+        [
+            (10**400, "9999-12-31T23:59:59.999999Z"),
+            ([10**400], "9999-12-31T23:59:59.999999Z"),
+            (-(10**400), "0001-01-01T00:00:00Z"),
+        ],
+        ids=["number", "list", "negative"],
+    )
+    def test_a_delay_too_big_for_a_float_schedules_at_the_nearest_bound(
+        self, client: TestClient, retry_delay: Any, due: str
+    ) -> None:
+        policy = {"retries": 2, "retry_delay": retry_delay}
+        run = run_in(client, "RUNNING", empirical_policy=policy)
+
+        response = set_state(client, run["id"], "FAILED")
+
+        assert decided(response) == (201, "REJECT", "SCHEDULED", "AwaitingRetry")
+        assert response.json()["state"]["state_details"]["scheduled_time"] == due
+
+    @pytest.mark.parametrize(
         ("policy", "details"),
         [
             ({"retries": 1}, {"retriable": False}),
@@ -924,6 +959,76 @@ class TestBookkeeping:
 
         timestamps = [parse_time(state["timestamp"]) for state in states_of(client, run["id"])]
         assert timestamps == sorted(set(timestamps))
+
+
+class TestAClientsClock:
+    """A state recorded from a client's event bears the client's clock, which may be ahead of
+    the server's: the rules still read the server's clock, and each new state is stamped after
+    the current one (at the latest instant, when the current one is already there).
+    """
+
+    def test_a_run_waits_for_its_scheduled_time_by_the_servers_clock(
+        self, client: TestClient
+    ) -> None:
+        run = create_run(client)
+        recorded_from_an_event(
+            client,
+            run["id"],
+            "SCHEDULED",
+            occurred=datetime.now(UTC) + timedelta(hours=1),
+            state_details={"scheduled_time": in_seconds(1800)},
+        )
+
+        response = set_state(client, run["id"], "RUNNING")
+
+        assert decided(response)[:3] == (200, "WAIT", "SCHEDULED")
+        assert 1790 <= response.json()["details"]["delay_seconds"] <= 1800
+
+    def test_a_cached_result_is_served_until_it_expires_by_the_servers_clock(
+        self, client: TestClient
+    ) -> None:
+        cache_a_result(client, "ahead", cache_expiration=in_seconds(600))
+        run = create_run(client)
+        ahead = recorded_from_an_event(
+            client, run["id"], "PENDING", occurred=datetime.now(UTC) + timedelta(hours=1)
+        )
+
+        response = set_state(client, run["id"], "RUNNING", state_details={"cache_key": "ahead"})
+
+        assert decided(response) == (201, "REJECT", "COMPLETED", "Cached")
+        cached = response.json()["state"]
+        assert parse_time(cached["timestamp"]) > parse_time(ahead["state"]["timestamp"])
+
+    def test_a_retry_is_due_after_its_delay_by_the_servers_clock(self, client: TestClient) -> None:
+        run = create_run(client, empirical_policy={"retries": 1, "retry_delay": 60})
+        ahead = recorded_from_an_event(
+            client, run["id"], "RUNNING", occurred=datetime.now(UTC) + timedelta(hours=1)
+        )
+        before = datetime.now(UTC)
+
+        response = set_state(client, run["id"], "FAILED")
+
+        assert decided(response) == (201, "REJECT", "SCHEDULED", "AwaitingRetry")
+        state = response.json()["state"]
+        due = parse_time(state["state_details"]["scheduled_time"])
+        assert before + timedelta(seconds=59) < due < datetime.now(UTC) + timedelta(seconds=61)
+        assert parse_time(state["timestamp"]) > parse_time(ahead["state"]["timestamp"])
+
+    def test_a_run_at_the_latest_instant_takes_its_next_states_there(
+        self, client: TestClient
+    ) -> None:
+        run = create_run(client)
+        recorded_from_an_event(client, run["id"], "RUNNING", occurred=LATEST)
+
+        completed = set_state(client, run["id"], "COMPLETED")
+        forced = set_state(client, run["id"], "CRASHED", force=True)
+
+        assert decided(completed) == (201, "ACCEPT", "COMPLETED", "Completed")
+        assert decided(forced) == (201, "ACCEPT", "CRASHED", "Crashed")
+        read = read_run(client, run["id"])
+        assert (read["state_id"], read["state_type"]) == (forced.json()["state"]["id"], "CRASHED")
+        assert read["state"]["timestamp"] == "9999-12-31T23:59:59.999999Z"
+        assert read["total_run_time"] == 0
 
 
 class TestHowAProposalIsWritten:

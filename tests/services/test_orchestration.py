@@ -9,6 +9,7 @@ from uuid import UUID
 import pytest
 
 from app.db.records import TaskRunRecord, TaskRunStateRecord
+from app.services.clock import EARLIEST, LATEST
 from app.services.orchestration import rules
 from app.services.orchestration.policies import (
     BACKGROUND_TASK_POLICY,
@@ -25,6 +26,8 @@ from tests.support.records import START, fresh_run
 
 StateType = models.StateType
 NOW = START + timedelta(hours=1)
+# A timestamp ahead of the server's clock: the run's current state was stamped by a client's.
+AHEAD = NOW + timedelta(hours=1)
 
 
 class MemoryStore:
@@ -89,10 +92,16 @@ def run_in(state_type: str | None, *, run_count: int = 0, **policy: Any) -> Task
 
 
 def transition(
-    run: TaskRunRecord, current: TaskRunStateRecord | None, proposed: str, **state_fields: Any
+    run: TaskRunRecord,
+    current: TaskRunStateRecord | None,
+    proposed: str,
+    *,
+    at: datetime = NOW,
+    **state_fields: Any,
 ) -> Transition:
+    """A proposal stamped `at`, decided when the server's clock reads NOW."""
     return Transition(
-        run=run, initial=current, proposed=state(run, proposed, at=NOW, **state_fields), now=NOW
+        run=run, initial=current, proposed=state(run, proposed, at=at, **state_fields), now=NOW
     )
 
 
@@ -228,6 +237,22 @@ class TestCacheRetrieval:
         )
 
         assert outcome(tr) == ("ACCEPT", "RUNNING", "Running")
+
+    def test_expiry_is_read_on_the_servers_clock_and_the_copy_stamped_as_the_proposal(
+        self,
+    ) -> None:
+        cache = MemoryStore()
+        expiration = NOW + timedelta(minutes=1)
+        cache.cache(state(fresh_run(), "COMPLETED", cache_key="k", cache_expiration=expiration))
+
+        tr = decide(
+            rules.CacheRetrieval,
+            transition(run_in(None), None, "RUNNING", at=AHEAD, cache_key="k"),
+            cache,
+        )
+
+        assert outcome(tr) == ("REJECT", "COMPLETED", "Cached")
+        assert tr.proposal.timestamp == AHEAD
 
 
 class TestCacheInsertion:
@@ -378,6 +403,17 @@ class TestWaitForScheduledTime:
                 delay_seconds=delay, reason="Scheduled time is in the future"
             )
 
+    def test_the_wait_is_measured_on_the_servers_clock(self) -> None:
+        run = run_in(None)
+        current = current_of(run, "SCHEDULED", scheduled_time=NOW + timedelta(seconds=100))
+
+        tr = decide(rules.WaitForScheduledTime, transition(run, current, "RUNNING", at=AHEAD))
+
+        assert outcome(tr) == ("WAIT", None, None)
+        assert tr.details == models.StateWaitDetails(
+            delay_seconds=100, reason="Scheduled time is in the future"
+        )
+
     def test_no_scheduled_time_no_wait(self) -> None:
         run = run_in(None)
         current = current_of(run, "PENDING")
@@ -399,6 +435,32 @@ class TestRetryFailedTasks:
         assert outcome(tr) == ("REJECT", "SCHEDULED", "AwaitingRetry")
         assert (tr.proposal.message, tr.proposal.data) == ("boom", {"e": 1})
         assert when(tr.proposal.state_details["scheduled_time"]) == NOW + timedelta(seconds=10)
+
+    def test_the_retry_is_due_by_the_servers_clock_and_stamped_as_the_proposal(self) -> None:
+        run = run_in(None, retries=2, retry_delay=10)
+        current = current_of(run, "RUNNING")
+
+        tr = decide(rules.RetryFailedTasks, transition(run, current, "FAILED", at=AHEAD))
+
+        assert outcome(tr) == ("REJECT", "SCHEDULED", "AwaitingRetry")
+        assert tr.proposal.timestamp == AHEAD
+        assert when(tr.proposal.state_details["scheduled_time"]) == NOW + timedelta(seconds=10)
+
+    @pytest.mark.parametrize(
+        ("retry_delay", "due"),
+        [(10**400, LATEST), ([10**400], LATEST), (-(10**400), EARLIEST)],
+        ids=["number", "list", "negative"],
+    )
+    def test_a_delay_beyond_a_float_schedules_at_the_nearest_bound(
+        self, retry_delay: Any, due: datetime
+    ) -> None:
+        run = run_in(None, retries=2, retry_delay=retry_delay)
+        current = current_of(run, "RUNNING")
+
+        tr = decide(rules.RetryFailedTasks, transition(run, current, "FAILED"))
+
+        assert outcome(tr) == ("REJECT", "SCHEDULED", "AwaitingRetry")
+        assert when(tr.proposal.state_details["scheduled_time"]) == due
 
     @pytest.mark.parametrize(
         ("policy", "run_count", "details"),
@@ -443,6 +505,25 @@ class TestRetryFailedTasks:
         assert 6.29 <= delay <= 15.0 + 1e-9
         if draw == 1.0:
             assert delay == pytest.approx(15.0)
+
+    @pytest.mark.parametrize(
+        ("delay", "expected"),
+        [
+            (10**400, rules.LONGEST_DELAY_SECONDS),
+            (-(10**400), -rules.LONGEST_DELAY_SECONDS),
+            (1e300, rules.LONGEST_DELAY_SECONDS),
+        ],
+        ids=["integer", "negative-integer", "float"],
+    )
+    def test_a_delay_is_kept_within_a_timedeltas_range(self, delay: Any, expected: float) -> None:
+        assert rules.retry_delay_seconds({"retry_delay": delay}, run_count=1) == expected
+
+    def test_jitter_takes_a_delay_beyond_a_float(self) -> None:
+        policy = {"retry_delay": 10**400, "retry_jitter_factor": 0.5}
+
+        delay = rules.retry_delay_seconds(policy, run_count=1, draw=lambda: 1.0)
+
+        assert delay == pytest.approx(rules.LONGEST_DELAY_SECONDS * 1.5)
 
     def test_no_jitter_on_a_zero_delay(self) -> None:
         policy = {"retry_delay": 0, "retry_jitter_factor": 2.0}

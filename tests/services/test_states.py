@@ -8,7 +8,8 @@ from uuid import UUID, uuid4
 import pytest
 
 from app.db.records import TaskRunRecord, TaskRunStateRecord
-from app.services.states import enter_state, new_state_row
+from app.services.clock import LATEST
+from app.services.states import enter_state, new_state_row, next_state_time
 from generated import models
 from tests.support.records import START, fresh_run
 
@@ -83,3 +84,26 @@ def test_state_details_carry_the_runs_ids(flow_run_id: UUID | None) -> None:
 
     assert state.state_details["task_run_id"] == str(run.id)
     assert state.state_details["flow_run_id"] == (str(flow_run_id) if flow_run_id else None)
+
+
+def test_the_next_state_is_stamped_now_after_an_earlier_one() -> None:
+    current = enter(fresh_run(), "RUNNING", START)
+    now = START + timedelta(seconds=1)
+
+    assert next_state_time(current, now=now) == now
+    assert next_state_time(None, now=now) == now
+
+
+@pytest.mark.parametrize("ahead", [timedelta(0), timedelta(hours=1)])
+def test_the_next_state_is_stamped_just_after_a_current_one_not_behind_the_clock(
+    ahead: timedelta,
+) -> None:
+    current = enter(fresh_run(), "RUNNING", START + ahead)
+
+    assert next_state_time(current, now=START) == START + ahead + timedelta(microseconds=1)
+
+
+def test_after_a_state_at_the_latest_instant_the_next_one_is_there_too() -> None:
+    current = enter(fresh_run(), "RUNNING", LATEST)
+
+    assert next_state_time(current, now=START) == LATEST

@@ -2,20 +2,26 @@
 
 Traffic goes over a new connection per request, many at once, until both workers have
 answered some of it; the counts scraped from either worker must add up to all that was sent.
+A worker that is killed takes its live gauges with it.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.databases import empty_database
+from tests.support.databases import empty_database, sqlite_database
+from tests.support.faults import wait_for
 from tests.support.metrics import CONCURRENCY, Request, Scrape, send_all
 from tests.support.server import RunningServer, running_server
 
@@ -23,6 +29,8 @@ CREATE = "create_task_run_task_runs__post"
 READ = "read_task_run_task_runs__id__get"
 HEALTH = "health_check_health_get"
 WORKERS_DEADLINE_SECONDS = 60
+# Requests held in flight by bodies that never finish arriving.
+HELD_REQUESTS = 6
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +133,47 @@ def test_the_scrape_itself_is_not_counted(server: RunningServer) -> None:
     after = Scrape.of(server).requests()
 
     assert after == before
+
+
+def hold_request(port: int) -> socket.socket:
+    """A connection whose request has begun and waits for the rest of its body."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+    connection.sendall(
+        b"POST /api/task_runs/count HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 10\r\n\r\n{"
+    )
+    return connection
+
+
+def in_flight(server: RunningServer) -> float:
+    return Scrape.of(server).value("taskrun_http_requests_in_flight")
+
+
+def test_a_killed_worker_leaves_nothing_in_flight(tmp_path: Path) -> None:
+    # A directory of its own: the service deletes the `*.db` files it finds there.
+    metrics_directory = tmp_path / "metrics"
+    metrics_directory.mkdir()
+    environment = {
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_directory),
+        # The held requests wait for their bodies longer than the test takes.
+        "REQUEST_BODY_TIMEOUT": "120",
+    }
+    with (
+        sqlite_database(tmp_path) as url,
+        running_server(url, workers=2, environment=environment) as server,
+        ExitStack() as held,
+    ):
+        for _ in range(HELD_REQUESTS):
+            held.enter_context(hold_request(server.port))
+        assert wait_for(lambda: in_flight(server) == HELD_REQUESTS, timeout=10)
+        killed = server.worker_pids()
+
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+
+        replaced = wait_for(
+            lambda: len(set(server.worker_pids()) - set(killed)) == 2,
+            timeout=WORKERS_DEADLINE_SECONDS,
+        )
+        assert replaced, server.worker_pids()
+        assert wait_for(lambda: in_flight(server) == 0, timeout=10), in_flight(server)

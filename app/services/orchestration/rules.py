@@ -83,7 +83,7 @@ def _cached_copy(transition: Transition, cached: TaskRunStateRecord) -> TaskRunS
         message=cached.message,
         data=cached.data,
         details=models.StateDetails.model_validate(cached.state_details),
-        now=transition.now,
+        now=transition.proposal.timestamp,
     )
 
 
@@ -206,7 +206,7 @@ class RetryFailedTasks(Rule):
             message=proposed.message,
             data=proposed.data,
             details=models.StateDetails(scheduled_time=_later(transition.now, seconds=delay)),
-            now=transition.now,
+            now=proposed.timestamp,
         )
         transition.reject("Retrying", replacement=awaiting_retry)
 
@@ -219,13 +219,25 @@ def retry_delay_seconds(
     """
     delays = policy.get("retry_delay")
     if isinstance(delays, list):
-        delay = delays[min(run_count - 1, len(delays) - 1)] if delays else 0
+        given = delays[min(run_count - 1, len(delays) - 1)] if delays else 0
     else:
-        delay = delays or 0
+        given = delays or 0
+    delay = _within_timedelta_range(given)
     jitter = policy.get("retry_jitter_factor")
     if jitter and delay > 0:
         return jittered_delay(delay, jitter_factor=jitter, draw=draw)
-    return float(delay)
+    return delay
+
+
+# The longest delay a timedelta holds; a longer one schedules the retry at the latest instant.
+LONGEST_DELAY_SECONDS = timedelta.max.total_seconds()
+
+
+def _within_timedelta_range(seconds: float) -> float:
+    """`seconds` as a float, brought within what a timedelta holds: a JSON number may be an
+    integer too big for a float, which no float arithmetic takes.
+    """
+    return float(max(-LONGEST_DELAY_SECONDS, min(seconds, LONGEST_DELAY_SECONDS)))
 
 
 def jittered_delay(

@@ -46,6 +46,10 @@ class Transition:
 
     Rules change the transition only through `reject`, `wait`, `abort` and `rename`, and the
     run's counters (`run.run_count`); the bookkeeping of the state finally written follows.
+
+    `now` is the server's clock, which the rules compare times with (scheduled times, cache
+    expirations, retry delays). A state that replaces the proposal bears the proposal's
+    timestamp: later than the current state's, which a client's clock may have set ahead.
     """
 
     run: TaskRunRecord
