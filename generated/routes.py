@@ -209,7 +209,7 @@ class Routes:
             if not callable(getattr(groups[group], method, None))
         ]
 
-    def create_task_run_task_runs__post(self, body: dict[str, Any]) -> ConnexionResponse:
+    def create_task_run_task_runs__post(self, *, body: dict[str, Any]) -> ConnexionResponse:
         """POST /task_runs/: Create Task Run."""
         result, status = self._task_runs.create_task_run(
             body=_request_model(models.TaskRunCreate, body)
@@ -217,7 +217,7 @@ class Routes:
         return _response(result, status)
 
     def count_task_runs_task_runs_count_post(
-        self, body: dict[str, Any] | None = None
+        self, *, body: dict[str, Any] | None = None
     ) -> ConnexionResponse:
         """POST /task_runs/count: Count Task Runs."""
         result, status = self._task_runs.count_task_runs(
@@ -225,7 +225,7 @@ class Routes:
         )
         return _response(result, status)
 
-    def task_run_history_task_runs_history_post(self, body: dict[str, Any]) -> ConnexionResponse:
+    def task_run_history_task_runs_history_post(self, *, body: dict[str, Any]) -> ConnexionResponse:
         """POST /task_runs/history: Task Run History."""
         result, status = self._task_runs.task_run_history(
             body=_request_model(models.TaskRunHistoryBody, body)
@@ -233,7 +233,7 @@ class Routes:
         return _response(result, status)
 
     def read_task_runs_task_runs_filter_post(
-        self, body: dict[str, Any] | None = None
+        self, *, body: dict[str, Any] | None = None
     ) -> ConnexionResponse:
         """POST /task_runs/filter: Read Task Runs."""
         result, status = self._task_runs.read_task_runs(
@@ -242,7 +242,7 @@ class Routes:
         return _response(result, status)
 
     def paginate_task_runs_task_runs_paginate_post(
-        self, body: dict[str, Any] | None = None
+        self, *, body: dict[str, Any] | None = None
     ) -> ConnexionResponse:
         """POST /task_runs/paginate: Paginate Task Runs."""
         result, status = self._task_runs.paginate_task_runs(
@@ -250,18 +250,18 @@ class Routes:
         )
         return _response(result, status)
 
-    def read_task_run_task_runs__id__get(self, id: str) -> ConnexionResponse:
+    def read_task_run_task_runs__id__get(self, *, id: str) -> ConnexionResponse:
         """GET /task_runs/{id}: Read Task Run."""
         result, status = self._task_runs.read_task_run(id=UUID(id))
         return _response(result, status)
 
-    def delete_task_run_task_runs__id__delete(self, id: str) -> ConnexionResponse:
+    def delete_task_run_task_runs__id__delete(self, *, id: str) -> ConnexionResponse:
         """DELETE /task_runs/{id}: Delete Task Run."""
         result, status = self._task_runs.delete_task_run(id=UUID(id))
         return _response(result, status)
 
     def update_task_run_task_runs__id__patch(
-        self, id: str, body: dict[str, Any]
+        self, *, id: str, body: dict[str, Any]
     ) -> ConnexionResponse:
         """PATCH /task_runs/{id}: Update Task Run."""
         result, status = self._task_runs.update_task_run(
@@ -270,7 +270,7 @@ class Routes:
         return _response(result, status)
 
     def set_task_run_state_task_runs__id__set_state_post(
-        self, id: str, body: dict[str, Any]
+        self, *, id: str, body: dict[str, Any]
     ) -> ConnexionResponse:
         """POST /task_runs/{id}/set_state: Set Task Run State."""
         result, status = self._task_runs.set_task_run_state(
@@ -278,12 +278,12 @@ class Routes:
         )
         return _response(result, status)
 
-    def read_task_run_states_task_run_states__get(self, task_run_id: str) -> ConnexionResponse:
+    def read_task_run_states_task_run_states__get(self, *, task_run_id: str) -> ConnexionResponse:
         """GET /task_run_states/: Read Task Run States."""
         result, status = self._task_run_states.read_task_run_states(task_run_id=UUID(task_run_id))
         return _response(result, status)
 
-    def read_task_run_state_task_run_states__id__get(self, id: str) -> ConnexionResponse:
+    def read_task_run_state_task_run_states__id__get(self, *, id: str) -> ConnexionResponse:
         """GET /task_run_states/{id}: Read Task Run State."""
         result, status = self._task_run_states.read_task_run_state(id=UUID(id))
         return _response(result, status)
@@ -308,7 +308,7 @@ class Routes:
         result, status = self._root.hello()
         return _response(result, status)
 
-    def create_csrf_token_csrf_token_get(self, client: str) -> ConnexionResponse:
+    def create_csrf_token_csrf_token_get(self, *, client: str) -> ConnexionResponse:
         """GET /csrf-token: Create CSRF Token."""
         self._root.create_csrf_token(client=client)  # documents no success: the handler raises
 

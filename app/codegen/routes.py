@@ -422,7 +422,10 @@ def _render_routes(groups: dict[str, list[Operation]], operations: list[Operatio
         "        ]",
     ]
     for operation in operations:
-        signature = ", ".join(["self", *_stub_parameters(operation)])
+        # Keyword-only, as Connexion passes them: an optional parameter may come before a
+        # required one (a query parameter before the body) in any order the document has.
+        parameters = _stub_parameters(operation)
+        signature = ", ".join(["self", "*", *parameters] if parameters else ["self"])
         arguments = ", ".join(_stub_arguments(operation))
         call = f"self._{operation.group}.{operation.handler}({arguments})"
         body = (

@@ -87,7 +87,7 @@ def _log_request(scope: Scope, *, operation_id: str | None, status: int, seconds
     if not request_logger.isEnabledFor(logging.INFO):
         return
     method: str = scope["method"]
-    path: str = scope["path"]
+    path = _printable(scope["path"])
     duration_ms = round(seconds * 1000, 2)
     request_logger.info(
         "%s %s %d %s %.2f ms",
@@ -104,6 +104,13 @@ def _log_request(scope: Scope, *, operation_id: str | None, status: int, seconds
             "duration_ms": duration_ms,
         },
     )
+
+
+def _printable(text: str) -> str:
+    """`text` with its control characters escaped: a path decoded from `%0A` must not start
+    a line of its own in the log, as if another request had been served.
+    """
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 async def metrics_endpoint(scope: Scope, receive: Receive, send: Send) -> None:

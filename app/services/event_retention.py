@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from datetime import timedelta
 
 from app.db import events as rows
@@ -29,13 +29,20 @@ def prune_old_events(database: Database, *, retention: timedelta) -> int:
     """
     deleted = 0
     while True:
-        with database.transaction() as connection:
-            batch = rows.delete_events_received_before(
-                connection, before=utcnow() - retention, limit=PRUNE_BATCH
-            )
+        batch = delete_a_batch(database, retention=retention)
         deleted += batch
         if batch < PRUNE_BATCH:
             return deleted
+
+
+def delete_a_batch(database: Database, *, retention: timedelta) -> int:
+    """Delete up to PRUNE_BATCH of the events received longer than `retention` ago, in one
+    transaction; how many.
+    """
+    with database.transaction() as connection:
+        return rows.delete_events_received_before(
+            connection, before=utcnow() - retention, limit=PRUNE_BATCH
+        )
 
 
 class EventPruner:
@@ -47,30 +54,48 @@ class EventPruner:
         self._executor = executor
         self._every_seconds = min(PRUNE_EVERY_SECONDS, retention.total_seconds())
         self._task: asyncio.Task[None] | None = None
+        # The batch being deleted, on a thread of the executor, which cancelling cannot stop.
+        self._batch: Future[int] | None = None
 
     def start(self) -> None:
         """Begin pruning (on the running event loop)."""
         self._task = asyncio.get_running_loop().create_task(self._prune_periodically())
 
     async def stop(self) -> None:
-        """Stop pruning; a batch being deleted is committed or rolled back first."""
+        """Stop pruning; a batch being deleted is committed or rolled back first, and no
+        other begins.
+        """
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._batch is not None and not self._batch.done():
+            # Its failure, if any, is the loop's to report, and the loop has stopped.
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(self._batch)
+
+    async def _prune(self) -> int:
+        """Delete the old events a batch at a time, each on a thread of the executor; how
+        many. Cancelled, it begins no other batch.
+        """
+        deleted = 0
+        while True:
+            self._batch = self._executor.submit(
+                delete_a_batch, self._database, retention=self._retention
+            )
+            batch = await asyncio.wrap_future(self._batch)
+            deleted += batch
+            if batch < PRUNE_BATCH:
+                return deleted
 
     async def _prune_periodically(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             # The first look comes one interval after the start, not with it: a worker that
             # starts does not ask for the writer's turn while the service's first requests
             # (and a restart's other workers) do, nor hold up a shutdown that follows soon.
             await asyncio.sleep(self._every_seconds)
             try:
-                deleted = await loop.run_in_executor(
-                    self._executor,
-                    lambda: prune_old_events(self._database, retention=self._retention),
-                )
+                deleted = await self._prune()
                 if deleted:
                     logger.info("deleted %d event(s) past the retention", deleted)
             except DatabaseUnavailable as error:

@@ -154,6 +154,31 @@ def test_a_new_operation_gets_a_stub_and_its_missing_handler_is_named(tmp_path: 
     ]
 
 
+def test_an_optional_query_parameter_may_come_before_the_body(tmp_path: Path) -> None:
+    changed = spec()
+    create = changed["paths"]["/task_runs/"]["post"]
+    create["parameters"] = [
+        {"name": "dry_run", "in": "query", "required": False, "schema": {"type": "boolean"}}
+    ]
+    source = generator.generate(
+        write_spec(tmp_path, changed), pyproject=PYPROJECT, output=COMMITTED
+    )
+
+    module = import_generated(source, tmp_path)
+
+    received: dict[str, Any] = {}
+
+    class Handlers:
+        def create_task_run(self, **arguments: Any) -> Any:
+            received.update(arguments)
+            return None, 201
+
+    routes = module.Routes(**complete_handlers(module, task_runs=Handlers()))
+    routes.create_task_run_task_runs__post(body={"task_key": "k", "dynamic_key": "0"})
+    assert received["dry_run"] is None
+    assert received["body"].task_key == "k"
+
+
 def test_a_list_of_models_is_a_typed_response(tmp_path: Path) -> None:
     module = import_generated(COMMITTED.read_text(), tmp_path)
     state = {"id": "0197f5a8-7c2b-7d4e-9a1b-2c3d4e5f6a7b", "type": "PENDING"}
@@ -205,8 +230,8 @@ def test_stubs_convert_arguments_and_serialise_results(tmp_path: Path) -> None:
             return module.models.HTTPError(detail="x"), 200
 
     routes = module.Routes(**complete_handlers(module, task_runs=Handlers()))
-    read = routes.read_task_run_task_runs__id__get("6b4fcd44-7f42-4d07-9a7c-5ac6a1f4c1b2")
-    created = routes.create_task_run_task_runs__post({"task_key": "t", "dynamic_key": "d"})
+    read = routes.read_task_run_task_runs__id__get(id="6b4fcd44-7f42-4d07-9a7c-5ac6a1f4c1b2")
+    created = routes.create_task_run_task_runs__post(body={"task_key": "t", "dynamic_key": "d"})
 
     assert str(received["id"]) == "6b4fcd44-7f42-4d07-9a7c-5ac6a1f4c1b2"
     assert type(received["id"]).__name__ == "UUID"

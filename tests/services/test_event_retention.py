@@ -1,5 +1,5 @@
-"""The pruner of old events: when it first looks, and a database that cannot be written
-postponing it, quietly.
+"""The pruner of old events: when it first looks, how it stops, and a database that cannot
+be written postponing it, quietly.
 """
 
 from __future__ import annotations
@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
+from app.db import events as rows
 from app.db.database import Database, DatabaseUnavailable
 from app.services.event_retention import EventPruner
 from tests.support.failing_database import FailingDatabase
@@ -73,3 +76,47 @@ def test_any_other_failure_is_an_error_with_its_places_not_its_message(
     assert "in transaction" in logged  # where it was raised
     assert "secret" not in logged
     assert record.exc_info is None
+
+
+# Full batches of old events waiting, far more than are deleted before the pruner is stopped.
+BACKLOG_BATCHES = 40
+
+
+def test_stop_waits_for_the_batch_under_way_and_begins_no_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batches: list[str] = []
+
+    def a_full_batch(_connection: Any, *, before: Any, limit: int) -> int:
+        batches.append("begun")
+        time.sleep(0.05)
+        batches[-1] = "committed"
+        return limit if len(batches) < BACKLOG_BATCHES else 0
+
+    monkeypatch.setattr(rows, "delete_events_received_before", a_full_batch)
+
+    async def stop_during_the_backlog() -> list[str]:
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            pruner = EventPruner(
+                cast(Database, WorkingDatabase()), retention=RETENTION, executor=executor
+            )
+            pruner.start()
+            while len(batches) < 3:
+                await asyncio.sleep(0.01)
+            await pruner.stop()
+            when_stopped = list(batches)
+            await asyncio.sleep(0.2)
+        assert batches == when_stopped
+        return when_stopped
+
+    when_stopped = asyncio.run(stop_during_the_backlog())
+
+    assert set(when_stopped) == {"committed"}
+
+
+class WorkingDatabase:
+    """Gives every transaction a connection that the patched statement does not use."""
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        yield None

@@ -20,6 +20,8 @@ from tests.support.server import running_server
 
 HEALTH_ID = "health-check-1"
 FAILING_ID = "failing-read-1"
+FORGED_LINE = "INFO     forged-id GET /api/health 200 health_check_health_get 0.10 ms"
+FORGING_PATH = "/x%0A" + FORGED_LINE.replace(" ", "%20") + "%0D"
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,9 @@ class Served:
 
 
 def serve_a_few_requests(tmp_path: Path, *, log_format: str) -> Served:
-    """Health, a create, a 404, a 422 and a 500, then a clean stop; the log it wrote."""
+    """Health, a create, a 404, a 422, an unknown path and a 500, then a clean stop; the log
+    it wrote.
+    """
     log_path = tmp_path / f"server-{log_format}.log"
     with (
         sqlite_database(tmp_path) as url,
@@ -45,6 +49,8 @@ def serve_a_few_requests(tmp_path: Path, *, log_format: str) -> Served:
         created = client.post("/task_runs/", json={"task_key": "k", "dynamic_key": "0"})
         client.get(f"/task_runs/{uuid.uuid4()}")
         client.post("/task_runs/", json={"task_key": 5})
+        # A path whose line break and carriage return would start a forged line of their own.
+        client.get(FORGING_PATH)
         # A fault no request can cause: the table goes away under the running service.
         with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
             connection.execute("ALTER TABLE task_run RENAME TO task_run_gone")
@@ -105,6 +111,7 @@ class TestJsonLog:
             ("POST", 201, "create_task_run_task_runs__post"),
             ("GET", 404, "read_task_run_task_runs__id__get"),
             ("POST", 422, "create_task_run_task_runs__post"),
+            ("GET", 404, None),
             ("GET", 500, "read_task_run_task_runs__id__get"),
         ]
         health = lines[0]
@@ -144,6 +151,13 @@ class TestTextLog:
 
         assert ["INFO", "-"] in starts  # uvicorn's and the migrations' lines
         assert ["INFO", HEALTH_ID] in starts
+
+    def test_a_path_cannot_start_a_line_of_its_own(self, text_session: Served) -> None:
+        lines = text_session.log.splitlines()
+
+        assert not [line for line in lines if line.startswith(FORGED_LINE)]
+        [logged] = [line for line in lines if FORGED_LINE in line]
+        assert "/api/x\\n" + FORGED_LINE + "\\r 404" in logged
 
     def test_is_not_json(self, text_session: Served) -> None:
         for line in text_session.log.splitlines():

@@ -31,8 +31,21 @@ def upgrade() -> None:
     op.drop_index(ORDERED_INDEX, table_name="task_run_state_cache")
 
 
+# The longest key, in bytes, whose entry the ordered index holds (a B-tree entry on
+# PostgreSQL holds at most about 2700 bytes, the creation time included).
+LONGEST_ORDERED_KEY_BYTES = 2600
+
+
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
+    # Entries the older index cannot hold are forgotten: they are a cache, and a run that
+    # asks for such a key runs instead of being served from it. Deleted by a transaction of
+    # their own: the index below would still take in rows deleted by its own.
+    with op.get_context().autocommit_block():
+        op.execute(
+            "DELETE FROM task_run_state_cache"
+            f" WHERE octet_length(cache_key) > {LONGEST_ORDERED_KEY_BYTES}"
+        )
     op.create_index(ORDERED_INDEX, "task_run_state_cache", ["cache_key", "created"])
     op.drop_index(HASH_INDEX, table_name="task_run_state_cache")
