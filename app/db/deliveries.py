@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, Subquery, Update, and_, bindparam, or_, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Subquery,
+    Update,
+    and_,
+    bindparam,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
 from app.db.database import after_commit
 from app.db.notifications import notify_other_processes
@@ -23,12 +35,15 @@ _ENQUEUE = {
     name: dialect.insert(task_run_delivery)
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
 }
-# The order runs are delivered in: first the retries, then the oldest.
-_DELIVERY_ORDER = (
-    task_run_delivery.c.retry.desc(),
-    task_run_delivery.c.enqueued,
-    task_run_delivery.c.task_run_id,
-)
+
+
+def _in_delivery_order(
+    columns: ReadOnlyColumnCollection[str, Any],
+) -> tuple[ColumnElement[Any], ...]:
+    """The order runs are delivered in, of the queue or of a selection of its columns: first
+    the retries, then the oldest.
+    """
+    return (columns.retry.desc(), columns.enqueued, columns.task_run_id)
 
 
 def _next_of_key(number: int) -> Subquery:
@@ -43,7 +58,7 @@ def _next_of_key(number: int) -> Subquery:
             delivery.task_key == bindparam(f"task_key_{number}"),
             or_(delivery.claimed_until.is_(None), delivery.claimed_until < bindparam("now")),
         )
-        .order_by(*_DELIVERY_ORDER)
+        .order_by(*_in_delivery_order(delivery))
         .limit(1)
         .with_for_update(skip_locked=True)
         .subquery(f"next_of_key_{number}")
@@ -62,7 +77,7 @@ def _claim_statement(keys: int) -> Update:
     candidates = union_all(*(select(_next_of_key(number)) for number in range(keys))).subquery()
     first = (
         select(candidates.c.task_run_id)
-        .order_by(candidates.c.retry.desc(), candidates.c.enqueued, candidates.c.task_run_id)
+        .order_by(*_in_delivery_order(candidates.c))
         .limit(1)
         .scalar_subquery()
     )

@@ -50,8 +50,8 @@ _IDS_RECEIVED_AFTER = (
     .order_by(event.c.received, event.c.id)
     .limit(bindparam("page"))
 )
-# Before every id: a position from which every event received at that time on is read.
-_BEFORE_EVERY_ID = UUID(int=0)
+# Before every id: with a time, the position from which every event of that time on is read.
+BEFORE_EVERY_ID = UUID(int=0)
 _WITH_IDS = (
     select(*_COLUMNS)
     .where(event.c.id.in_(bindparam("ids", expanding=True)))
@@ -107,7 +107,7 @@ def events_received_since(
     """
     latest: datetime | None = None
     new: list[UUID] = []
-    after, after_id = since, _BEFORE_EVERY_ID
+    after, after_id = since, BEFORE_EVERY_ID
     while True:
         parameters = {"after": after, "after_id": after_id, "page": page}
         received = connection.execute(_IDS_RECEIVED_AFTER, parameters).all()

@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 # The largest event stored, as Prefect's server has it.
 MAX_EVENT_BYTES = 1_500_000
 BACKFILL_PAGE = 250
-_BEFORE_EVERY_ID = UUID(int=0)
 
 
 class EventsInHandler:
@@ -104,7 +103,7 @@ class EventsOutHandler:
     async def _backfill(self, socket: Socket, event_filter: EventFilter) -> set[UUID]:
         """Send the stored events that match, oldest first; return their ids."""
         sent: set[UUID] = set()
-        after, after_id = event_filter.backfill_since(utcnow()), _BEFORE_EVERY_ID
+        after, after_id = event_filter.backfill_since(utcnow()), event_rows.BEFORE_EVERY_ID
         while True:
             page = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._page, event_filter.until, after, after_id

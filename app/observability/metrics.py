@@ -113,5 +113,13 @@ def render() -> bytes:
 
 def forget_this_process() -> None:
     """At a worker's exit: drop its gauges (its counters stay in the totals)."""
-    if MULTIPROCESS:
-        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+    forget_process(os.getpid())
+
+
+def forget_process(pid: int) -> None:
+    """Drop the gauges of a worker that exited (its counters stay in the totals): by itself,
+    or, killed or crashed, by the supervisor. The directory is looked up now, not at import:
+    the supervisor imports this module before `taskrun-api serve` sets it.
+    """
+    if MULTIPROCESS_DIR_ENV in os.environ:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -7,7 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from app.db.records import TaskRunRecord, TaskRunStateRecord
-from app.services.clock import LATEST, to_utc, utcnow
+from app.services.clock import LATEST, to_utc
 from app.services.ids import uuid7
 from generated import models
 
@@ -84,16 +84,13 @@ def stored_details(
     return details.model_copy(update=updates).model_dump(mode="json")
 
 
-def next_state_time(current: TaskRunStateRecord | None, *, now: datetime | None = None) -> datetime:
-    """The timestamp of a run's next state: `now` (by default the server's clock), and always
-    later than its current state.
+def next_state_time(current: TaskRunStateRecord | None, *, now: datetime) -> datetime:
+    """The timestamp of a run's next state: `now`, and always later than its current state.
 
     The clock can step back (NTP, a VM migrating), and a state recorded from an event bears
     the client's clock; a run's history stays in order anyway. After a state at the latest
     instant, the next one is at that instant too: the history is ordered by timestamp, then id.
     """
-    if now is None:
-        now = utcnow()
     if current is None or now > current.timestamp:
         return now
     if current.timestamp == LATEST:

@@ -21,17 +21,15 @@ itself does when it stops cleanly, so that they no longer add to every worker's 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from socket import socket
 
-from prometheus_client import multiprocess
 from uvicorn import Config, Server
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
-from app.observability.metrics import MULTIPROCESS_DIR_ENV
+from app.observability import metrics
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -120,12 +118,9 @@ class Supervisor(Multiprocess):
 
 
 def forget_live_gauges(process: Process) -> None:
-    """Drop an exited worker's live gauges from the metrics (its counters stay in the totals).
-
-    The worker cannot do it itself when it was killed or crashed.
-    """
-    if MULTIPROCESS_DIR_ENV in os.environ and process.pid is not None:
-        multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
+    """Drop an exited worker's live gauges: it cannot when it was killed or crashed."""
+    if process.pid is not None:
+        metrics.forget_process(process.pid)
 
 
 def run(config: Config, *, timeouts: WorkerTimeouts) -> None:

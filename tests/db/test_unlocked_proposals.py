@@ -14,6 +14,7 @@ from app.db import task_runs as run_rows
 from app.db.database import Database
 from app.db.task_runs import StoredTaskRun
 from app.services import task_run_states
+from app.services.clock import utcnow
 from app.services.errors import NotFound
 from app.services.states import enter_state, new_state_row, next_state_time
 from generated import models
@@ -45,7 +46,9 @@ def write_decided_state(database: Database, stored: StoredTaskRun) -> bool:
     """Write a RUNNING state for the run as `stored` read it; whether it was written."""
     run, current = stored
     fields = run_rows.state_fields(run)
-    state = new_state_row(task_run=run, proposed=RUNNING, now=next_state_time(current))
+    state = new_state_row(
+        task_run=run, proposed=RUNNING, now=next_state_time(current, now=utcnow())
+    )
     enter_state(run, state)
     with database.transaction() as connection:
         return run_rows.write_current_state(connection, run, state, stored=fields)
