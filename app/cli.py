@@ -23,12 +23,13 @@ import uvicorn
 from app import __version__
 from app.db.database import Database, use_wal
 from app.db.migrate import check, downgrade, upgrade
-from app.main import create_routes
+from app.main import handler_groups
 from app.observability.logs import log_config
 from app.observability.metrics import MULTIPROCESS_DIR_ENV
 from app.serving.protocol import BoundedHttpToolsProtocol, HeadLimits
 from app.serving.supervisor import WorkerTimeouts, run
 from app.settings import Settings
+from generated.routes import handler_problems
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +124,11 @@ def db_check(_arguments: argparse.Namespace, settings: Settings) -> int:
 
 
 def check_handlers(_arguments: argparse.Namespace, settings: Settings) -> int:
-    """Fail, naming them, when operations of openapi.yaml have no handler method."""
-    missing = create_routes(Database("sqlite://"), settings).missing_handlers()
-    for operation in missing:
-        print(f"missing handler: {operation}", file=sys.stderr)
-    return 1 if missing else 0
+    """Fail, naming them, when groups or methods of handlers openapi.yaml needs are missing."""
+    problems = handler_problems(handler_groups(Database("sqlite://"), settings))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Generic, Literal, NoReturn, Protocol, TypeVar
+from collections.abc import Mapping
+from typing import Any, Generic, Literal, NoReturn, Protocol, TypedDict, TypeVar
 from uuid import UUID
 
 from connexion.lifecycle import ConnexionResponse
@@ -179,6 +180,15 @@ class TaskRunsOperations(Protocol):
         ...
 
 
+class HandlerGroups(TypedDict):
+    """The handler object of each tag, under the name Routes takes it by."""
+
+    admin: AdminOperations
+    root: RootOperations
+    task_run_states: TaskRunStatesOperations
+    task_runs: TaskRunsOperations
+
+
 class Routes:
     """One method per operationId; Connexion dispatches each operation to its method."""
 
@@ -194,20 +204,6 @@ class Routes:
         self._root = root
         self._task_run_states = task_run_states
         self._task_runs = task_runs
-
-    def missing_handlers(self) -> list[str]:
-        """The operations without a handler method, as "operationId: group.method"."""
-        groups: dict[str, object] = {
-            "admin": self._admin,
-            "root": self._root,
-            "task_run_states": self._task_run_states,
-            "task_runs": self._task_runs,
-        }
-        return [
-            f"{operation_id}: {group}.{method}"
-            for operation_id, (group, method) in HANDLERS.items()
-            if not callable(getattr(groups[group], method, None))
-        ]
 
     def create_task_run_task_runs__post(self, *, body: dict[str, Any]) -> ConnexionResponse:
         """POST /task_runs/: Create Task Run."""
@@ -338,3 +334,30 @@ HANDLERS: dict[str, tuple[str, str]] = {
     "create_csrf_token_csrf_token_get": ("root", "create_csrf_token"),
     "read_server_version_admin_version_get": ("admin", "read_server_version"),
 }
+# handler group -> (the Protocol it implements, the tag of its operations).
+HANDLER_GROUPS: dict[str, tuple[str, str]] = {
+    "admin": ("AdminOperations", "Admin"),
+    "root": ("RootOperations", "Root"),
+    "task_run_states": ("TaskRunStatesOperations", "Task Run States"),
+    "task_runs": ("TaskRunsOperations", "Task Runs"),
+}
+
+
+def handler_problems(groups: Mapping[str, object]) -> list[str]:
+    """Why `groups` (a handler object by group name) cannot serve every operation, one line
+    each: a group missing, a group no tag has, an operation without its handler method.
+    """
+    problems = [
+        f'missing handler group: {group} ({protocol}, the operations tagged "{tag}")'
+        for group, (protocol, tag) in HANDLER_GROUPS.items()
+        if group not in groups
+    ]
+    problems += [
+        f"handler group of no tag: {group}" for group in groups if group not in HANDLER_GROUPS
+    ]
+    problems += [
+        f"missing handler: {operation_id}: {group}.{method}"
+        for operation_id, (group, method) in HANDLERS.items()
+        if not callable(getattr(groups.get(group), method, None))
+    ]
+    return problems

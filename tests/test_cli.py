@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from datetime import timedelta
 from importlib.metadata import version
 from pathlib import Path
@@ -14,8 +15,11 @@ import pytest
 from pydantic import ValidationError
 
 import app
+from app import cli, main
+from app.contract.api import MissingHandlers
+from app.db.database import Database
 from app.db.migrate import upgrade
-from app.main import create_app, database_of
+from app.main import create_app, database_of, handler_groups
 from app.services.event_retention import prune_old_events
 from app.settings import MAX_EVENT_RETENTION_SECONDS, MAX_TIMEOUT_SECONDS, Settings
 from tests.support.databases import empty_database
@@ -120,3 +124,41 @@ class TestSettings:
         assert result.returncode == 1
         assert "ValidationError" in result.stderr
         assert "database_lock_timeout" in result.stderr
+
+
+def handlers_without(group: str) -> Callable[[Database, Settings], dict[str, object]]:
+    """app.main.handler_groups, but without one group: as after a new tag in openapi.yaml."""
+
+    def groups(database: Database, settings: Settings) -> dict[str, object]:
+        every_group: dict[str, object] = dict(handler_groups(database, settings))
+        del every_group[group]
+        return every_group
+
+    return groups
+
+
+class TestCheckHandlers:
+    def test_every_operation_of_the_document_has_its_handler(self) -> None:
+        result = run(CONSOLE_SCRIPT, "check-handlers")
+
+        assert (result.returncode, result.stderr) == (0, "")
+
+    def test_a_missing_handler_group_is_named_with_each_of_its_operations(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.setattr(cli, "handler_groups", handlers_without("admin"))
+
+        assert cli.main(["check-handlers"]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            'missing handler group: admin (AdminOperations, the operations tagged "Admin")',
+            "missing handler: read_server_version_admin_version_get: admin.read_server_version",
+        ]
+
+    def test_the_service_does_not_start_without_a_handler_group(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        monkeypatch.setattr(main, "handler_groups", handlers_without("task_run_states"))
+        settings = Settings.model_validate({"database_url": f"sqlite:///{tmp_path / 'x.db'}"})
+
+        with pytest.raises(MissingHandlers, match="missing handler group: task_run_states "):
+            main.create_routes(Database(settings.database_url), settings)

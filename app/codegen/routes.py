@@ -244,7 +244,8 @@ _HEADER = '''\
 from __future__ import annotations
 
 import json
-from typing import Any, Generic, Literal, NoReturn, Protocol, TypeVar
+from collections.abc import Mapping
+from typing import Any, Generic, Literal, NoReturn, Protocol, TypedDict, TypeVar
 from uuid import UUID
 
 from connexion.lifecycle import ConnexionResponse
@@ -316,8 +317,9 @@ def render(operations: list[Operation]) -> str:
         groups.setdefault(operation.group, []).append(operation)
     parts = [_HEADER]
     parts.extend(_render_protocol(group, members) for group, members in sorted(groups.items()))
+    parts.append(_render_handler_groups(groups))
     parts.append(_render_routes(groups, operations))
-    parts.append(_render_handler_index(operations))
+    parts.append(_render_handler_index(groups, operations))
     return "\n\n".join(parts)
 
 
@@ -401,6 +403,16 @@ def _stub_arguments(operation: Operation) -> list[str]:
     return arguments
 
 
+def _render_handler_groups(groups: dict[str, list[Operation]]) -> str:
+    lines = [
+        "class HandlerGroups(TypedDict):",
+        '    """The handler object of each tag, under the name Routes takes it by."""',
+        "",
+        *(f"    {group}: {protocol_name(group)}" for group in sorted(groups)),
+    ]
+    return "\n".join(lines)
+
+
 def _render_routes(groups: dict[str, list[Operation]], operations: list[Operation]) -> str:
     init_parameters = ", ".join(f"{group}: {protocol_name(group)}" for group in sorted(groups))
     lines = [
@@ -410,16 +422,6 @@ def _render_routes(groups: dict[str, list[Operation]], operations: list[Operatio
         f"    def __init__(self, *, {init_parameters}) -> None:",
         *(f"        self._{group} = {group}" for group in sorted(groups)),
         "",
-        "    def missing_handlers(self) -> list[str]:",
-        '        """The operations without a handler method, as "operationId: group.method"."""',
-        "        groups: dict[str, object] = {"
-        + ", ".join(f'"{group}": self._{group}' for group in sorted(groups))
-        + "}",
-        "        return [",
-        '            f"{operation_id}: {group}.{method}"',
-        "            for operation_id, (group, method) in HANDLERS.items()",
-        "            if not callable(getattr(groups[group], method, None))",
-        "        ]",
     ]
     for operation in operations:
         # Keyword-only, as Connexion passes them: an optional parameter may come before a
@@ -442,15 +444,44 @@ def _render_routes(groups: dict[str, list[Operation]], operations: list[Operatio
     return "\n".join(lines)
 
 
-def _render_handler_index(operations: list[Operation]) -> str:
+def _render_handler_index(groups: dict[str, list[Operation]], operations: list[Operation]) -> str:
+    tags = {group: members[0].tag for group, members in groups.items()}
     lines = [
         "# operationId -> (handler group, handler method), for the check that names a missing one.",
         "HANDLERS: dict[str, tuple[str, str]] = {",
         *(f"    {o.operation_id!r}: ({o.group!r}, {o.handler!r})," for o in operations),
         "}",
+        "# handler group -> (the Protocol it implements, the tag of its operations).",
+        "HANDLER_GROUPS: dict[str, tuple[str, str]] = {",
+        *(f"    {g!r}: ({protocol_name(g)!r}, {tags[g]!r})," for g in sorted(groups)),
+        "}",
         "",
+        "",
+        _HANDLER_PROBLEMS,
     ]
     return "\n".join(lines)
+
+
+_HANDLER_PROBLEMS = '''\
+def handler_problems(groups: Mapping[str, object]) -> list[str]:
+    """Why `groups` (a handler object by group name) cannot serve every operation, one line
+    each: a group missing, a group no tag has, an operation without its handler method.
+    """
+    problems = [
+        f'missing handler group: {group} ({protocol}, the operations tagged "{tag}")'
+        for group, (protocol, tag) in HANDLER_GROUPS.items()
+        if group not in groups
+    ]
+    problems += [
+        f"handler group of no tag: {group}" for group in groups if group not in HANDLER_GROUPS
+    ]
+    problems += [
+        f"missing handler: {operation_id}: {group}.{method}"
+        for operation_id, (group, method) in HANDLERS.items()
+        if not callable(getattr(groups.get(group), method, None))
+    ]
+    return problems
+'''
 
 
 def format_source(source: str, *, filename: str) -> str:

@@ -148,10 +148,39 @@ def test_a_new_operation_gets_a_stub_and_its_missing_handler_is_named(tmp_path: 
                 raise AttributeError(name)
             return lambda **_: (None, 204)
 
-    routes = module.Routes(**complete_handlers(module, task_runs=AllButArchive()))
-    assert routes.missing_handlers() == [
-        "archive_task_run_task_runs__id__put: task_runs.archive_task_run"
+    groups = complete_handlers(module, task_runs=AllButArchive())
+    assert module.handler_problems(groups) == [
+        "missing handler: archive_task_run_task_runs__id__put: task_runs.archive_task_run"
     ]
+
+
+def test_a_new_tag_gets_a_handler_group_and_its_absence_is_named(tmp_path: Path) -> None:
+    changed = spec()
+    read = changed["paths"]["/task_runs/{id}"]["get"]
+    widget = copy.deepcopy(read)
+    widget.update(operationId="read_widget_widgets__id__get", summary="Read Widget")
+    widget["tags"] = ["Widgets"]
+    changed["paths"]["/widgets/{id}"] = {"get": widget}
+    source = generator.generate(
+        write_spec(tmp_path, changed), pyproject=PYPROJECT, output=COMMITTED
+    )
+
+    module = import_generated(source, tmp_path)
+    groups = complete_handlers(module)
+    del groups["widgets"]
+
+    assert "widgets: WidgetsOperations" in source
+    assert module.handler_problems(groups) == [
+        'missing handler group: widgets (WidgetsOperations, the operations tagged "Widgets")',
+        "missing handler: read_widget_widgets__id__get: widgets.read_widget",
+    ]
+
+
+def test_a_handler_group_of_no_tag_is_named(tmp_path: Path) -> None:
+    module = import_generated(COMMITTED.read_text(), tmp_path)
+    groups = complete_handlers(module, gadgets=object())
+
+    assert module.handler_problems(groups) == ["handler group of no tag: gadgets"]
 
 
 def test_an_optional_query_parameter_may_come_before_the_body(tmp_path: Path) -> None:
