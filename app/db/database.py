@@ -476,6 +476,9 @@ def _unavailable_on_connection_errors() -> Iterator[None]:
 
 # SQLSTATE class of "program limit exceeded" errors.
 _POSTGRESQL_PROGRAM_LIMIT_CLASS = "54"
+# read_only_sql_transaction: a write to a standby, or to a database an administrator made
+# read-only; the driver reports it as an InternalError.
+_POSTGRESQL_READ_ONLY = "25006"
 
 
 def _means_unavailable(error: DBAPIError) -> bool:
@@ -487,10 +490,12 @@ def _means_unavailable(error: DBAPIError) -> bool:
         # SQLite reports a bad statement as an OperationalError too.
         return code in _SQLITE_CONTENTION or code in _SQLITE_FILE_FAULTS
     # PostgreSQL: lost or refused connections, timeouts, a full disk, an administrator's
-    # command; not constraint violations or bad statements, nor a statement beyond one of
-    # its limits (class 54: a value too large for an index entry, say), which the driver
-    # reports as an OperationalError too.
+    # command, a database that takes no writes; not constraint violations or bad
+    # statements, nor a statement beyond one of its limits (class 54: a value too large
+    # for an index entry, say), which the driver reports as an OperationalError too.
     sqlstate = getattr(error.orig, "sqlstate", None) or ""
+    if sqlstate == _POSTGRESQL_READ_ONLY:
+        return True
     return isinstance(error, OperationalError) and not sqlstate.startswith(
         _POSTGRESQL_PROGRAM_LIMIT_CLASS
     )

@@ -220,3 +220,39 @@ def hold_table_lock(database_url: str, holding: threading.Event, release: thread
             release.wait(timeout=30)
     finally:
         engine.dispose()
+
+
+def set_read_only(admin: Engine, database_url: str, *, read_only: bool) -> None:
+    """New transactions of the database read-only, as on a standby the service was pointed
+    at; its open connections are ended so that the workers' next ones take the setting.
+    """
+    with admin.connect() as connection:
+        connection.execute(
+            text(
+                f'ALTER DATABASE "{name_of(database_url)}"'
+                f" SET default_transaction_read_only = {str(read_only).lower()}"
+            )
+        )
+    terminate_backends(admin, database_url)
+
+
+class TestReadOnlyDatabase:
+    def test_writes_are_503_reads_200_and_writes_recover(
+        self, database_url: str, admin: Engine, served: tuple[RunningServer, httpx.Client]
+    ) -> None:
+        server, client = served
+        acknowledged = warm(client)
+        set_read_only(admin, database_url, read_only=True)
+        try:
+            assert wait_for(lambda: create(client).status_code != 201, timeout=5)
+            during = [create(client) for _ in range(10)]
+            reads_during = [client.get(f"/task_runs/{run_id}") for run_id in acknowledged[:5]]
+        finally:
+            set_read_only(admin, database_url, read_only=False)
+        assert wait_for(lambda: create(client).status_code == 201, timeout=5)
+
+        for response in during:
+            assert_unavailable(response)
+        assert [response.status_code for response in reads_during] == [200] * 5
+        assert "SQLSTATE 25006" in server.log()
+        assert SECRET not in server.log()
