@@ -15,13 +15,16 @@ that process's next poll. The polls stay, for the moments this does not work.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from sqlalchemy import Connection, text
@@ -40,6 +43,11 @@ PROCESS_TOKEN = uuid.uuid4().hex
 STOP_CHECK_SECONDS = 1.0
 RECONNECT_SECONDS = 1.0
 CONNECT_TIMEOUT_SECONDS = 10
+# After this long without a notification the listener asks the server for an answer, and
+# gives up on the connection when none comes in PING_TIMEOUT_SECONDS: a network path that
+# died without a word leaves a connection that is open and silent, listened on forever.
+PING_AFTER_SECONDS = 15.0
+PING_TIMEOUT_SECONDS = 5.0
 # How often an SQLite process looks at the channels' files.
 WATCH_SECONDS = 0.01
 
@@ -133,10 +141,36 @@ class PostgresListener(Listener):
             # What was committed while nobody listened is looked for now.
             for channel in self._signals:
                 self._give(channel)
+            heard = time.monotonic()
             while not self._stopping.is_set():
                 for notification in connection.notifies(timeout=STOP_CHECK_SECONDS):
+                    heard = time.monotonic()
                     if notification.payload != PROCESS_TOKEN:
                         self._give(notification.channel)
+                if time.monotonic() - heard >= PING_AFTER_SECONDS:
+                    _ping(connection)
+                    heard = time.monotonic()
+
+
+def _ping(connection: psycopg.Connection[Any]) -> None:
+    """A round trip to the server; when its answer does not come in PING_TIMEOUT_SECONDS,
+    the connection's socket is shut down, which ends the wait with a psycopg error.
+    """
+    # A duplicate descriptor of the socket: it stays the same socket until closed here, even
+    # if the connection's own descriptor is closed meanwhile.
+    with socket.socket(fileno=os.dup(connection.fileno())) as duplicate:
+        watchdog = threading.Timer(PING_TIMEOUT_SECONDS, _shut_down, args=(duplicate,))
+        watchdog.start()
+        try:
+            connection.execute("SELECT 1")
+        finally:
+            watchdog.cancel()
+            watchdog.join()
+
+
+def _shut_down(connection_socket: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed by the other side
+        connection_socket.shutdown(socket.SHUT_RDWR)
 
 
 class WakeFileWatcher(Listener):
