@@ -47,24 +47,28 @@ POSTGRESQL_BACKFILL = (
 BATCH = 10_000
 
 
-def _backfill_tags(connection: sa.Connection) -> None:
+def backfill_tags(connection: sa.Connection, *, batch: int = BATCH) -> None:
     if connection.dialect.name == "postgresql":
         op.execute(POSTGRESQL_BACKFILL)
         return
+    # `batch` runs at a time, in the order of their ids: a table of any size never has to
+    # fit in memory.
     runs = sa.table("task_run", sa.column("id", sa.Uuid()), sa.column("tags", sa.JSON()))
     tags = sa.table("task_run_tag", sa.column("task_run_id", sa.Uuid()), sa.column("tag"))
-    rows: list[dict[str, object]] = []
-    for run_id, run_tags in connection.execute(sa.select(runs.c.id, runs.c.tags)).all():
-        rows.extend(
+    in_id_order = sa.select(runs.c.id, runs.c.tags).order_by(runs.c.id).limit(batch)
+    page = connection.execute(in_id_order).all()
+    while page:
+        rows = [
             {"task_run_id": run_id, "tag": tag}
+            for run_id, run_tags in page
             for tag in dict.fromkeys(run_tags)
             if "\x00" not in tag
-        )
-        if len(rows) >= BATCH:
+        ]
+        if rows:
             connection.execute(tags.insert(), rows)
-            rows = []
-    if rows:
-        connection.execute(tags.insert(), rows)
+        if len(page) < batch:
+            return
+        page = connection.execute(in_id_order.where(runs.c.id > page[-1].id)).all()
 
 
 def upgrade() -> None:
@@ -84,7 +88,7 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_task_run_tag__tag_task_run_id"), "task_run_tag", ["tag", "task_run_id"]
     )
-    _backfill_tags(op.get_bind())
+    backfill_tags(op.get_bind())
     if dialect == "postgresql":
         op.execute('ALTER TABLE task_run ALTER COLUMN name TYPE text COLLATE "C"')
     for name, columns in INDEXES.items():
