@@ -21,6 +21,7 @@ from typing import cast
 import uvicorn
 
 from app import __version__
+from app.contract.api import contract_problems
 from app.db.database import Database, use_wal
 from app.db.migrate import check, downgrade, upgrade
 from app.main import handler_groups
@@ -29,7 +30,6 @@ from app.observability.metrics import MULTIPROCESS_DIR_ENV
 from app.serving.protocol import BoundedHttpToolsProtocol, HeadLimits
 from app.serving.supervisor import WorkerTimeouts, run
 from app.settings import Settings
-from generated.routes import handler_problems
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ def _exit_with_success(_signal_number: int, _frame: object) -> None:
 
 def serve(arguments: argparse.Namespace, settings: Settings) -> int:
     """Migrate the database, then serve the API with `workers` processes."""
+    # Before any worker starts: each one would fail the same way, and be started again.
+    if _reported_contract_problems(settings):
+        return 1
     logging_config = log_config(level=settings.log_level, log_format=settings.log_format)
     # The migration's lines are formatted like the server's.
     logging.config.dictConfig(logging_config)
@@ -124,11 +127,18 @@ def db_check(_arguments: argparse.Namespace, settings: Settings) -> int:
 
 
 def check_handlers(_arguments: argparse.Namespace, settings: Settings) -> int:
-    """Fail, naming them, when groups or methods of handlers openapi.yaml needs are missing."""
-    problems = handler_problems(handler_groups(Database("sqlite://"), settings))
+    """Fail, naming them, when route stubs, handler groups or handler methods that the
+    operations of openapi.yaml need are missing.
+    """
+    return 1 if _reported_contract_problems(settings) else 0
+
+
+def _reported_contract_problems(settings: Settings) -> bool:
+    """Print to stderr why the service cannot serve openapi.yaml, if it cannot; whether so."""
+    problems = contract_problems(handler_groups(Database("sqlite://"), settings))
     for problem in problems:
         print(problem, file=sys.stderr)
-    return 1 if problems else 0
+    return bool(problems)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -16,12 +16,14 @@ from pydantic import ValidationError
 
 import app
 from app import cli, main
+from app.contract import api
 from app.contract.api import MissingHandlers
 from app.db.database import Database
 from app.db.migrate import upgrade
 from app.main import create_app, database_of, handler_groups
 from app.services.event_retention import prune_old_events
 from app.settings import MAX_EVENT_RETENTION_SECONDS, MAX_TIMEOUT_SECONDS, Settings
+from generated.routes import HANDLERS
 from tests.support.databases import empty_database
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -153,6 +155,33 @@ class TestCheckHandlers:
             'missing handler group: admin (AdminOperations, the operations tagged "Admin")',
             "missing handler: read_server_version_admin_version_get: admin.read_server_version",
         ]
+
+    def test_route_stubs_of_another_version_of_the_document_are_named(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        stubs = dict(HANDLERS)
+        del stubs["read_task_run_task_runs__id__get"]
+        stubs["archive_task_run_task_runs__id__put"] = ("task_runs", "archive_task_run")
+        monkeypatch.setattr(api, "HANDLERS", stubs)
+
+        assert cli.main(["check-handlers"]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            "no route stub for read_task_run_task_runs__id__get of openapi.yaml:"
+            " run `make generate`",
+            "a route stub for archive_task_run_task_runs__id__put, which openapi.yaml no"
+            " longer has: run `make generate`",
+        ]
+
+    def test_serve_names_what_is_missing_and_starts_no_worker(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    ) -> None:
+        monkeypatch.setattr(cli, "handler_groups", handlers_without("admin"))
+        monkeypatch.setattr(cli, "run", pytest.fail)
+        monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
+
+        assert cli.main(["serve"]) == 1
+        assert capsys.readouterr().err.splitlines()[0].startswith("missing handler group: admin ")
+        assert not (tmp_path / "x.db").exists()  # not even migrated
 
     def test_the_service_does_not_start_without_a_handler_group(
         self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path

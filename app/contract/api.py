@@ -31,6 +31,7 @@ from app.contract.middleware import (
     LineBreakPathMiddleware,
     MethodNotAllowedMiddleware,
     UnroutedRequestMiddleware,
+    precedence,
 )
 from app.contract.observability import (
     REQUEST_ID_HEADER,
@@ -42,7 +43,7 @@ from app.contract.observability import (
 from app.contract.operations import prepare_operations_once
 from app.contract.spec import enable_openapi_31, load_spec
 from app.contract.validation import VALIDATOR_MAP
-from generated.routes import Routes, handler_problems
+from generated.routes import HANDLERS, Routes, handler_problems
 
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 METRICS_PATH = "/metrics"
@@ -89,23 +90,51 @@ class RoutesResolver(Resolver):  # type: ignore[misc]
 
 
 def ensure_every_operation_handled(groups: Mapping[str, object]) -> None:
-    """Fail at start-up, naming each handler group or method the document needs and
-    `groups` lacks.
+    """Fail at start-up, naming each route stub, handler group or method the document needs
+    and the service lacks.
     """
-    problems = handler_problems(groups)
+    problems = contract_problems(groups)
     if problems:
         raise MissingHandlers("; ".join(problems))
 
 
-def public_paths(spec: dict[str, Any]) -> frozenset[str]:
-    """The full paths of the operations that need no credentials (`security: []`)."""
-    base_path = spec["servers"][0]["url"].rstrip("/")
-    return frozenset(
-        base_path + path
-        for path, operations in spec["paths"].items()
+def contract_problems(groups: Mapping[str, object]) -> list[str]:
+    """Why the service cannot serve every operation of openapi.yaml with the handler objects
+    `groups`, one line each: route stubs generated from another version of the document
+    (Connexion would only find out at the first request of the operation), then what
+    `groups` lacks.
+    """
+    documented = {
+        operation["operationId"]
+        for operations in load_spec()["paths"].values()
         for method, operation in operations.items()
-        if method in HTTP_METHODS and operation.get("security") == []
-    )
+        if method in HTTP_METHODS
+    }
+    problems = [
+        f"no route stub for {operation_id} of openapi.yaml: run `make generate`"
+        for operation_id in sorted(documented - HANDLERS.keys())
+    ]
+    problems += [
+        f"a route stub for {operation_id}, which openapi.yaml no longer has: run `make generate`"
+        for operation_id in sorted(HANDLERS.keys() - documented)
+    ]
+    return problems + handler_problems(groups)
+
+
+def public_operations(spec: dict[str, Any]) -> dict[str, frozenset[str]]:
+    """The operations that need no credentials (`security: []`): full path template ->
+    their methods.
+    """
+    base_path = spec["servers"][0]["url"].rstrip("/")
+    public = {
+        base_path + path: frozenset(
+            method.upper()
+            for method, operation in operations.items()
+            if method in HTTP_METHODS and operation.get("security") == []
+        )
+        for path, operations in spec["paths"].items()
+    }
+    return {path: methods for path, methods in public.items() if methods}
 
 
 def methods_by_path(spec: dict[str, Any]) -> dict[str, frozenset[str]]:
@@ -152,6 +181,9 @@ def mount_contract(
     prepare_operations_once()
     spec = load_spec()
     base_path = spec["servers"][0]["url"].rstrip("/")
+    # Connexion's router tries the paths in the document's order: a literal path listed
+    # after a templated one it also matches would never be reached.
+    spec["paths"] = {path: spec["paths"][path] for path in sorted(spec["paths"], key=precedence)}
     app.add_api(
         spec,
         resolver=RoutesResolver(routes),
@@ -193,7 +225,7 @@ def mount_contract(
             BasicAuthMiddleware,
             position=MiddlewarePosition.BEFORE_ROUTING,
             credentials=basic_auth,
-            exempt_paths=public_paths(spec),
+            public_operations=public_operations(spec),
         )
     paths, prefixes = document_endpoints(base_path=base_path, title=spec["info"]["title"])
     if metrics_enabled:

@@ -83,20 +83,29 @@ class ApiVersionMiddleware:
 
 
 class BasicAuthMiddleware:
-    """Requires HTTP Basic credentials equal to `credentials` ("user:password") on every path
-    but `exempt_paths`, as Prefect's server does with PREFECT_SERVER_API_AUTH_STRING.
+    """Requires HTTP Basic credentials equal to `credentials` ("user:password") on every
+    request but those of the operations in `public_operations` (path template -> methods),
+    as Prefect's server does with PREFECT_SERVER_API_AUTH_STRING.
 
-    The scheme name is case-insensitive (RFC 9110), and an exempt path is exempt with a
-    trailing slash too (which is then redirected to it).
+    The scheme name is case-insensitive (RFC 9110), and a public operation's path is public
+    with a trailing slash too, or without one (Connexion then redirects it).
     """
 
-    def __init__(self, app: ASGIApp, *, credentials: str, exempt_paths: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        credentials: str,
+        public_operations: dict[str, frozenset[str]],
+    ) -> None:
         self.app = app
         self.expected = credentials.encode()
-        self.exempt_paths = frozenset(path.rstrip("/") for path in exempt_paths)
+        self.public = PathTemplates(
+            {template.rstrip("/"): methods for template, methods in public_operations.items()}
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].rstrip("/") not in self.exempt_paths:
+        if scope["type"] == "http" and not self._is_public(scope):
             supplied = next(
                 (value for name, value in scope["headers"] if name == b"authorization"), b""
             )
@@ -104,6 +113,10 @@ class BasicAuthMiddleware:
             if not hmac.compare_digest(_basic_credentials(supplied), self.expected):
                 raise Unauthorized("Unauthorized")
         await self.app(scope, receive, send)
+
+    def _is_public(self, scope: Scope) -> bool:
+        template = self.public.template_of(scope["path"].rstrip("/"))
+        return template is not None and scope["method"] in template.methods
 
 
 def _basic_credentials(authorization: bytes) -> bytes:
@@ -316,15 +329,45 @@ class PathTemplate:
         self.pattern = re.compile(
             "/".join("[^/]+" if _is_parameter(s) else re.escape(s) for s in segments)
         )
-        # Of two templates that match a path, the one with more literal segments is the
-        # path's own (`/task_runs/filter` rather than `/task_runs/{id}`).
-        self.literal_segments = sum(not _is_parameter(s) for s in segments)
         self.allow = ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
         self.methods = frozenset(self.allow.split(", "))
 
 
 def _is_parameter(segment: str) -> bool:
     return segment.startswith("{") and segment.endswith("}")
+
+
+def precedence(template: str) -> tuple[bool, ...]:
+    """Sorts the templates a path could match so that its own comes first: of two, the one
+    with a literal segment where the other has a parameter, at the first place they differ
+    (`/task_runs/stats` before `/task_runs/{id}`), as OpenAPI matches concrete paths first.
+    """
+    return tuple(_is_parameter(segment) for segment in template.split("/"))
+
+
+class PathTemplates:
+    """Path templates (template -> methods), each path matched to its own template."""
+
+    def __init__(self, methods_by_path: dict[str, frozenset[str]]) -> None:
+        self.templates = [
+            PathTemplate(path, methods_by_path[path])
+            for path in sorted(methods_by_path, key=precedence)
+        ]
+        # One pattern for all of them, tried in that order: one match per request instead
+        # of one per template. The group that matched names the template.
+        self._any_template = re.compile(
+            "|".join(
+                f"(?P<t{index}>{template.pattern.pattern})"
+                for index, template in enumerate(self.templates)
+            )
+        )
+
+    def template_of(self, path: str) -> PathTemplate | None:
+        """The template `path` belongs to, if there is one."""
+        match = self._any_template.fullmatch(path)
+        if match is None or match.lastgroup is None:
+            return None
+        return self.templates[int(match.lastgroup[1:])]
 
 
 class MethodNotAllowedMiddleware:
@@ -337,29 +380,11 @@ class MethodNotAllowedMiddleware:
 
     def __init__(self, app: ASGIApp, *, methods_by_path: dict[str, frozenset[str]]) -> None:
         self.app = app
-        self.templates = sorted(
-            (PathTemplate(path, methods) for path, methods in methods_by_path.items()),
-            key=lambda template: -template.literal_segments,
-        )
-        # One pattern for all of them, tried in that order: one match per request instead
-        # of one per template. The group that matched names the template.
-        self._any_template = re.compile(
-            "|".join(
-                f"(?P<t{index}>{template.pattern.pattern})"
-                for index, template in enumerate(self.templates)
-            )
-        )
-
-    def template_of(self, path: str) -> PathTemplate | None:
-        """The template `path` belongs to, if the document has one."""
-        match = self._any_template.fullmatch(path)
-        if match is None or match.lastgroup is None:
-            return None
-        return self.templates[int(match.lastgroup[1:])]
+        self.paths = PathTemplates(methods_by_path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            template = self.template_of(scope["path"])
+            template = self.paths.template_of(scope["path"])
             if template is not None and scope["method"] not in template.methods:
                 raise MethodNotAllowed(template.allow)
         await self.app(scope, receive, send)
