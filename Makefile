@@ -28,7 +28,7 @@ $(DEV): pyproject.toml | $(BIN)/python
 
 install: $(DEV) ## create .venv with the service and every development tool
 
-run: $(RUNTIME) ## migrate the database and serve the API on $$HOST:$$PORT (127.0.0.1:4200)
+run: $(RUNTIME) ## migrate the database and serve the API on 127.0.0.1:4200 (HOST, PORT)
 	$(BIN)/taskrun-api serve
 
 test: $(DEV) browser ## run every test (PostgreSQL ones too when TEST_POSTGRES_URL is set)
@@ -61,7 +61,8 @@ client: $(DEV) ## generate a typed Python client from openapi.yaml into build/cl
 
 check-generated: $(DEV)
 	@$(BIN)/openapi-spec-validator openapi.yaml
-	@$(BIN)/datamodel-codegen --check
+	@$(BIN)/datamodel-codegen --check || { \
+	  echo "generated/models.py is out of date: run \`make generate\`" >&2; exit 1; }
 	@$(BIN)/python -m app.codegen.routes --check
 
 check-handlers: $(DEV)

@@ -13,6 +13,7 @@ operation's handler so that a missing one is reported by name.
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
 import json
 import keyword
@@ -63,7 +64,7 @@ class Operation:
     success: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
-def load_operations(spec: dict[str, Any], *, model_names: dict[str, str]) -> list[Operation]:
+def load_operations(spec: dict[str, Any], *, naming: ModelNaming) -> list[Operation]:
     """Every operation of the document, in document order."""
     operations = []
     for path, path_item in spec.get("paths", {}).items():
@@ -77,7 +78,7 @@ def load_operations(spec: dict[str, Any], *, model_names: dict[str, str]) -> lis
                         method,
                         path_item[method],
                         shared_parameters=shared_parameters,
-                        model_names=model_names,
+                        naming=naming,
                     )
                 )
     _check_unique(operations)
@@ -91,7 +92,7 @@ def _operation(
     definition: dict[str, Any],
     *,
     shared_parameters: list[dict[str, Any]],
-    model_names: dict[str, str],
+    naming: ModelNaming,
 ) -> Operation:
     operation_id = definition.get("operationId")
     where = f"{method.upper()} {path}"
@@ -100,12 +101,22 @@ def _operation(
     tags = definition.get("tags") or []
     if not tags:
         raise SpecError(f"{where} has no tag; the first tag names its handler group")
-    parameters = [
-        _resolve(spec, p) for p in [*shared_parameters, *definition.get("parameters", [])]
-    ]
-    body_model, body_required = _request_body(
-        spec, definition, where=where, model_names=model_names
+    handler = handler_name(operation_id, path=path, method=method)
+    _check_identifier(operation_id, what="operationId", where=where)
+    _check_identifier(
+        handler, what="handler method (the operationId without its suffix)", where=where
     )
+    _check_identifier(_snake_case(tags[0]), what=f"handler group of tag {tags[0]!r}", where=where)
+    # An operation's parameter replaces the path's of the same name and location.
+    parameters = list(
+        {
+            (parameter["name"], parameter["in"]): parameter
+            for parameter in (
+                _resolve(spec, p) for p in [*shared_parameters, *definition.get("parameters", [])]
+            )
+        }.values()
+    )
+    body_model, body_required = _request_body(spec, definition, where=where, naming=naming)
     return Operation(
         operation_id=operation_id,
         method=method,
@@ -113,13 +124,13 @@ def _operation(
         summary=definition.get("summary", ""),
         tag=tags[0],
         group=_snake_case(tags[0]),
-        handler=handler_name(operation_id, path=path, method=method),
+        handler=handler,
         parameters=tuple(
             _parameter(p, where=where) for p in parameters if p["in"] in ("path", "query")
         ),
         body_model=body_model,
         body_required=body_required,
-        success=_success_responses(spec, definition, where=where, model_names=model_names),
+        success=_success_responses(spec, definition, where=where, naming=naming),
     )
 
 
@@ -129,6 +140,16 @@ def handler_name(operation_id: str, *, path: str, method: str) -> str:
     if operation_id.endswith(suffix) and len(operation_id) > len(suffix):
         return operation_id[: -len(suffix)]
     return operation_id
+
+
+def _check_identifier(name: str, *, what: str, where: str) -> None:
+    # The stubs name methods and attributes after it; a leading underscore is kept for
+    # the stubs' own.
+    if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+        raise SpecError(
+            f"{where}: the {what} {name!r} is not a Python identifier (letters, digits and"
+            " underscores, not a keyword, not starting with a digit or an underscore)"
+        )
 
 
 def _snake_case(text: str) -> str:
@@ -148,13 +169,40 @@ def _resolve(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-def _model_name(schema: dict[str, Any], *, where: str, model_names: dict[str, str]) -> str:
+@dataclass(frozen=True)
+class ModelNaming:
+    """The class datamodel-code-generator writes for each schema of the document."""
+
+    # Schema -> class, as `model-name-map` of [tool.datamodel-codegen] renames them.
+    renames: dict[str, str]
+    # The classes of generated/models.py, when it was generated (None: not looked at).
+    classes: frozenset[str] | None = None
+    # The document's schema names.
+    schemas: frozenset[str] = frozenset()
+
+    def class_of(self, schema: str, *, where: str) -> str:
+        """The model class of `schema`: renamed, or named as the schema, or in UpperCamelCase
+        (`task_note`, `Body_add_note_post` -> `TaskNote`, `BodyAddNotePost`) when that is a
+        class of generated/models.py and no schema of that name exists.
+        """
+        if schema in self.renames or self.classes is None or schema in self.classes:
+            return self.renames.get(schema, schema)
+        camel = "".join(part[:1].upper() + part[1:] for part in re.split(r"[\W_]+", schema))
+        if camel in self.classes and camel not in self.schemas:
+            return camel
+        raise SpecError(
+            f"{where}: generated/models.py has no class for schema {schema!r}: name it in"
+            " `model-name-map` of [tool.datamodel-codegen] in pyproject.toml"
+            f" ({{{schema!r}: <its class in generated/models.py>}}), then `make generate`"
+        )
+
+
+def _model_name(schema: dict[str, Any], *, where: str, naming: ModelNaming) -> str:
     reference = schema.get("$ref", "")
     prefix = "#/components/schemas/"
     if not reference.startswith(prefix):
         raise SpecError(f"{where}: a JSON body must be a $ref to {prefix}<Name>")
-    name = reference[len(prefix) :]
-    return f"models.{model_names.get(name, name)}"
+    return f"models.{naming.class_of(reference[len(prefix) :], where=where)}"
 
 
 _SCALAR_TYPES = {"boolean": "bool", "integer": "int", "number": "float", "string": "str"}
@@ -168,7 +216,7 @@ def _parameter(parameter: dict[str, Any], *, where: str) -> Parameter:
     kind = schema.get("type")
     if kind == "string" and schema.get("format") == "uuid":
         python_type, converter = "UUID", "UUID"
-    elif kind in _SCALAR_TYPES:
+    elif isinstance(kind, str) and kind in _SCALAR_TYPES:
         python_type, converter = _SCALAR_TYPES[kind], None
     else:
         raise SpecError(f"{where}: parameter {name!r} has a type the stubs do not support")
@@ -181,7 +229,7 @@ def _parameter(parameter: dict[str, Any], *, where: str) -> Parameter:
 
 
 def _request_body(
-    spec: dict[str, Any], definition: dict[str, Any], *, where: str, model_names: dict[str, str]
+    spec: dict[str, Any], definition: dict[str, Any], *, where: str, naming: ModelNaming
 ) -> tuple[str | None, bool]:
     if "requestBody" not in definition:
         return None, False
@@ -189,24 +237,32 @@ def _request_body(
     content = body.get("content", {})
     if JSON_MEDIA_TYPE not in content:
         raise SpecError(f"{where}: the request body must be {JSON_MEDIA_TYPE}")
-    schema = content[JSON_MEDIA_TYPE]["schema"]
-    return _model_name(schema, where=where, model_names=model_names), bool(body.get("required"))
+    schema = _schema_of(content[JSON_MEDIA_TYPE], what="the request body", where=where)
+    return _model_name(schema, where=where, naming=naming), bool(body.get("required"))
+
+
+def _schema_of(media_type: dict[str, Any], *, what: str, where: str) -> dict[str, Any]:
+    if "schema" not in media_type:
+        raise SpecError(f"{where}: {what} has no schema")
+    schema: dict[str, Any] = media_type["schema"]
+    return schema
 
 
 def _success_responses(
-    spec: dict[str, Any], definition: dict[str, Any], *, where: str, model_names: dict[str, str]
+    spec: dict[str, Any], definition: dict[str, Any], *, where: str, naming: ModelNaming
 ) -> dict[str, tuple[int, ...]]:
     by_type: dict[str, list[int]] = {}
     for status, response_or_reference in definition.get("responses", {}).items():
+        if str(status).upper() == "2XX":
+            raise SpecError(f"{where}: name each success status instead of {status}")
         if not str(status).isdigit() or not 200 <= int(status) < 300:
             continue
         content = _resolve(spec, response_or_reference).get("content")
         if not content:
             python_type = "None"
         elif JSON_MEDIA_TYPE in content:
-            python_type = _response_type(
-                content[JSON_MEDIA_TYPE]["schema"], where=where, model_names=model_names
-            )
+            schema = _schema_of(content[JSON_MEDIA_TYPE], what=f"response {status}", where=where)
+            python_type = _response_type(schema, where=where, naming=naming)
             if not python_type:
                 raise SpecError(
                     f"{where}: response {status} must be a $ref, an array of $refs or a scalar type"
@@ -217,13 +273,14 @@ def _success_responses(
     return {python_type: tuple(sorted(statuses)) for python_type, statuses in by_type.items()}
 
 
-def _response_type(schema: dict[str, Any], *, where: str, model_names: dict[str, str]) -> str:
+def _response_type(schema: dict[str, Any], *, where: str, naming: ModelNaming) -> str:
     """The Python type of a JSON response body; empty when the stubs cannot return it."""
     if "$ref" in schema:
-        return _model_name(schema, where=where, model_names=model_names)
+        return _model_name(schema, where=where, naming=naming)
     if schema.get("type") == "array" and "$ref" in schema.get("items", {}):
-        return f"list[{_model_name(schema['items'], where=where, model_names=model_names)}]"
-    return _SCALAR_TYPES.get(schema.get("type", ""), "")
+        return f"list[{_model_name(schema['items'], where=where, naming=naming)}]"
+    kind = schema.get("type")
+    return _SCALAR_TYPES.get(kind, "") if isinstance(kind, str) else ""
 
 
 def _check_unique(operations: list[Operation]) -> None:
@@ -508,8 +565,21 @@ def model_name_map(pyproject: Path) -> dict[str, str]:
 def generate(spec_path: Path, *, pyproject: Path, output: Path) -> str:
     """The formatted source of the route stubs for the document at `spec_path`."""
     spec = yaml.safe_load(spec_path.read_text())
-    operations = load_operations(spec, model_names=model_name_map(pyproject))
+    naming = ModelNaming(
+        renames=model_name_map(pyproject),
+        classes=model_classes(output.parent / "models.py"),
+        schemas=frozenset(spec.get("components", {}).get("schemas", {})),
+    )
+    operations = load_operations(spec, naming=naming)
     return format_source(render(operations), filename=str(output))
+
+
+def model_classes(models: Path) -> frozenset[str] | None:
+    """The classes generated/models.py defines; None when it has not been generated."""
+    if not models.exists():
+        return None
+    tree = ast.parse(models.read_text())
+    return frozenset(node.name for node in tree.body if isinstance(node, ast.ClassDef))
 
 
 def main(argv: list[str] | None = None) -> int:

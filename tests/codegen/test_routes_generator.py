@@ -300,6 +300,52 @@ def test_stubs_convert_arguments_and_serialise_results(tmp_path: Path) -> None:
             ),
             "must be application/json or empty",
         ),
+        (
+            lambda d: d["components"]["parameters"]["TaskRunId"]["schema"].update(
+                type=["string", "null"]
+            ),
+            "has a type the stubs do not support",
+        ),
+        (
+            lambda d: d["paths"]["/task_runs/count"]["post"]["responses"]["200"]["content"][
+                "application/json"
+            ]["schema"].update(type=["integer", "null"]),
+            r"must be a \$ref, an array of \$refs or a scalar type",
+        ),
+        (
+            lambda d: d["paths"]["/task_runs/count"]["post"]["responses"]["200"]["content"][
+                "application/json"
+            ].pop("schema"),
+            "response 200 has no schema",
+        ),
+        (
+            lambda d: d["paths"]["/task_runs/"]["post"]["requestBody"]["content"][
+                "application/json"
+            ].pop("schema"),
+            "the request body has no schema",
+        ),
+        (
+            lambda d: d["paths"]["/task_runs/count"]["post"]["responses"].update(
+                {"2XX": {"description": "Any success."}}
+            ),
+            "name each success status instead of 2XX",
+        ),
+        (
+            lambda d: d["paths"]["/task_runs/count"]["post"].update(operationId="count-runs"),
+            "the operationId 'count-runs' is not a Python identifier",
+        ),
+        (
+            lambda d: d["paths"]["/task_runs/count"]["post"].update(operationId="_count"),
+            "the operationId '_count' is not a Python identifier",
+        ),
+        (
+            lambda d: d["paths"]["/task_runs/count"]["post"].update(tags=["Import"]),
+            "the handler group of tag 'Import' 'import' is not a Python identifier",
+        ),
+        (
+            lambda d: d["paths"]["/task_runs/count"]["post"].update(tags=["2FA"]),
+            "the handler group of tag '2FA' '2fa' is not a Python identifier",
+        ),
     ],
 )
 def test_unsupported_contracts_are_named(change: Any, message: str) -> None:
@@ -307,4 +353,51 @@ def test_unsupported_contracts_are_named(change: Any, message: str) -> None:
     change(document)
 
     with pytest.raises(generator.SpecError, match=message):
-        generator.load_operations(document, model_names={})
+        generator.load_operations(document, naming=generator.ModelNaming(renames={}))
+
+
+def test_an_operations_parameter_replaces_the_paths_of_the_same_name(tmp_path: Path) -> None:
+    changed = spec()
+    changed["paths"]["/task_runs/{id}/set_state"]["parameters"] = [
+        {"$ref": "#/components/parameters/TaskRunId"}
+    ]
+    source = generator.generate(
+        write_spec(tmp_path, changed), pyproject=PYPROJECT, output=COMMITTED
+    )
+
+    assert source == COMMITTED.read_text()
+
+
+def test_a_schema_is_found_under_the_class_name_the_model_generator_gave_it(
+    tmp_path: Path,
+) -> None:
+    changed = spec()
+    schemas = changed["components"]["schemas"]
+    schemas["task_run_note"] = schemas.pop("TaskRunUpdate")
+    update = changed["paths"]["/task_runs/{id}"]["patch"]["requestBody"]["content"]
+    update["application/json"]["schema"]["$ref"] = "#/components/schemas/task_run_note"
+    models = COMMITTED.with_name("models.py").read_text()
+    (tmp_path / "models.py").write_text(
+        models.replace("class TaskRunUpdate(", "class TaskRunNote(")
+    )
+
+    source = generator.generate(
+        write_spec(tmp_path, changed), pyproject=PYPROJECT, output=tmp_path / "routes.py"
+    )
+
+    assert "body: models.TaskRunNote" in source
+
+
+def test_a_schema_without_its_class_is_named_with_the_setting_that_names_it(
+    tmp_path: Path,
+) -> None:
+    changed = spec()
+    models = COMMITTED.with_name("models.py").read_text()
+    (tmp_path / "models.py").write_text(models.replace("class TaskRunUpdate(", "class Renamed("))
+
+    with pytest.raises(
+        generator.SpecError, match=r"no class for schema 'TaskRunUpdate'.*model-name-map"
+    ):
+        generator.generate(
+            write_spec(tmp_path, changed), pyproject=PYPROJECT, output=tmp_path / "routes.py"
+        )
