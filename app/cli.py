@@ -27,7 +27,7 @@ from app.db.migrate import check, downgrade, upgrade
 from app.main import handler_groups
 from app.observability.logs import log_config
 from app.observability.metrics import MULTIPROCESS_DIR_ENV
-from app.serving.protocol import BoundedHttpToolsProtocol, HeadLimits
+from app.serving.protocol import BoundedHttpToolsProtocol, HeadLimits, RefusalRecording
 from app.serving.supervisor import WorkerTimeouts, run
 from app.settings import Settings
 
@@ -81,6 +81,7 @@ def serve(arguments: argparse.Namespace, settings: Settings) -> int:
         max_bytes=settings.max_request_header_bytes,
         max_headers=settings.max_request_headers,
     )
+    refusal_recording = RefusalRecording(log=settings.access_log, count=settings.metrics_enabled)
     config = uvicorn.Config(
         "app.main:app",
         host=arguments.host or settings.host,
@@ -91,7 +92,10 @@ def serve(arguments: argparse.Namespace, settings: Settings) -> int:
         access_log=False,
         timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
         # uvicorn only calls what it is given here, as it would call a protocol class.
-        http=cast(type[asyncio.Protocol], partial(BoundedHttpToolsProtocol, limits=head_limits)),
+        http=cast(
+            type[asyncio.Protocol],
+            partial(BoundedHttpToolsProtocol, limits=head_limits, recording=refusal_recording),
+        ),
         # uvicorn waits this long for a worker it starts on SIGHUP.
         timeout_worker_healthcheck=math.ceil(settings.worker_startup_timeout),
     )

@@ -84,10 +84,22 @@ class RequestRecorder:
 
 
 def _log_request(scope: Scope, *, operation_id: str | None, status: int, seconds: float) -> None:
+    log_request(
+        method=scope["method"],
+        path=scope["path"],
+        operation_id=operation_id,
+        status=status,
+        seconds=seconds,
+    )
+
+
+def log_request(
+    *, method: str, path: str, operation_id: str | None, status: int, seconds: float
+) -> None:
+    """The log line of one answered request (its id is the current request id)."""
     if not request_logger.isEnabledFor(logging.INFO):
         return
-    method: str = scope["method"]
-    path = _printable(scope["path"])
+    path = _printable(path)
     duration_ms = round(seconds * 1000, 2)
     request_logger.info(
         "%s %s %d %s %.2f ms",

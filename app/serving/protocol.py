@@ -14,9 +14,14 @@ import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import httptools
+from asgi_correlation_id.context import correlation_id
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from app.contract.observability import log_request, new_request_id
+from app.observability import metrics
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,18 @@ class HeadLimits:
     timeout: float
     max_bytes: int
     max_headers: int
+
+
+@dataclass(frozen=True)
+class RefusalRecording:
+    """Whether a refused request gets its log line and its count, as answered ones do."""
+
+    log: bool
+    count: bool
+
+
+# What a refused request's log line says of a method or path that never fully arrived.
+UNKNOWN = "-"
 
 
 class _HeadRefused(Exception):
@@ -40,10 +57,15 @@ class _HeadRefused(Exception):
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with HeadLimits."""
 
-    def __init__(self, *args: Any, limits: HeadLimits, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, limits: HeadLimits, recording: RefusalRecording, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits
+        self.recording = recording
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_started = 0.0
+        self._request_line_read = False
         self._reading_head = True
         self._head_bytes = 0  # received while reading the head (an upper bound of its size)
         self._head_size = 0  # exactly: the target and every header name and value
@@ -84,6 +106,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._request_line_read = False
         self._reading_head = True
         self._head_size = 0
         self._header_count = 0
@@ -100,6 +123,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._request_line_read = True
         self._head_size += len(name) + len(value)
         self._header_count += 1
         if self._header_count > self.limits.max_headers:
@@ -107,6 +131,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._request_line_read = True
         if self._head_size > self.limits.max_bytes:
             raise _HeadRefused(431, self._too_large())
         self._disarm_head_timer()
@@ -118,6 +143,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return f"The request line and headers are larger than {self.limits.max_bytes} bytes."
 
     def _arm_head_timer(self) -> None:
+        self._head_started = self.loop.time()
         self._head_timer = self.loop.call_later(self.limits.timeout, self._head_timed_out)
 
     def _disarm_head_timer(self) -> None:
@@ -142,12 +168,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # A response is under way on this connection: it cannot be answered twice.
             self.transport.close()
             return
+        request_id = new_request_id()
         body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             head.extend([name, b": ", value, b"\r\n"])
         head.extend(
             [
+                b"x-request-id: " + request_id.encode("ascii") + b"\r\n",
                 b"content-type: application/json\r\n",
                 b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
                 b"connection: close\r\n\r\n",
@@ -155,3 +183,30 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.write(b"".join(head) + body)
         self.transport.close()
+        self._record_refusal(status, request_id)
+
+    def _record_refusal(self, status: int, request_id: str) -> None:
+        """Log and count a refused request as RequestRecorder does an answered one."""
+        seconds = self.loop.time() - self._head_started
+        if self.recording.count:
+            metrics.observe_request(operation_id=None, status=status, seconds=seconds)
+        if self.recording.log:
+            method, path = self._method_and_path()
+            token = correlation_id.set(request_id)
+            try:
+                log_request(
+                    method=method, path=path, operation_id=None, status=status, seconds=seconds
+                )
+            finally:
+                correlation_id.reset(token)
+
+    def _method_and_path(self) -> tuple[str, str]:
+        """The request's method and decoded path, once its request line was read whole."""
+        if not self._request_line_read:
+            return UNKNOWN, UNKNOWN
+        try:
+            method = self.parser.get_method().decode("ascii")
+            path = unquote(httptools.parse_url(self.url).path.decode("ascii"))
+        except (httptools.HttpParserError, UnicodeDecodeError):
+            return UNKNOWN, UNKNOWN
+        return method, path
