@@ -5,7 +5,8 @@ all of them however large, and refuses malformed HTTP with a plain-text 400. Her
 must arrive within `timeout` seconds of the connection (or of the request's first byte, on a
 kept-alive connection), be at most `max_bytes` long and hold at most `max_headers` headers;
 otherwise the client gets 408 or 431, and malformed requests get 400, each as
-`{"detail": ...}`, and the connection is closed.
+`{"detail": ...}` with an `X-Request-ID`, and the connection is closed. The refusal is
+logged and counted as an answered request is (RequestRecorder), without an operationId.
 """
 
 from __future__ import annotations
