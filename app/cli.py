@@ -8,8 +8,10 @@ import logging
 import logging.config
 import math
 import os
+import re
 import shutil
 import signal
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -19,11 +21,14 @@ from pathlib import Path
 from typing import cast
 
 import uvicorn
+from alembic.util.exc import CommandError
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from app import __version__
 from app.contract.api import contract_problems
 from app.db.database import Database, use_wal
-from app.db.migrate import check, downgrade, upgrade
+from app.db.migrate import check, current_revisions, downgrade, head_revision, upgrade
 from app.main import handler_groups
 from app.observability.logs import log_config
 from app.observability.metrics import MULTIPROCESS_DIR_ENV
@@ -32,6 +37,33 @@ from app.serving.supervisor import WorkerTimeouts, run
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+MAX_PORT = 65535
+# Settings whose values are not repeated in an error: they can hold a password.
+SECRET_SETTINGS = frozenset({"database_url", "api_auth_string"})
+
+# The files prometheus-client writes in its multiprocess directory: `<type>_<pid>.db`.
+METRICS_FILE = re.compile(r"(counter|histogram|summary|gauge_[a-z]+)_\d+\.db")
+
+
+class StartupError(Exception):
+    """A setting or an environment the service cannot start with; its message says why."""
+
+
+def metrics_files(directory: Path) -> list[Path]:
+    """prometheus-client's files in `directory`.
+
+    :raises StartupError: the directory holds other `.db` files, which prometheus-client
+        would read as its own (an SQLite database among them was once deleted as stale).
+    """
+    files = list(directory.glob("*.db"))
+    foreign = [path.name for path in files if not METRICS_FILE.fullmatch(path.name)]
+    if foreign:
+        raise StartupError(
+            f"{MULTIPROCESS_DIR_ENV} ({directory}) holds files that are not prometheus-client's:"
+            f" {', '.join(sorted(foreign))}; give the metrics a directory of their own"
+        )
+    return files
 
 
 @contextmanager
@@ -46,7 +78,7 @@ def metrics_directory(*, enabled: bool) -> Iterator[None]:
         return
     given = os.environ.get(MULTIPROCESS_DIR_ENV)
     if given:
-        for stale in Path(given).glob("*.db"):
+        for stale in metrics_files(Path(given)):
             stale.unlink()
         yield
         return
@@ -68,13 +100,20 @@ def serve(arguments: argparse.Namespace, settings: Settings) -> int:
     # Before any worker starts: each one would fail the same way, and be started again.
     if _reported_contract_problems(settings):
         return 1
+    if settings.metrics_enabled and os.environ.get(MULTIPROCESS_DIR_ENV):
+        metrics_files(Path(os.environ[MULTIPROCESS_DIR_ENV]))
     logging_config = log_config(level=settings.log_level, log_format=settings.log_format)
     # The migration's lines are formatted like the server's.
     logging.config.dictConfig(logging_config)
+    if Database(settings.database_url).url.database in (None, "", ":memory:"):
+        raise StartupError(
+            "DATABASE_URL names an in-memory SQLite database, which each worker process would"
+            " have a separate, empty copy of: give it a file (sqlite:///path)"
+        )
     if arguments.no_migrate:
         use_wal(settings.database_url)
     else:
-        logger.info("migrating %s", Database(settings.database_url).url.render_as_string())
+        logger.info("migrating %s", _printable_url(settings.database_url))
         upgrade(settings.database_url)
     head_limits = HeadLimits(
         timeout=settings.request_header_timeout,
@@ -114,12 +153,14 @@ def serve(arguments: argparse.Namespace, settings: Settings) -> int:
 
 def db_upgrade(arguments: argparse.Namespace, settings: Settings) -> int:
     """Apply the migrations up to a revision (the newest by default)."""
+    _log_migrations(settings)
     upgrade(settings.database_url, arguments.revision)
     return 0
 
 
 def db_downgrade(arguments: argparse.Namespace, settings: Settings) -> int:
     """Revert the migrations down to a revision ("base" removes every table)."""
+    _log_migrations(settings)
     downgrade(settings.database_url, arguments.revision)
     return 0
 
@@ -128,6 +169,38 @@ def db_check(_arguments: argparse.Namespace, settings: Settings) -> int:
     """Fail when the tables differ from what the migrations create."""
     check(settings.database_url)
     return 0
+
+
+def db_current(_arguments: argparse.Namespace, settings: Settings) -> int:
+    """Print the revision the database's schema is at, and whether that is the newest."""
+    database = Database(settings.database_url)
+    try:
+        with database.snapshot() as connection:
+            revisions = current_revisions(connection)
+    finally:
+        database.dispose()
+    head = head_revision()
+    if not revisions:
+        print(f"no revision (an empty database); the newest is {head}")
+    for revision in revisions:
+        print(
+            f"{revision} (the newest)" if revision == head else f"{revision}; the newest is {head}"
+        )
+    return 0
+
+
+def _log_migrations(settings: Settings) -> None:
+    """Each migration as Alembic applies it, on stderr as the server logs."""
+    logging.config.dictConfig(log_config(level=settings.log_level, log_format=settings.log_format))
+    logger.info("migrating %s", _printable_url(settings.database_url))
+
+
+def _printable_url(database_url: str) -> str:
+    """The database URL without its passwords (in the user part or the query)."""
+    url = Database(database_url).url
+    if "password" in url.query:
+        url = url.update_query_dict({"password": "***"})
+    return url.render_as_string(hide_password=True)
 
 
 def check_handlers(_arguments: argparse.Namespace, settings: Settings) -> int:
@@ -145,6 +218,20 @@ def _reported_contract_problems(settings: Settings) -> bool:
     return bool(problems)
 
 
+def _port(text: str) -> int:
+    number = int(text)
+    if not 0 <= number <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{number} is not a port (0 to {MAX_PORT})")
+    return number
+
+
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} is not 1 or more")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskrun-api", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -152,8 +239,8 @@ def _parser() -> argparse.ArgumentParser:
 
     serve_parser = commands.add_parser("serve", help=serve.__doc__)
     serve_parser.add_argument("--host", help="default: $HOST or 127.0.0.1")
-    serve_parser.add_argument("--port", type=int, help="default: $PORT or 4200")
-    serve_parser.add_argument("--workers", type=int, help="default: $WORKERS or 2")
+    serve_parser.add_argument("--port", type=_port, help="default: $PORT or 4200")
+    serve_parser.add_argument("--workers", type=_positive, help="default: $WORKERS or 2")
     serve_parser.add_argument("--no-migrate", action="store_true", help="do not migrate first")
     serve_parser.set_defaults(handler=serve)
 
@@ -166,6 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     downgrade_parser.add_argument("revision")
     downgrade_parser.set_defaults(handler=db_downgrade)
     db_commands.add_parser("check", help=db_check.__doc__).set_defaults(handler=db_check)
+    db_commands.add_parser("current", help=db_current.__doc__).set_defaults(handler=db_current)
 
     commands.add_parser("check-handlers", help=check_handlers.__doc__).set_defaults(
         handler=check_handlers
@@ -174,10 +262,50 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `taskrun-api` console script."""
+    """Entry point of the `taskrun-api` console script.
+
+    A setting, database or revision it cannot work with ends it with one line on stderr
+    and status 1, not a traceback.
+    """
     arguments = _parser().parse_args(argv)
-    exit_code: int = arguments.handler(arguments, Settings())
+    try:
+        exit_code: int = arguments.handler(arguments, Settings())
+    except ValidationError as error:
+        return _failed(f"invalid settings: {_settings_errors(error)}")
+    except (StartupError, CommandError) as error:
+        return _failed(str(error))
+    except (SQLAlchemyError, sqlite3.Error) as error:
+        return _failed(f"the database cannot be used: {_database_error(error)}")
     return exit_code
+
+
+def _failed(message: str) -> int:
+    print(f"taskrun-api: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _settings_errors(error: ValidationError) -> str:
+    """Each refused setting by its variable, with why, and what it was unless it can hold a
+    password.
+    """
+    parts = []
+    for item in error.errors(include_url=False):
+        field = ".".join(str(part) for part in item["loc"])
+        if not field:
+            parts.append(item["msg"])
+            continue
+        given = "" if field in SECRET_SETTINGS else f" (got {item['input']!r})"
+        parts.append(f"{field.upper()}: {item['msg']}{given}")
+    return "; ".join(parts)
+
+
+def _database_error(error: SQLAlchemyError | sqlite3.Error) -> str:
+    """The driver's error and the first line of its message (a connection refused, an
+    unknown database); at start-up no request's data is in it.
+    """
+    cause = getattr(error, "orig", None) or error
+    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return f"{type(cause).__name__}: {first_line}"
 
 
 if __name__ == "__main__":

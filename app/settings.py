@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,6 +23,9 @@ MAX_TIMEOUT_SECONDS = (2**31 - 1) // 1000
 # (of the year 1000 or later) that a datetime holds and both databases store.
 MAX_EVENT_RETENTION_SECONDS = 1000 * 365 * 24 * 3600.0
 
+# The databases the service runs on (the PostgreSQL forms all mean the psycopg driver).
+DATABASE_URL_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg://", "postgres://")
+
 # A timeout in seconds; `inf`, NaN and longer ones are refused at start, not on first use.
 TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS)]
 
@@ -33,7 +36,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     database_url: str = Field(default_factory=default_database_url)
-    host: str = "127.0.0.1"
+    # An address to listen on; empty is refused (uvicorn would listen on every interface).
+    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 4200
     workers: Annotated[int, Field(ge=1)] = 2
     log_level: str = "INFO"
@@ -103,6 +107,27 @@ class Settings(BaseSettings):
     )
     # The Prefect server version whose behaviour is served; clients check its major version.
     prefect_server_version: Annotated[str, Field(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")] = "3.9.1"
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_supported_database(cls, value: str) -> str:
+        if not value.startswith(DATABASE_URL_SCHEMES):
+            raise ValueError(
+                f"must start with one of {', '.join(DATABASE_URL_SCHEMES)}"
+                " (sqlite:///path or postgresql://user:password@host:port/database)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _a_whole_body_fits_in_the_buffer(self) -> Settings:
+        # A body larger than what a worker may hold of bodies would be refused with 503,
+        # "try again later", every time.
+        if self.max_buffered_body_bytes < self.max_request_body_bytes:
+            raise ValueError(
+                "MAX_BUFFERED_BODY_BYTES must be at least MAX_REQUEST_BODY_BYTES"
+                f" ({self.max_buffered_body_bytes} < {self.max_request_body_bytes})"
+            )
+        return self
 
     @field_validator("api_auth_string")
     @classmethod

@@ -12,6 +12,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 from pydantic import ValidationError
 
 import app
@@ -19,7 +20,7 @@ from app import cli, main
 from app.contract import api
 from app.contract.api import MissingHandlers
 from app.db.database import Database
-from app.db.migrate import upgrade
+from app.db.migrate import alembic_config, head_revision, upgrade
 from app.main import create_app, database_of, handler_groups
 from app.services.event_retention import prune_old_events
 from app.settings import MAX_EVENT_RETENTION_SECONDS, MAX_TIMEOUT_SECONDS, Settings
@@ -123,9 +124,142 @@ class TestSettings:
             },
         )
 
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr.startswith(
+            "taskrun-api: error: invalid settings: DATABASE_LOCK_TIMEOUT: "
+        )
+        assert result.stderr.count("\n") == 1
+
+
+class TestStartupErrors:
+    """What the service cannot start with ends the command with one line and status 1."""
+
+    @pytest.mark.parametrize(
+        ("environment", "message"),
+        [
+            ({"PORT": "abc"}, "invalid settings: PORT: Input should be a valid integer"),
+            ({"HOST": ""}, "invalid settings: HOST: String should have at least 1 character"),
+            (
+                {"DATABASE_URL": "mysql://user:s3cr3t@host/db"},
+                "invalid settings: DATABASE_URL: Value error, must start with one of sqlite://",
+            ),
+            (
+                {"MAX_BUFFERED_BODY_BYTES": "100"},
+                "invalid settings: Value error, MAX_BUFFERED_BODY_BYTES must be at least"
+                " MAX_REQUEST_BODY_BYTES (100 < 10485760)",
+            ),
+            (
+                {"DATABASE_URL": "postgresql://user:s3cr3t@127.0.0.1:1/nowhere"},
+                "the database cannot be used: OperationalError: connection failed:",
+            ),
+            (
+                {"DATABASE_URL": "sqlite://"},
+                "DATABASE_URL names an in-memory SQLite database",
+            ),
+        ],
+        ids=["port", "host", "scheme", "buffer", "refused", "in-memory"],
+    )
+    def test_serve_refuses_with_one_line(self, environment: dict[str, str], message: str) -> None:
+        result = run(CONSOLE_SCRIPT, "serve", environment=environment)
+
         assert result.returncode == 1
-        assert "ValidationError" in result.stderr
-        assert "database_lock_timeout" in result.stderr
+        error_lines = [line for line in result.stderr.splitlines() if " - " not in line]
+        assert error_lines == [error_lines[0]]
+        assert error_lines[0].startswith(f"taskrun-api: error: {message}"), result.stderr
+        assert "s3cr3t" not in result.stderr
+
+    @pytest.mark.parametrize(
+        ("flag", "message"),
+        [
+            ("--workers=0", "argument --workers: 0 is not 1 or more"),
+            ("--port=99999", "argument --port: 99999 is not a port (0 to 65535)"),
+        ],
+    )
+    def test_serve_refuses_flags_out_of_bounds(self, flag: str, message: str) -> None:
+        result = run(CONSOLE_SCRIPT, "serve", flag)
+
+        assert result.returncode == 2
+        assert message in result.stderr
+
+    def test_an_unknown_revision_is_one_line(self, tmp_path: Path) -> None:
+        environment = {"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+
+        result = run(CONSOLE_SCRIPT, "db", "upgrade", "nonsense", environment=environment)
+
+        assert result.returncode == 1
+        assert result.stderr.splitlines()[-1] == (
+            "taskrun-api: error: Can't locate revision identified by 'nonsense'"
+        )
+        assert "Traceback" not in result.stderr
+
+    def test_a_metrics_directory_holding_other_files_is_refused_and_left_alone(
+        self, tmp_path: Path
+    ) -> None:
+        database = tmp_path / "taskrun.db"
+        database.write_bytes(b"the operator's data")
+        (tmp_path / "counter_123.db").write_bytes(b"an earlier run's metrics")
+        environment = {
+            "DATABASE_URL": f"sqlite:///{database}",
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        }
+
+        result = run(CONSOLE_SCRIPT, "serve", "--no-migrate", environment=environment)
+
+        assert result.returncode == 1
+        assert "holds files that are not prometheus-client's: taskrun.db" in result.stderr
+        assert database.read_bytes() == b"the operator's data"
+
+    def test_a_file_that_is_not_a_database_is_one_line(self, tmp_path: Path) -> None:
+        database = tmp_path / "taskrun.db"
+        database.write_bytes(b"not a database" * 100)
+
+        result = run(CONSOLE_SCRIPT, "serve", environment={"DATABASE_URL": f"sqlite:///{database}"})
+
+        assert result.returncode == 1
+        assert result.stderr.splitlines()[-1] == (
+            "taskrun-api: error: the database cannot be used: DatabaseError: file is not a database"
+        )
+
+    def test_a_metrics_directory_that_does_not_exist_yet_is_made(self, tmp_path: Path) -> None:
+        directory = tmp_path / "metrics" / "new"
+
+        result = run(
+            CONSOLE_SCRIPT, "--version", environment={"PROMETHEUS_MULTIPROC_DIR": str(directory)}
+        )
+
+        assert result.returncode == 0, result.stderr
+        assert directory.is_dir()
+
+
+class TestDatabaseCommands:
+    def test_upgrade_logs_each_migration_and_current_names_the_revision(
+        self, tmp_path: Path
+    ) -> None:
+        environment = {"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+        head = head_revision()
+
+        before = run(CONSOLE_SCRIPT, "db", "current", environment=environment)
+        upgraded = run(CONSOLE_SCRIPT, "db", "upgrade", environment=environment)
+        after = run(CONSOLE_SCRIPT, "db", "current", environment=environment)
+
+        assert before.stdout == f"no revision (an empty database); the newest is {head}\n"
+        assert upgraded.returncode == 0
+        assert f"Running upgrade  -> {first_revision()}" in upgraded.stderr
+        assert f"-> {head}," in upgraded.stderr
+        assert after.stdout == f"{head} (the newest)\n"
+
+    def test_a_password_in_the_query_is_not_logged(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'x.db'}?password=s3cr3t"
+
+        result = run(CONSOLE_SCRIPT, "db", "upgrade", environment={"DATABASE_URL": url})
+
+        assert "migrating sqlite:///" in result.stderr
+        assert "s3cr3t" not in result.stderr
+
+
+def first_revision() -> str:
+    script = ScriptDirectory.from_config(alembic_config(""))
+    return str(script.get_base())
 
 
 def handlers_without(group: str) -> Callable[[Database, Settings], dict[str, object]]:

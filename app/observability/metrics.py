@@ -25,6 +25,10 @@ from sqlalchemy import Engine, event
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Read at import, as prometheus-client does: the two must agree for the life of the process.
 MULTIPROCESS = MULTIPROCESS_DIR_ENV in os.environ
+if MULTIPROCESS:
+    # prometheus-client opens its files there as the metrics below are made: a directory
+    # that does not exist yet would end every command at import, `--version` included.
+    os.makedirs(os.environ[MULTIPROCESS_DIR_ENV], exist_ok=True)
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # The label of requests that matched no operation of the document (unknown paths, the docs).
 NO_OPERATION = "none"
