@@ -41,6 +41,17 @@ from app.settings import Settings, comma_separated
 from generated.routes import HandlerGroups, Routes
 
 DATABASE_EXTENSION = "taskrun_api.database"
+# Operations whose handlers answer from memory: served on the event loop, never queued
+# behind database work (the liveness probe above all).
+OPERATIONS_WITHOUT_DATABASE = frozenset(
+    {
+        "health_check_health_get",
+        "server_version_version_get",
+        "hello_hello_get",
+        "create_csrf_token_csrf_token_get",
+        "read_server_version_admin_version_get",
+    }
+)
 ABANDONED_REQUESTS_EXIT_STATUS = 1
 
 logger = logging.getLogger(__name__)
@@ -153,7 +164,10 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
         middlewares=contract_middlewares(validate_responses=settings.validate_responses),
     )
     bridge = install_wsgi_bridge(
-        app, threads=settings.threads_per_worker, read_threads=settings.read_threads_per_worker
+        app,
+        threads=settings.threads_per_worker,
+        read_threads=settings.read_threads_per_worker,
+        inline_operations=OPERATIONS_WITHOUT_DATABASE,
     )
     auth_string = settings.api_auth_string
     mount_contract(

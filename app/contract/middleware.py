@@ -310,12 +310,12 @@ class UnroutedRequestMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _operation_id(scope) is None:
+        if scope["type"] == "http" and operation_id(scope) is None:
             raise HTTPException(404)
         await self.app(scope, receive, send)
 
 
-def _operation_id(scope: Scope) -> str | None:
+def operation_id(scope: Scope) -> str | None:
     """The operation Connexion's router matched the request to; None when it matched none."""
     routing: dict[str, str | None] = scope.get("extensions", {}).get(ROUTING_CONTEXT, {})
     return routing.get("operation_id")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import io
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -32,6 +31,8 @@ from a2wsgi import WSGIMiddleware
 from a2wsgi.wsgi import build_environ
 from connexion import FlaskApp
 from starlette.types import Message, Receive, Scope, Send
+
+from app.contract.middleware import operation_id
 
 # (status, headers, body) of a finished WSGI response.
 WSGIResult = tuple[int, list[tuple[bytes, bytes]], bytes]
@@ -50,8 +51,18 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 class BufferedWSGIBridge:
     """An ASGI application that runs a WSGI application in thread pools, one call per request."""
 
-    def __init__(self, wsgi_app: Any, *, threads: int, read_threads: int) -> None:
+    def __init__(
+        self,
+        wsgi_app: Any,
+        *,
+        threads: int,
+        read_threads: int,
+        inline_operations: frozenset[str] = frozenset(),
+    ) -> None:
         self.wsgi_app = wsgi_app
+        # Operations that never wait (no database): answered on the event loop, so that a
+        # liveness probe is not queued behind reads that wait for a slow database.
+        self.inline_operations = inline_operations
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flask")
         self.read_executor = ThreadPoolExecutor(
             max_workers=read_threads, thread_name_prefix="flask-read"
@@ -79,15 +90,23 @@ class BufferedWSGIBridge:
         environ = build_environ(scope, io.BytesIO(body))  # type: ignore[arg-type]
         environ["CONTENT_LENGTH"] = str(len(body))
         # Connexion's context (the operation being served) lives in context variables.
-        respond = functools.partial(contextvars.copy_context().run, self._respond, environ)
+        context = contextvars.copy_context()
+        if operation_id(scope) in self.inline_operations:
+            status, headers, content = context.run(self._respond, environ)
+        else:
+            status, headers, content = await self._respond_in_a_thread(scope, context, environ)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+    async def _respond_in_a_thread(
+        self, scope: Scope, context: contextvars.Context, environ: Any
+    ) -> WSGIResult:
         executor = self.read_executor if scope["method"] in READ_METHODS else self.executor
-        future = executor.submit(respond)
+        future = executor.submit(context.run, self._respond, environ)
         # A set adds and discards atomically: no lock for the pool's threads to contend for.
         self._unfinished.add(future)
         future.add_done_callback(self._unfinished.discard)
-        status, headers, content = await asyncio.wrap_future(future)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": content})
+        return await asyncio.wrap_future(future)
 
     def _respond(self, environ: Any) -> WSGIResult:
         """Run the WSGI application to the end and collect its response (in a pool thread)."""
@@ -144,7 +163,13 @@ async def _answer_lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def install_wsgi_bridge(app: FlaskApp, *, threads: int, read_threads: int) -> BufferedWSGIBridge:
+def install_wsgi_bridge(
+    app: FlaskApp,
+    *,
+    threads: int,
+    read_threads: int,
+    inline_operations: frozenset[str] = frozenset(),
+) -> BufferedWSGIBridge:
     """Serve `app`'s Flask application through a BufferedWSGIBridge instead of a2wsgi."""
     adapter_holder = getattr(app, "_middleware_app", None)
     adapter = getattr(adapter_holder, "asgi_app", None)
@@ -154,6 +179,11 @@ def install_wsgi_bridge(app: FlaskApp, *, threads: int, read_threads: int) -> Bu
             "WSGIMiddleware around the Flask app; check the Connexion upgrade"
         )
     adapter.executor.shutdown(wait=False)
-    bridge = BufferedWSGIBridge(app.app.wsgi_app, threads=threads, read_threads=read_threads)
+    bridge = BufferedWSGIBridge(
+        app.app.wsgi_app,
+        threads=threads,
+        read_threads=read_threads,
+        inline_operations=inline_operations,
+    )
     adapter_holder.asgi_app = bridge  # type: ignore[union-attr]
     return bridge

@@ -256,3 +256,38 @@ class TestReadOnlyDatabase:
         assert [response.status_code for response in reads_during] == [200] * 5
         assert "SQLSTATE 25006" in server.log()
         assert SECRET not in server.log()
+
+
+class TestProbesWhileTheDatabaseIsSlow:
+    def test_health_and_version_answer_at_once_while_every_read_thread_waits(
+        self, database_url: str, tmp_path: Path
+    ) -> None:
+        environment = {"READ_THREADS_PER_WORKER": "1", "DATABASE_LOCK_TIMEOUT": "30"}
+        with (
+            running_server(
+                database_url, workers=1, environment=environment, log_path=tmp_path / "log"
+            ) as server,
+            httpx.Client(base_url=server.api_url, timeout=60) as client,
+            httpx.Client(base_url=server.api_url, timeout=60) as waiting_client,
+        ):
+            run_id = create(client).json()["id"]
+            holding, release = threading.Event(), threading.Event()
+            holder = threading.Thread(target=hold_table_lock, args=(database_url, holding, release))
+            holder.start()
+            assert holding.wait(timeout=10)
+            read = threading.Thread(target=waiting_client.get, args=(f"/task_runs/{run_id}",))
+            try:
+                read.start()
+                time.sleep(0.5)  # the one read thread now waits for the lock
+                started = time.monotonic()
+                health = client.get("/health")
+                version = client.get("/version")
+                answered_after = time.monotonic() - started
+            finally:
+                release.set()
+                holder.join()
+                read.join()
+
+        assert (health.status_code, health.json()) == (200, True)
+        assert version.status_code == 200
+        assert answered_after < 1.0
