@@ -201,16 +201,6 @@ class FlowRunFilterId(BaseModel):
     ] = None
 
 
-class FlowFilter(BaseModel):
-    """
-    Filter by the flow of the task run's flow run. This service stores no flows: any criterion is a 422.
-    """
-
-    model_config = ConfigDict(
-        extra="forbid",
-    )
-
-
 class TaskRunUpdate(BaseModel):
     """
     Data used by the Prefect REST API to update a task run
@@ -575,6 +565,47 @@ class FlowRunFilter(BaseModel):
     id: Annotated[FlowRunFilterId | None, Field(description="Filter criteria for `FlowRun.id`")] = (
         None
     )
+
+
+class FlowFilter(BaseModel):
+    """
+    Filter by the flow of the task run's flow run. This service stores no flows: any criterion set is a 422; left null, as Prefect's client sends an unset one, it filters nothing.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    operator: Annotated[
+        Operator, Field(description="How the criteria combine; none can be set here.")
+    ] = Operator.and_
+    id: Annotated[
+        None,
+        Field(
+            description="A criterion of Prefect's on flows, which can only be left null here.",
+            title="UnsetFlowCriterion",
+        ),
+    ] = None
+    deployment: Annotated[
+        None,
+        Field(
+            description="A criterion of Prefect's on flows, which can only be left null here.",
+            title="UnsetFlowCriterion",
+        ),
+    ] = None
+    name: Annotated[
+        None,
+        Field(
+            description="A criterion of Prefect's on flows, which can only be left null here.",
+            title="UnsetFlowCriterion",
+        ),
+    ] = None
+    tags: Annotated[
+        None,
+        Field(
+            description="A criterion of Prefect's on flows, which can only be left null here.",
+            title="UnsetFlowCriterion",
+        ),
+    ] = None
 
 
 class HistoryResponseState(BaseModel):
@@ -1097,7 +1128,7 @@ class ReadTaskRunsBody(BaseModel):
     flows: Annotated[
         FlowFilter | None,
         Field(
-            description="Filters on the flows of the task runs' flow runs. Only `{}` is accepted: it keeps the task runs that have a flow run (every flow run has a flow)."
+            description="Filters on the flows of the task runs' flow runs. Only `{}`, or Prefect's criteria left null, is accepted: it keeps the task runs that have a flow run (every flow run has a flow)."
         ),
     ] = None
     flow_runs: Annotated[
@@ -1129,7 +1160,7 @@ class CountTaskRunsBody(BaseModel):
     flows: Annotated[
         FlowFilter | None,
         Field(
-            description="Filters on the flows of the task runs' flow runs. Only `{}` is accepted: it keeps the task runs that have a flow run (every flow run has a flow)."
+            description="Filters on the flows of the task runs' flow runs. Only `{}`, or Prefect's criteria left null, is accepted: it keeps the task runs that have a flow run (every flow run has a flow)."
         ),
     ] = None
     flow_runs: Annotated[
@@ -1183,7 +1214,7 @@ class PaginateTaskRunsBody(BaseModel):
     flows: Annotated[
         FlowFilter | None,
         Field(
-            description="Filters on the flows of the task runs' flow runs. Only `{}` is accepted: it keeps the task runs that have a flow run (every flow run has a flow)."
+            description="Filters on the flows of the task runs' flow runs. Only `{}`, or Prefect's criteria left null, is accepted: it keeps the task runs that have a flow run (every flow run has a flow)."
         ),
     ] = None
     flow_runs: Annotated[
@@ -1231,7 +1262,7 @@ class TaskRunHistoryBody(BaseModel):
     flows: Annotated[
         FlowFilter | None,
         Field(
-            description="Filters on the flows of the task runs' flow runs. Only `{}` is accepted: it keeps the task runs that have a flow run (every flow run has a flow)."
+            description="Filters on the flows of the task runs' flow runs. Only `{}`, or Prefect's criteria left null, is accepted: it keeps the task runs that have a flow run (every flow run has a flow)."
         ),
     ] = None
     flow_runs: Annotated[

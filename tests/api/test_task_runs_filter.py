@@ -338,6 +338,9 @@ class TestReadTaskRuns:
 
         assert filter_ids(client, {"flow_runs": {}}) == newest_first([in_flow_run, in_other])
         assert filter_ids(client, {"flows": {}}) == newest_first([in_flow_run, in_other])
+        # What Prefect's client sends for `FlowFilter()`: every criterion, null.
+        unset = {"operator": "and_", "id": None, "deployment": None, "name": None, "tags": None}
+        assert filter_ids(client, {"flows": unset}) == newest_first([in_flow_run, in_other])
         body = {"flow_runs": {"id": {"any_": [flow_run]}}}
         assert filter_ids(client, body) == [in_flow_run["id"]]
         assert filter_ids(client, {"flow_runs": {"id": {"any_": []}}}) == []
@@ -350,6 +353,8 @@ class TestReadTaskRuns:
             ({"flow_runs": {"name": {"any_": ["x"]}}}, ["flow_runs", "name"], NO_FLOWS),
             ({"flow_runs": {"id": {"not_any_": []}}}, ["flow_runs", "id", "not_any_"], NO_FLOWS),
             ({"flows": {"name": {"any_": ["x"]}}}, ["flows", "name"], "stores no flows"),
+            ({"flows": {"deployment": {}}}, ["flows", "deployment"], "stores no flows"),
+            ({"flows": {"version": None}}, ["flows", "version"], "stores no flows"),
             ({"deployments": {}}, ["deployments"], "stores no deployments"),
         ],
     )

@@ -26,6 +26,9 @@ import pytest
 from packaging.version import Version
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowRunFilter,
+    FlowRunFilterId,
     TaskRunFilter,
     TaskRunFilterFlowRunId,
     TaskRunFilterState,
@@ -155,6 +158,8 @@ class ClientCalls(Protocol):
     def read_task_runs(
         self,
         *,
+        flow_filter: FlowFilter | None = None,
+        flow_run_filter: FlowRunFilter | None = None,
         task_run_filter: TaskRunFilter | None = None,
         sort: TaskRunSort | None = None,
         limit: int | None = None,
@@ -218,13 +223,20 @@ class SyncCalls:
     def read_task_runs(
         self,
         *,
+        flow_filter: FlowFilter | None = None,
+        flow_run_filter: FlowRunFilter | None = None,
         task_run_filter: TaskRunFilter | None = None,
         sort: TaskRunSort | None = None,
         limit: int | None = None,
         offset: int = 0,
     ) -> list[TaskRun]:
         return self._client.read_task_runs(
-            task_run_filter=task_run_filter, sort=sort, limit=limit, offset=offset
+            flow_filter=flow_filter,
+            flow_run_filter=flow_run_filter,
+            task_run_filter=task_run_filter,
+            sort=sort,
+            limit=limit,
+            offset=offset,
         )
 
 
@@ -289,6 +301,8 @@ class AsyncCalls:
     def read_task_runs(
         self,
         *,
+        flow_filter: FlowFilter | None = None,
+        flow_run_filter: FlowRunFilter | None = None,
         task_run_filter: TaskRunFilter | None = None,
         sort: TaskRunSort | None = None,
         limit: int | None = None,
@@ -296,7 +310,12 @@ class AsyncCalls:
     ) -> list[TaskRun]:
         return self._runner.run(
             self._client.read_task_runs(
-                task_run_filter=task_run_filter, sort=sort, limit=limit, offset=offset
+                flow_filter=flow_filter,
+                flow_run_filter=flow_run_filter,
+                task_run_filter=task_run_filter,
+                sort=sort,
+                limit=limit,
+                offset=offset,
             )
         )
 
@@ -616,6 +635,20 @@ class TestReadTaskRuns:
 
         assert [run.id for run in found] == [run.id for run in runs]
         assert prefect.exchanges[-1].path == "/api/task_runs/filter"
+
+    def test_by_flow_run_filter_with_an_unset_flow_filter(self, prefect: ClientCalls) -> None:
+        flow_run_id = uuid.uuid4()
+        runs = [prefect.create_task_run(PLAIN_TASK, flow_run_id, unique_key()) for _ in range(2)]
+        prefect.create_task_run(PLAIN_TASK, uuid.uuid4(), unique_key())
+
+        # The client sends FlowFilter() with each of its criteria null.
+        found = prefect.read_task_runs(
+            flow_filter=FlowFilter(),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+        )
+
+        assert [run.id for run in found] == [run.id for run in runs]
 
 
 class TestLifecycle:
