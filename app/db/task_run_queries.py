@@ -557,7 +557,9 @@ def task_run_history(
             task_run.c.state_type,
             task_run.c.state_name,
             func.count().label("count_runs"),
-            func.sum(estimated_run_time(now)).label("run_time"),
+            # Each run's estimate counts from 0, as in Prefect: a negative one (a client
+            # clock ahead of the server's) does not take from the others.
+            func.sum(_not_negative(estimated_run_time(now))).label("run_time"),
             func.sum(estimated_lateness(now)).label("lateness"),
         )
         .where(

@@ -64,6 +64,10 @@ Tag = Annotated[str, MaxLen(_document_max_length(models.Tag, "root"))]
 StateName = Annotated[ColumnText, MaxLen(_document_max_length(models.StateCreate, "name"))]
 # A count the run's INTEGER columns hold on both databases (PostgreSQL's are 32 bits).
 StoredCount = Annotated[int, Ge(-(2**31)), Le(2**31 - 1)]
+# A run time in seconds, within about 31,700 years either way: sums of many of them (history)
+# stay far from a float's overflow, which PostgreSQL refuses and SQLite turns into null.
+MAX_RUN_SECONDS = 1e12
+RunSeconds = Annotated[float, Ge(-MAX_RUN_SECONDS), Le(MAX_RUN_SECONDS)]
 
 
 class ReportedState(BaseModel):
@@ -114,7 +118,7 @@ class ReportedTaskRun(BaseModel):
     next_scheduled_start_time: datetime | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
-    total_run_time: float | None = None
+    total_run_time: RunSeconds | None = None
     cache_key: CacheKey | None = None
     cache_expiration: datetime | None = None
 

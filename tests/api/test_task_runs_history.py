@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from starlette.testclient import TestClient
 
 from tests.support.api import assert_validation_error, create_run, set_state
 from tests.support.queries import HISTORY, at, new_run, task_runs
+from tests.support.sockets import send_events, task_run_event
 
 HOUR = 3600
 
@@ -96,6 +98,31 @@ class TestTaskRunHistory:
         assert state["sum_estimated_lateness"] == pytest.approx(
             sum(run["estimated_start_time_delta"] for run in totals), abs=1e-3
         )
+
+    def test_a_negative_estimate_counts_as_zero_not_against_the_others(
+        self, client: TestClient
+    ) -> None:
+        # Run times as clients report them in events: one of them from a clock gone wrong.
+        expected = at(1)
+        reported = [
+            task_run_event(
+                str(uuid.uuid4()),
+                "COMPLETED",
+                task_run={
+                    "task_key": "k",
+                    "dynamic_key": str(uuid.uuid4()),
+                    "expected_start_time": expected,
+                    "total_run_time": run_time,
+                },
+            )
+            for run_time in (-10.0, 60.0)
+        ]
+        send_events(client, *reported)
+
+        (bucket,) = history(client, 0, 60, HOUR)
+
+        (state,) = bucket["states"]
+        assert (state["count_runs"], state["sum_estimated_run_time"]) == (2, 60.0)
 
     def test_filters_apply(self, client: TestClient) -> None:
         new_run(client, scheduled_minutes=1, tags=["a"])

@@ -39,6 +39,7 @@ from tests.support.sockets import (
     closed,
     deferred_run,
     eventually,
+    send_events,
     subscribed,
     task_run_event,
 )
@@ -55,25 +56,6 @@ def deliveries(database: Database) -> dict[str, dict[str, Any]]:
             str(row["task_run_id"]): {"claimed": row["claim_id"] is not None, "retry": row["retry"]}
             for row in rows
         }
-
-
-def send_events(client: TestClient, *events: dict[str, Any]) -> None:
-    """Send events, and wait until the service has handled them: a last event of its own
-    is stored.
-    """
-    database = database_of(client.app)
-    marker = {**task_run_event(str(uuid.uuid4()), "PENDING"), "event": "test.marker"}
-    with authenticated(client, EVENTS_IN) as socket:
-        for sent in events:
-            socket.send_json(sent)
-        socket.send_json(marker)
-        eventually(lambda: is_stored(database, marker["id"]))
-
-
-def is_stored(database: Database, event_id: str) -> bool:
-    with database.snapshot() as connection:
-        query = select(event.c.id).where(event.c.id == uuid.UUID(event_id))
-        return connection.scalar(query) is not None
 
 
 def nested(levels: int) -> Any:
@@ -691,10 +673,11 @@ class TestEventsIn:
             {"name": "n" * 601},
             {"tags": ["t" * 601]},
             {"cache_key": "c" * 2001},
+            {"total_run_time": 1.5e308},
         ],
-        ids=["task_key", "dynamic_key", "name", "tag", "cache_key"],
+        ids=["task_key", "dynamic_key", "name", "tag", "cache_key", "total_run_time"],
     )
-    def test_text_beyond_the_apis_bounds_is_not_recorded(
+    def test_values_beyond_the_apis_bounds_are_not_recorded(
         self, client: TestClient, database: Database, fields: dict[str, Any]
     ) -> None:
         run_id = str(uuid.uuid4())

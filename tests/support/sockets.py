@@ -9,7 +9,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
 from starlette.testclient import TestClient, WebSocketTestSession
+
+from app.db.database import Database
+from app.db.tables import event
+from app.main import database_of
 
 SUBSCRIPTION = "/api/task_runs/subscriptions/scheduled"
 EVENTS_IN = "/api/events/in"
@@ -116,3 +121,22 @@ def eventually(condition: Callable[[], bool], *, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the condition did not hold in time"
         time.sleep(0.01)
+
+
+def send_events(client: TestClient, *events: dict[str, Any]) -> None:
+    """Send events, and wait until the service has handled them: a last event of its own
+    is stored.
+    """
+    database = database_of(client.app)
+    marker = {**task_run_event(str(uuid.uuid4()), "PENDING"), "event": "test.marker"}
+    with authenticated(client, EVENTS_IN) as socket:
+        for sent in events:
+            socket.send_json(sent)
+        socket.send_json(marker)
+        eventually(lambda: is_stored(database, marker["id"]))
+
+
+def is_stored(database: Database, event_id: str) -> bool:
+    with database.snapshot() as connection:
+        query = select(event.c.id).where(event.c.id == uuid.UUID(event_id))
+        return connection.scalar(query) is not None
