@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -58,6 +61,22 @@ def test_upgrade_creates_the_schema_with_no_drift(fresh_database_url: str) -> No
         "task_run_tag",
     }
     check(fresh_database_url)  # raises on any difference from the table definitions
+
+
+def test_processes_migrating_one_database_at_once_take_turns(fresh_database_url: str) -> None:
+    # As replicas of the service would, each starting with `serve` at the same moment.
+    command = [str(Path(sys.executable).parent / "taskrun-api"), "db", "upgrade"]
+    environment = {**os.environ, "DATABASE_URL": fresh_database_url, "LOG_LEVEL": "WARNING"}
+    for _ in range(3):
+        downgrade(fresh_database_url, "base")
+        migrations = [
+            subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)
+            for _ in range(3)
+        ]
+        errors = [process.communicate(timeout=120)[1] for process in migrations]
+
+        assert [process.returncode for process in migrations] == [0, 0, 0], errors
+        check(fresh_database_url)
 
 
 def test_upgrade_twice_is_harmless(fresh_database_url: str) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fcntl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from alembic import context
-from sqlalchemy import Connection, create_engine, pool
+from sqlalchemy import Connection, create_engine, pool, text
 
 from app.db.database import normalise_url
 from app.db.tables import (
@@ -54,16 +56,43 @@ def _compared_on(dialect: str) -> Callable[..., bool]:
     return compared
 
 
+# The key of PostgreSQL's advisory lock that one migrating process holds at a time.
+MIGRATION_LOCK_KEY = 0x7461736B72756E  # "taskrun" in ASCII
+
+
 def run_migrations() -> None:
-    """Apply (or compare) the migrations over one connection."""
+    """Apply (or compare) the migrations over one connection, one process at a time."""
     engine = create_engine(normalise_url(_database_url()), poolclass=pool.NullPool)
     try:
-        with engine.connect() as connection:
+        with engine.connect() as connection, _one_migration_at_a_time(connection):
             _configure(connection)
             with context.begin_transaction():
                 context.run_migrations()
     finally:
         engine.dispose()
+
+
+@contextmanager
+def _one_migration_at_a_time(connection: Connection) -> Iterator[None]:
+    """Wait until no other process migrates the database, and keep the others waiting.
+
+    Replicas that start together would each read the same revision and apply the same
+    migration; all but one would fail halfway. The lock goes with the connection (a
+    PostgreSQL session's advisory lock) or with the process (a file lock beside an SQLite
+    file), also when a migration fails.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        connection.commit()  # the lock outlives the transaction; Alembic begins its own
+        yield
+        return
+    database = connection.engine.url.database
+    if database in (None, "", ":memory:"):
+        yield
+        return
+    with open(f"{database}-migrate.lock", "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        yield
 
 
 if context.is_offline_mode():
