@@ -107,7 +107,7 @@ class PrefectSocket:
             return
         # A close frame holds at most 123 bytes of reason. The client may have closed first.
         reason = reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
-        with contextlib.suppress(RuntimeError, OSError):
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
             await self._websocket.close(code=code, reason=reason)
 
 
