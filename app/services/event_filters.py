@@ -36,9 +36,9 @@ class UnsupportedFilter(ValueError):
 class ResourceCriterion:
     """What one resource must be: each part that was given (an empty tuple does not filter)."""
 
-    ids: tuple[str, ...] = ()
+    ids: frozenset[str] = frozenset()
     id_prefixes: tuple[str, ...] = ()
-    roles: tuple[str, ...] = ()
+    roles: frozenset[str] = frozenset()
 
     def matches(self, resource_id: str, role: str | None) -> bool:
         return (
@@ -66,14 +66,14 @@ class EventFilter:
     until: datetime
     prefixes: tuple[str, ...] = ()
     excluded_prefixes: tuple[str, ...] = ()
-    names: tuple[str, ...] = ()
-    excluded_names: tuple[str, ...] = ()
+    names: frozenset[str] = frozenset()
+    excluded_names: frozenset[str] = frozenset()
     resource: ResourceCriterion = ResourceCriterion()
     # Each criterion needs a related resource of its own that meets all of it.
     related: tuple[ResourceCriterion, ...] = ()
     # Each criterion needs one resource, the event's own or a related one, that meets it.
     any_resource: tuple[ResourceCriterion, ...] = ()
-    event_ids: tuple[UUID, ...] = ()
+    event_ids: frozenset[UUID] = frozenset()
 
     def backfill_since(self, now: datetime) -> datetime:
         """Where the stored events a follower receives first begin."""
@@ -84,18 +84,17 @@ class EventFilter:
         name = record.event
         related = [(r["prefect.resource.id"], r.get(ROLE)) for r in record.related]
         every_resource = [(record.resource_id, None), *related]
-        return all(
-            (
-                self.since <= record.occurred <= self.until,
-                not self.prefixes or name.startswith(self.prefixes),
-                not name.startswith(self.excluded_prefixes),
-                not self.names or name in self.names,
-                name not in self.excluded_names,
-                self.resource.matches(record.resource_id, None),
-                all(criterion.met_by_one_of(related) for criterion in self.related),
-                all(criterion.met_by_one_of(every_resource) for criterion in self.any_resource),
-                not self.event_ids or record.id in self.event_ids,
-            )
+        # Cheapest first, each part looked at only while the others held.
+        return (
+            self.since <= record.occurred <= self.until
+            and (not self.event_ids or record.id in self.event_ids)
+            and (not self.names or name in self.names)
+            and name not in self.excluded_names
+            and (not self.prefixes or name.startswith(self.prefixes))
+            and not name.startswith(self.excluded_prefixes)
+            and self.resource.matches(record.resource_id, None)
+            and all(criterion.met_by_one_of(related) for criterion in self.related)
+            and all(criterion.met_by_one_of(every_resource) for criterion in self.any_resource)
         )
 
 
@@ -128,12 +127,12 @@ def parse_filter(given: dict[str, Any]) -> EventFilter:
         until=_time(occurred.get("until"), default=now + FOLLOW_AT_MOST),
         prefixes=_strings(event.get("prefix")),
         excluded_prefixes=_strings(event.get("exclude_prefix")),
-        names=_strings(event.get("name")),
-        excluded_names=_strings(event.get("exclude_name")),
+        names=frozenset(_strings(event.get("name"))),
+        excluded_names=frozenset(_strings(event.get("exclude_name"))),
         resource=_resource_criterion(resource),
         related=_restricting(given.get("related")),
         any_resource=_restricting(given.get("any_resource")),
-        event_ids=tuple(UUID(value) for value in ids.get("id") or ()),
+        event_ids=frozenset(UUID(value) for value in ids.get("id") or ()),
     )
 
 
@@ -154,9 +153,9 @@ def _restricting(value: Any) -> tuple[ResourceCriterion, ...]:
 
 def _resource_criterion(given: dict[str, Any]) -> ResourceCriterion:
     return ResourceCriterion(
-        ids=_strings(given.get("id")),
+        ids=frozenset(_strings(given.get("id"))),
         id_prefixes=_strings(given.get("id_prefix")),
-        roles=_strings(given.get("role")),
+        roles=frozenset(_strings(given.get("role"))),
     )
 
 

@@ -1040,7 +1040,11 @@ class TestEventsOut:
             ({"text": {"query": "x"}}, "filtering by 'text' is not supported"),
             ({"resource": {"labels": {"a": "b"}}}, "filtering by resource.labels is not supported"),
             ({"event": {"name": "one"}}, "invalid filter"),
+            ({"id": {"id": [str(uuid.uuid4()) for _ in range(1001)]}}, "invalid filter"),
+            ({"event": {"name": [f"e{n}" for n in range(1001)]}}, "invalid filter"),
+            ({"related": [{"role": ["r"]}] * 101}, "invalid filter"),
         ],
+        ids=["text", "labels", "name-not-a-list", "ids", "names", "related"],
     )
     def test_a_filter_that_cannot_be_applied_is_closed_with_1008(
         self, client: TestClient, criteria: dict[str, Any], reason: str
