@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, Row, Uuid, bindparam, select, tuple_
+from sqlalchemy import Connection, Row, Uuid, bindparam, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.db.notifications import notify_other_processes
@@ -83,6 +83,11 @@ def insert_event_unless_present(connection: Connection, record: EventRecord) -> 
     if inserted:
         notify_other_processes(connection, STORED_CHANNEL)
     return inserted
+
+
+def set_event_received(connection: Connection, event_id: UUID, received: datetime) -> None:
+    """Change when the stored event counts as received."""
+    connection.execute(update(event).where(event.c.id == event_id).values(received=received))
 
 
 def events_occurred_after(

@@ -19,7 +19,7 @@ from app.handlers.sockets import INTERNAL_ERROR, POLICY_VIOLATION, Disconnected,
 from app.services.clock import utcnow
 from app.services.event_feed import EventFeed, FollowerTooSlow
 from app.services.event_filters import EventFilter, UnsupportedFilter, parse_filter
-from app.services.events import event_json, event_record, receive_event
+from app.services.events import event_json, event_record, receive_event, received_at_commit
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +57,13 @@ class EventsInHandler:
     def _store(self, event: dict[str, Any]) -> EventRecord | None:
         """Store the event; the record stored, or None when it was stored before."""
         with self._database.transaction() as connection:
-            # Received when a thread takes the event up, not when its frame arrived: other
-            # processes read again only the last seconds of events by when they were
-            # received, so the time to the commit must be short (the wait for a free thread
-            # is not in it; on SQLite the wait for the writer's turn still is).
+            # Received when a thread takes the event up, not when its frame arrived, and
+            # again just before the commit when storing it waited: other processes read
+            # again only the last seconds of events by when they were received.
             record = event_record(event, received=utcnow())
-            return record if receive_event(connection=connection, record=record) else None
+            if not receive_event(connection=connection, record=record):
+                return None
+            return received_at_commit(connection=connection, record=record)
 
 
 def _event_problems(socket: Socket, frame: Frame) -> list[str]:

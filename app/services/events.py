@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -12,7 +13,8 @@ from sqlalchemy import Connection
 from app.db import events as rows
 from app.db.database import attempt_in_savepoint
 from app.db.records import EventRecord
-from app.services.clock import to_utc
+from app.services.clock import to_utc, utcnow
+from app.services.event_feed import OVERLAP
 from app.services.task_run_recorder import (
     UnrecordableEvent,
     is_client_task_run_event,
@@ -20,6 +22,10 @@ from app.services.task_run_recorder import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+# Storing an event that took longer than this stamps it received again before its commit.
+RECEIVED_AGAIN_AFTER = OVERLAP / 4
 
 
 def event_record(event: dict[str, Any], *, received: datetime) -> EventRecord:
@@ -54,6 +60,18 @@ def receive_event(*, connection: Connection, record: EventRecord) -> bool:
                 "event %s (%s) stored, not recorded: %s", record.id, record.event, problem
             )
     return True
+
+
+def received_at_commit(*, connection: Connection, record: EventRecord) -> EventRecord:
+    """The stored event, received again now if storing it took long (a wait for the run's
+    row, or for SQLite's writers' turn): the feeds of the other processes read back only
+    OVERLAP of receipt times, so an event must commit soon after the time it is received.
+    """
+    now = utcnow()
+    if now - record.received < RECEIVED_AGAIN_AFTER:
+        return record
+    rows.set_event_received(connection, record.id, now)
+    return replace(record, received=now)
 
 
 def _recording_problem(connection: Connection, record: EventRecord) -> str | None:
