@@ -46,23 +46,52 @@ def _in_delivery_order(
     return (columns.retry.desc(), columns.enqueued, columns.task_run_id)
 
 
-def _next_of_key(number: int) -> Subquery:
-    """The next run of one task key (the `number`th bound): the first of its index entries
-    that no worker within its claim holds. On PostgreSQL, concurrent claims skip each
-    other's rows instead of waiting for them.
+def _next_of_keys(keys: ColumnElement[bool], name: str) -> Subquery:
+    """The next run of the task keys `keys` selects: the first of their index entries that
+    no worker within its claim holds. On PostgreSQL, concurrent claims skip each other's
+    rows instead of waiting for them.
     """
     delivery = task_run_delivery.c
     return (
         select(delivery.task_run_id, delivery.retry, delivery.enqueued)
         .where(
-            delivery.task_key == bindparam(f"task_key_{number}"),
+            keys,
             or_(delivery.claimed_until.is_(None), delivery.claimed_until < bindparam("now")),
         )
         .order_by(*_in_delivery_order(delivery))
         .limit(1)
         .with_for_update(skip_locked=True)
-        .subquery(f"next_of_key_{number}")
+        .subquery(name)
     )
+
+
+def _next_of_key(number: int) -> Subquery:
+    """The next run of one task key (the `number`th bound)."""
+    key = task_run_delivery.c.task_key == bindparam(f"task_key_{number}")
+    return _next_of_keys(key, f"next_of_key_{number}")
+
+
+def _claim(next_run: ColumnElement[Any]) -> Update:
+    return (
+        task_run_delivery.update()
+        .where(task_run_delivery.c.task_run_id == next_run)
+        .values(claim_id=bindparam("claim_id"), claimed_until=bindparam("claimed_until"))
+        .returning(task_run_delivery.c.task_run_id)
+    )
+
+
+# Up to this many keys, a branch per key (below); beyond, SQLite's limit of 500 terms of a
+# compound SELECT and PostgreSQL's stack depth are near, and one IN list of all the keys is
+# read instead: every waiting run of those keys, sorted, at each claim.
+MAX_KEYS_BY_BRANCH = 100
+_CLAIM_OF_MANY_KEYS = _claim(
+    select(
+        _next_of_keys(
+            task_run_delivery.c.task_key.in_(bindparam("task_keys", expanding=True)),
+            "next_of_keys",
+        ).c.task_run_id
+    ).scalar_subquery()
+)
 
 
 @functools.lru_cache(maxsize=64)
@@ -81,12 +110,7 @@ def _claim_statement(keys: int) -> Update:
         .limit(1)
         .scalar_subquery()
     )
-    return (
-        task_run_delivery.update()
-        .where(task_run_delivery.c.task_run_id == first)
-        .values(claim_id=bindparam("claim_id"), claimed_until=bindparam("claimed_until"))
-        .returning(task_run_delivery.c.task_run_id)
-    )
+    return _claim(first)
 
 
 _CLAIMED = and_(
@@ -132,16 +156,19 @@ def claim_next(
     claimed_until: datetime,
 ) -> UUID | None:
     """Claim the next run for these task keys until `claimed_until`; None if there is none."""
-    if not task_keys:
+    # A key holding NUL names no run (no stored task key holds one), and PostgreSQL cannot
+    # take it as text.
+    keys = [key for key in dict.fromkeys(task_keys) if "\x00" not in key]
+    if not keys:
         return None
-    keys = list(dict.fromkeys(task_keys))
-    parameters = {
-        **{f"task_key_{number}": key for number, key in enumerate(keys)},
-        "now": now,
-        "claim_id": claim_id,
-        "claimed_until": claimed_until,
-    }
-    run_id: UUID | None = connection.execute(_claim_statement(len(keys)), parameters).scalar()
+    parameters: dict[str, Any] = {"now": now, "claim_id": claim_id, "claimed_until": claimed_until}
+    if len(keys) > MAX_KEYS_BY_BRANCH:
+        statement = _CLAIM_OF_MANY_KEYS
+        parameters["task_keys"] = keys
+    else:
+        statement = _claim_statement(len(keys))
+        parameters.update({f"task_key_{number}": key for number, key in enumerate(keys)})
+    run_id: UUID | None = connection.execute(statement, parameters).scalar()
     return run_id
 
 

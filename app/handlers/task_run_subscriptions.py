@@ -19,6 +19,9 @@ from app.services.ids import uuid7
 
 logger = logging.getLogger(__name__)
 
+# The task keys a subscription's log line names; a worker may serve thousands.
+LOGGED_KEYS = 10
+
 _Result = TypeVar("_Result")
 
 # How often an idle worker's socket looks at the queue for runs another process enqueued
@@ -140,8 +143,11 @@ async def _subscription(socket: Socket) -> list[str] | None:
     if refusal is not None:
         await socket.close(PROTOCOL_VIOLATION, f"Protocol violation: {refusal}")
         return None
-    logger.info("task worker %r subscribed to %s", frame["client_id"], frame["keys"])
     keys: list[str] = frame["keys"]
+    named = keys[:LOGGED_KEYS] + (
+        [f"... {len(keys) - LOGGED_KEYS} more"] if len(keys) > LOGGED_KEYS else []
+    )
+    logger.info("task worker %r subscribed to %s", frame["client_id"], named)
     return keys
 
 

@@ -233,6 +233,22 @@ class TestScheduledTaskRuns:
 
         assert deliveries(database) == {other["id"]: {"claimed": False, "retry": False}}
 
+    @pytest.mark.parametrize("count", [2, 600, 9_999])
+    def test_a_worker_of_many_task_keys_gets_its_runs_in_order(
+        self, client: TestClient, count: int
+    ) -> None:
+        keys = [f"task-{number}" for number in range(count)]
+        oldest = deferred_run(client, keys[-1])
+        newest = deferred_run(client, keys[0])
+
+        delivered = []
+        with subscribed(client, "nul\x00key", *keys) as socket:
+            for _ in range(2):
+                delivered.append(socket.receive_json()["id"])
+                socket.send_json({"type": "ack"})
+
+        assert delivered == [oldest["id"], newest["id"]]
+
     def test_runs_that_are_not_background_tasks_are_not_delivered(
         self, client: TestClient, database: Database
     ) -> None:
@@ -390,6 +406,10 @@ class TestScheduledTaskRuns:
             ),
             ({"type": "subscribe", "keys": ["a"]}, "expected 'client_id' in subscribe message"),
             ({"type": "subscribe", "keys": [1], "client_id": "w"}, "invalid 'subscribe' message"),
+            (
+                {"type": "subscribe", "keys": [f"k{n}" for n in range(10_001)], "client_id": "w"},
+                "invalid 'subscribe' message",
+            ),
         ],
     )  # fmt: skip
     def test_a_bad_subscription_is_closed_with_4001(
