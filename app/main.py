@@ -21,7 +21,7 @@ from app.contract.api import (
 )
 from app.contract.middleware import BodyLimits
 from app.contract.spec import load_spec
-from app.contract.websockets import SocketHandler, mount_websockets
+from app.contract.websockets import SocketAccess, SocketHandler, mount_websockets
 from app.contract.wsgi import install_wsgi_bridge
 from app.db import deliveries, events
 from app.db.database import LOCK_TIMEOUT_SECONDS, Database
@@ -187,7 +187,10 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
     mount_websockets(
         app,
         handlers=create_socket_handlers(database, socket_work),
-        auth_string=auth_string.get_secret_value() if auth_string else None,
+        access=SocketAccess(
+            auth_string=auth_string.get_secret_value() if auth_string else None,
+            auth_timeout=settings.request_header_timeout,
+        ),
     )
     app.app.extensions[DATABASE_EXTENSION] = database
     return app

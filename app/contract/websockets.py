@@ -8,11 +8,13 @@ JSON and are checked against asyncapi.yaml before a handler acts on them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from connexion import FlaskApp
@@ -111,8 +113,18 @@ class PrefectSocket:
             await self._websocket.close(code=code, reason=reason)
 
 
+@dataclass(frozen=True)
+class SocketAccess:
+    """What a client must show, and how soon, before a channel serves it."""
+
+    # "user:password" its `auth` token must be; None: any token.
+    auth_string: str | None
+    # Seconds the `auth` frame may take to arrive after the socket is accepted.
+    auth_timeout: float
+
+
 async def open_prefect_socket(
-    websocket: WebSocket, *, auth_string: str | None
+    websocket: WebSocket, *, access: SocketAccess
 ) -> PrefectSocket | None:
     """Accept the websocket and authenticate it as Prefect's clients expect; None when it was
     refused (and closed).
@@ -127,28 +139,43 @@ async def open_prefect_socket(
         for protocol in value.split(",")
     ]
     if PREFECT_SUBPROTOCOL not in offered:
-        if auth_string:
-            await websocket.close(
-                PROTOCOL_ERROR, reason="'prefect' subprotocol required when auth is configured"
-            )
-            return None
-        await websocket.accept()
-        return PrefectSocket(websocket)
+        return await _legacy_socket(websocket, access)
     await websocket.accept(subprotocol=PREFECT_SUBPROTOCOL)
     socket = PrefectSocket(websocket)
-    try:
-        frame = await socket.receive()
-    except Disconnected:
+    return socket if await _authenticated(socket, access) else None
+
+
+async def _legacy_socket(websocket: WebSocket, access: SocketAccess) -> PrefectSocket | None:
+    """A client without the subprotocol: served without the exchange, unless credentials
+    are required, which it has no way to give.
+    """
+    await websocket.accept()
+    socket = PrefectSocket(websocket)
+    if access.auth_string:
+        # Accepted first: a close before accepting is a plain HTTP 403 to the client.
+        await socket.close(PROTOCOL_ERROR, "'prefect' subprotocol required when auth is configured")
         return None
-    refusal = _refusal(frame.data, auth_string)
+    return socket
+
+
+async def _authenticated(socket: PrefectSocket, access: SocketAccess) -> bool:
+    """The `auth` exchange; False when the socket was refused (and closed) or has gone."""
+    try:
+        frame = await asyncio.wait_for(socket.receive(), access.auth_timeout)
+    except Disconnected:
+        return False
+    except TimeoutError:
+        await socket.close(POLICY_VIOLATION, f"No 'auth' message within {access.auth_timeout:g} s")
+        return False
+    refusal = _refusal(frame.data, access.auth_string)
     if refusal is not None:
         await socket.close(POLICY_VIOLATION, refusal)
-        return None
+        return False
     try:
         await socket.send({"type": "auth_success"})
     except Disconnected:
-        return None
-    return socket
+        return False
+    return True
 
 
 def _refusal(frame: Any, auth_string: str | None) -> str | None:
@@ -166,7 +193,7 @@ def _refusal(frame: Any, auth_string: str | None) -> str | None:
 
 
 def mount_websockets(
-    app: FlaskApp, *, handlers: dict[str, SocketHandler], auth_string: str | None
+    app: FlaskApp, *, handlers: dict[str, SocketHandler], access: SocketAccess
 ) -> None:
     """Serve the websocket channels on `app`, ahead of everything Connexion does."""
     mismatched = set(SERVED_CHANNELS) ^ set(handlers)
@@ -176,7 +203,7 @@ def mount_websockets(
         WebSocketChannels,
         position=MiddlewarePosition.BEFORE_EXCEPTION,
         handlers=handlers,
-        auth_string=auth_string,
+        access=access,
     )
 
 
@@ -184,11 +211,11 @@ class WebSocketChannels:
     """Serves the API's websocket channels; passes every other request on."""
 
     def __init__(
-        self, app: ASGIApp, *, handlers: dict[str, SocketHandler], auth_string: str | None
+        self, app: ASGIApp, *, handlers: dict[str, SocketHandler], access: SocketAccess
     ) -> None:
         self.app = app
         self.handlers = {BASE_PATH + address: handler for address, handler in handlers.items()}
-        self.auth_string = auth_string
+        self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
@@ -200,7 +227,7 @@ class WebSocketChannels:
             # Closing before accepting refuses the upgrade (HTTP 403).
             await websocket.close(POLICY_VIOLATION)
             return
-        socket = await open_prefect_socket(websocket, auth_string=self.auth_string)
+        socket = await open_prefect_socket(websocket, access=self.access)
         if socket is not None:
             await _serve(handler, socket, address=scope["path"])
 

@@ -177,14 +177,33 @@ class TestHandshake:
     def test_without_the_subprotocol_credentials_cannot_be_given(
         self, app_with_auth: FlaskApp
     ) -> None:
+        # Accepted, then closed: a close before accepting would be a plain HTTP 403.
         with (
             app_with_auth.test_client() as client,
-            pytest.raises(WebSocketDisconnect) as refused,
-            client.websocket_connect(SUBSCRIPTION),
+            client.websocket_connect(SUBSCRIPTION) as socket,
         ):
-            pass
+            assert closed(socket) == (
+                1002,
+                "'prefect' subprotocol required when auth is configured",
+            )
 
-        assert refused.value.code == 1002
+    @pytest.mark.parametrize("path", CHANNELS)
+    def test_a_client_that_never_authenticates_is_closed_after_the_timeout(
+        self, tmp_path: Path, path: str
+    ) -> None:
+        url = f"sqlite:///{tmp_path / 'auth.db'}"
+        upgrade(url)
+        application = create_app(
+            Settings(database_url=url, api_auth_string=CREDENTIALS, request_header_timeout=0.5)
+        )
+        try:
+            with (
+                application.test_client() as client,
+                client.websocket_connect(path, subprotocols=["prefect"]) as socket,
+            ):
+                assert closed(socket) == (1008, "No 'auth' message within 0.5 s")
+        finally:
+            database_of(application).dispose()
 
     def test_an_unknown_channel_is_refused(self, client: TestClient) -> None:
         with pytest.raises(WebSocketDisconnect), client.websocket_connect("/api/events/sideways"):
