@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -117,17 +117,6 @@ class Settings(BaseSettings):
                 " (sqlite:///path or postgresql://user:password@host:port/database)"
             )
         return value
-
-    @model_validator(mode="after")
-    def _a_whole_body_fits_in_the_buffer(self) -> Settings:
-        # A body larger than what a worker may hold of bodies would be refused with 503,
-        # "try again later", every time.
-        if self.max_buffered_body_bytes < self.max_request_body_bytes:
-            raise ValueError(
-                "MAX_BUFFERED_BODY_BYTES must be at least MAX_REQUEST_BODY_BYTES"
-                f" ({self.max_buffered_body_bytes} < {self.max_request_body_bytes})"
-            )
-        return self
 
     @field_validator("api_auth_string")
     @classmethod

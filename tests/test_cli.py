@@ -144,11 +144,6 @@ class TestStartupErrors:
                 "invalid settings: DATABASE_URL: Value error, must start with one of sqlite://",
             ),
             (
-                {"MAX_BUFFERED_BODY_BYTES": "100"},
-                "invalid settings: Value error, MAX_BUFFERED_BODY_BYTES must be at least"
-                " MAX_REQUEST_BODY_BYTES (100 < 10485760)",
-            ),
-            (
                 {"DATABASE_URL": "postgresql://user:s3cr3t@127.0.0.1:1/nowhere"},
                 "the database cannot be used: OperationalError: connection failed:",
             ),
@@ -157,7 +152,7 @@ class TestStartupErrors:
                 "DATABASE_URL names an in-memory SQLite database",
             ),
         ],
-        ids=["port", "host", "scheme", "buffer", "refused", "in-memory"],
+        ids=["port", "host", "scheme", "refused", "in-memory"],
     )
     def test_serve_refuses_with_one_line(self, environment: dict[str, str], message: str) -> None:
         result = run(CONSOLE_SCRIPT, "serve", environment=environment)

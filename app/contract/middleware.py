@@ -8,7 +8,7 @@ import binascii
 import hmac
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from connexion.middleware.abstract import ROUTING_CONTEXT
 from starlette.datastructures import Headers
@@ -165,7 +165,8 @@ class BodyLimitMiddleware:
     """Bounds what a request body may cost: its size, how long it may stall, and the bytes of
     all unfinished bodies a worker holds.
 
-    A body larger than `max_bytes` (by Content-Length or as it streams) is a 413; one whose
+    A body larger than `max_bytes`, or than `max_buffered_bytes` (which it could never fit
+    in), by Content-Length or as it streams, is a 413; one whose
     next part does not arrive within `idle_timeout` seconds is a 408; one that would take the
     worker past `max_buffered_bytes` is a 503 (LimitedBody says how a body is charged).
     These are raised where the body is read, and answered by the error handlers inside this
@@ -175,7 +176,9 @@ class BodyLimitMiddleware:
 
     def __init__(self, app: ASGIApp, *, limits: BodyLimits) -> None:
         self.app = app
-        self.limits = limits
+        # A body larger than all a worker may hold could never be read: that is its limit
+        # too, a 413, not a 503 that asks for it again.
+        self.limits = replace(limits, max_bytes=min(limits.max_bytes, limits.max_buffered_bytes))
         # One per worker process: each builds its own application.
         self.budget = BodyBudget(limits.max_buffered_bytes)
 
