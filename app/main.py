@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 from connexion import FlaskApp
+from uvicorn.config import STARTUP_FAILURE
 
 from app.contract.api import (
     CorsPolicy,
@@ -225,7 +226,13 @@ def __getattr__(name: str) -> Any:
     if name != "app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if _app is None:
-        _app = create_app()
+        try:
+            _app = create_app()
+        except Exception:
+            # A worker that cannot build the application would fail the same way each time
+            # it is started again: uvicorn's start-up failure stops the server instead.
+            logger.exception("the application could not be created")
+            raise SystemExit(STARTUP_FAILURE) from None
         freeze_startup_heap()
     return _app
 

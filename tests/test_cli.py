@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from alembic.script import ScriptDirectory
 from pydantic import ValidationError
+from uvicorn.config import STARTUP_FAILURE
 
 import app
 from app import cli, main
@@ -320,3 +321,19 @@ class TestCheckHandlers:
 
         with pytest.raises(MissingHandlers, match="missing handler group: task_run_states "):
             main.create_routes(Database(settings.database_url), settings)
+
+
+def test_a_worker_that_cannot_build_the_application_stops_the_server(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def failing() -> None:
+        raise OSError("too many open files")
+
+    monkeypatch.setattr(main, "create_app", failing)
+    monkeypatch.setattr(main, "_app", None)
+
+    with pytest.raises(SystemExit) as stopped:
+        _ = main.app
+
+    assert stopped.value.code == STARTUP_FAILURE  # the supervisor stops instead of restarting
+    assert "the application could not be created" in caplog.text

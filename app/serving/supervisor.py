@@ -58,6 +58,8 @@ class Supervisor(Multiprocess):
         super().__init__(config, sockets)
         self.timeouts = timeouts
         self._watches: dict[Process, _Watch] = {}
+        # Whether a worker failed before it could serve, and the server stopped for it.
+        self.failed_to_start = False
 
     def keep_subprocess_alive(self) -> None:
         if self.should_exit.is_set():
@@ -80,6 +82,7 @@ class Supervisor(Multiprocess):
                 # It failed before serving: the application or the socket is broken, and
                 # every new worker would fail the same way.
                 logger.error("Worker [%s] failed to start; stopping.", process.pid)
+                self.failed_to_start = True
                 self.should_exit.set()
                 return
             if self.should_exit.is_set():
@@ -88,6 +91,14 @@ class Supervisor(Multiprocess):
             replacement = Process(self.config, self.sockets)
             replacement.start()
             self.processes[index] = replacement
+
+    def terminate_all(self) -> None:
+        # Close this process's copy of the listening socket first: the workers close theirs
+        # as they stop, and while any copy stays open the kernel goes on accepting new
+        # connections that nobody will answer (they hang, then are reset).
+        for listening in self.sockets:
+            listening.close()
+        super().terminate_all()
 
     def _problem(self, process: Process, now: float) -> str | None:
         """Why `process` must be replaced, or None while it is well."""
@@ -131,4 +142,7 @@ def run(config: Config, *, timeouts: WorkerTimeouts) -> None:
         if not server.started:
             raise SystemExit(STARTUP_FAILURE)
         return
-    Supervisor(config, [config.bind_socket()], timeouts=timeouts).run()
+    supervisor = Supervisor(config, [config.bind_socket()], timeouts=timeouts)
+    supervisor.run()
+    if supervisor.failed_to_start:
+        raise SystemExit(STARTUP_FAILURE)

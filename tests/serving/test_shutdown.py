@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -80,6 +81,17 @@ def create_waiting_for_its_write(
     return response
 
 
+def refuses_connections(server: RunningServer) -> bool:
+    """Whether a new connection is refused at once, rather than taken and left unanswered."""
+    try:
+        socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def answers(server: RunningServer) -> bool:
     """Whether the server answers a new request (on a new connection) within a second."""
     try:
@@ -113,6 +125,7 @@ def test_a_request_in_flight_is_answered_before_a_clean_exit(
             slow = create_waiting_for_its_write(pool, server, task_key="slow")
             server.process.send_signal(signal.SIGTERM)
             wait_for(lambda: not answers(server), "the server to stop accepting requests")
+            wait_for(lambda: refuses_connections(server), "new connections to be refused")
 
             assert server.process.poll() is None, "exited with a request in flight"
             assert not slow.done()
