@@ -9,6 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection
 
 from app.db.database import use_wal
@@ -44,10 +45,23 @@ def check(database_url: str) -> None:
 @cache
 def head_revision() -> str:
     """The newest migration of app/db/migrations (the schema this code expects)."""
-    head = ScriptDirectory.from_config(alembic_config("")).get_current_head()
+    head = _scripts().get_current_head()
     if head is None:
         raise RuntimeError("app/db/migrations has no migration")
     return head
+
+
+def is_known_revision(revision: str) -> bool:
+    """Whether app/db/migrations has the migration `revision`."""
+    try:
+        return _scripts().get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+@cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config(""))
 
 
 def current_revisions(connection: Connection) -> tuple[str, ...]:

@@ -22,9 +22,15 @@ def check_readiness(*, database: Database, schema_head: str) -> str:
             current = migrate.current_revisions(connection)
     except (DatabaseUnavailable, SQLAlchemyError) as error:
         raise NotReady(DATABASE_NOT_AVAILABLE) from error
-    if current != (schema_head,):
-        at = ", ".join(current) or "no revision"
+    if current == (schema_head,):
+        return READY
+    at = ", ".join(current) or "no revision"
+    if not all(migrate.is_known_revision(revision) for revision in current):
+        # An upgrade cannot help: this service's migrations end before that revision.
         raise NotReady(
-            f"Database schema is at {at}, not at {schema_head}: run `taskrun-api db upgrade`"
+            f"Database schema is at {at}, a revision this service does not know (a newer"
+            " version migrated it): run that version, or one newer"
         )
-    return READY
+    raise NotReady(
+        f"Database schema is at {at}, not at {schema_head}: run `taskrun-api db upgrade`"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +81,20 @@ class TestPerformReadinessCheck:
         assert status == 503
         assert body["message"].startswith("Database schema is at ")
         assert f"not at {head_revision()}" in body["message"]
+
+    def test_a_database_a_newer_service_migrated_says_so(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'ahead.db'}"
+        upgrade(url)
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
+            connection.execute("UPDATE alembic_version SET version_num = 'f00dfeed1234'")
+
+        status, body = self.ready(url)
+
+        assert status == 503
+        assert body == {
+            "message": "Database schema is at f00dfeed1234, a revision this service does not"
+            " know (a newer version migrated it): run that version, or one newer"
+        }
 
     def test_an_unreachable_database_is_not(self, tmp_path: Path) -> None:
         status, body = self.ready(f"sqlite:///{tmp_path / 'no-such-directory' / 'x.db'}")
