@@ -4,6 +4,7 @@ died without a word does: the connection stays open, and nothing crosses it any 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -70,15 +71,11 @@ class SilencingProxy:
 
 
 def _pump(source: socket.socket, sink: socket.socket, silenced: threading.Event) -> None:
-    while True:
-        try:
-            data = source.recv(65536)
-        except OSError:
-            return
-        if not data:
-            return
-        if not silenced.is_set():
-            sink.sendall(data)
+    # Until either end closes, the proxy's own closing included.
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            if not silenced.is_set():
+                sink.sendall(data)
 
 
 @pytest.fixture
