@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any, Generic, Literal, NoReturn, Protocol, TypedDict, TypeVar
 from uuid import UUID
 
@@ -341,23 +340,3 @@ HANDLER_GROUPS: dict[str, tuple[str, str]] = {
     "task_run_states": ("TaskRunStatesOperations", "Task Run States"),
     "task_runs": ("TaskRunsOperations", "Task Runs"),
 }
-
-
-def handler_problems(groups: Mapping[str, object]) -> list[str]:
-    """Why `groups` (a handler object by group name) cannot serve every operation, one line
-    each: a group missing, a group no tag has, an operation without its handler method.
-    """
-    problems = [
-        f'missing handler group: {group} ({protocol}, the operations tagged "{tag}")'
-        for group, (protocol, tag) in HANDLER_GROUPS.items()
-        if group not in groups
-    ]
-    problems += [
-        f"handler group of no tag: {group}" for group in groups if group not in HANDLER_GROUPS
-    ]
-    problems += [
-        f"missing handler: {operation_id}: {group}.{method}"
-        for operation_id, (group, method) in HANDLERS.items()
-        if not callable(getattr(groups.get(group), method, None))
-    ]
-    return problems

@@ -301,7 +301,6 @@ _HEADER = '''\
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any, Generic, Literal, NoReturn, Protocol, TypedDict, TypeVar
 from uuid import UUID
 
@@ -513,32 +512,8 @@ def _render_handler_index(groups: dict[str, list[Operation]], operations: list[O
         *(f"    {g!r}: ({protocol_name(g)!r}, {tags[g]!r})," for g in sorted(groups)),
         "}",
         "",
-        "",
-        _HANDLER_PROBLEMS,
     ]
     return "\n".join(lines)
-
-
-_HANDLER_PROBLEMS = '''\
-def handler_problems(groups: Mapping[str, object]) -> list[str]:
-    """Why `groups` (a handler object by group name) cannot serve every operation, one line
-    each: a group missing, a group no tag has, an operation without its handler method.
-    """
-    problems = [
-        f'missing handler group: {group} ({protocol}, the operations tagged "{tag}")'
-        for group, (protocol, tag) in HANDLER_GROUPS.items()
-        if group not in groups
-    ]
-    problems += [
-        f"handler group of no tag: {group}" for group in groups if group not in HANDLER_GROUPS
-    ]
-    problems += [
-        f"missing handler: {operation_id}: {group}.{method}"
-        for operation_id, (group, method) in HANDLERS.items()
-        if not callable(getattr(groups.get(group), method, None))
-    ]
-    return problems
-'''
 
 
 def format_source(source: str, *, filename: str) -> str:

@@ -43,7 +43,7 @@ from app.contract.observability import (
 from app.contract.operations import prepare_operations_once
 from app.contract.spec import enable_openapi_31, load_spec
 from app.contract.validation import VALIDATOR_MAP
-from generated.routes import HANDLERS, Routes, handler_problems
+from generated.routes import HANDLER_GROUPS, HANDLERS, Routes
 
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 METRICS_PATH = "/metrics"
@@ -96,6 +96,32 @@ def ensure_every_operation_handled(groups: Mapping[str, object]) -> None:
     problems = contract_problems(groups)
     if problems:
         raise MissingHandlers("; ".join(problems))
+
+
+def handler_problems(
+    groups: Mapping[str, object],
+    *,
+    handlers: Mapping[str, tuple[str, str]] = HANDLERS,
+    handler_groups: Mapping[str, tuple[str, str]] = HANDLER_GROUPS,
+) -> list[str]:
+    """Why `groups` (a handler object by group name) cannot serve every operation of the
+    route stubs (`handlers` and `handler_groups`, as generated/routes.py lists them), one
+    line each: a group missing, a group no tag has, an operation without its handler method.
+    """
+    problems = [
+        f'missing handler group: {group} ({protocol}, the operations tagged "{tag}")'
+        for group, (protocol, tag) in handler_groups.items()
+        if group not in groups
+    ]
+    problems += [
+        f"handler group of no tag: {group}" for group in groups if group not in handler_groups
+    ]
+    problems += [
+        f"missing handler: {operation_id}: {group}.{method}"
+        for operation_id, (group, method) in handlers.items()
+        if not callable(getattr(groups.get(group), method, None))
+    ]
+    return problems
 
 
 def contract_problems(groups: Mapping[str, object]) -> list[str]:
