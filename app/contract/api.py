@@ -19,6 +19,7 @@ from connexion.middleware.routing import RoutingMiddleware
 from connexion.middleware.server_error import ServerErrorMiddleware
 from connexion.resolver import Resolver
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
 
 from app.contract.documents import document_endpoints
 from app.contract.endpoints import ReadOnlyEndpoints
@@ -68,8 +69,22 @@ def contract_middlewares(*, validate_responses: bool) -> list[type]:
         RequestValidationMiddleware,
     ]
     if validate_responses:
-        middlewares.append(ResponseValidationMiddleware)
+        middlewares.append(BodilessHeadResponseValidation)
     return [*middlewares, LifespanMiddleware, ContextMiddleware]
+
+
+class BodilessHeadResponseValidation(ResponseValidationMiddleware):  # type: ignore[misc]
+    """Connexion's response validation, which HEAD answers pass by.
+
+    A HEAD answer is its GET's headers without the body, and Connexion would validate the
+    missing body against the GET's schema: every HEAD a 500.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 class RoutesResolver(Resolver):  # type: ignore[misc]
@@ -201,7 +216,7 @@ def mount_contract(
     document and its docs page, the metrics when enabled, a request id, a log line and
     metrics for every request, and CORS when a policy is given.
     """
-    if validate_responses and ResponseValidationMiddleware not in app.middleware.middlewares:
+    if validate_responses and BodilessHeadResponseValidation not in app.middleware.middlewares:
         raise ValueError("validate_responses needs contract_middlewares(validate_responses=True)")
     enable_openapi_31()
     prepare_operations_once()

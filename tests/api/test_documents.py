@@ -129,3 +129,34 @@ class TestMethodsOfEachPath:
         assert response.status_code == 405
         allowed = methods | ({"HEAD"} if "GET" in methods else set())
         assert response.headers["allow"] == ", ".join(sorted(allowed))
+
+
+class TestHead:
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "/api/health",
+            "/api/ready",
+            "/api/version",
+            "/api/hello",
+            "/api/admin/version",
+            "/api/csrf-token?client=a",
+        ],
+    )
+    def test_every_read_answers_head_as_its_get_without_the_body(
+        self, client: TestClient, path: str
+    ) -> None:
+        # The tests' app validates its responses, as production does not.
+        got = client.get(path)
+        head = client.head(path)
+
+        assert (head.status_code, head.content) == (got.status_code, b"")
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers["content-length"] == got.headers["content-length"]
+
+    def test_a_run_and_a_state_answer_head(self, client: TestClient) -> None:
+        run = client.post("/api/task_runs/", json={"task_key": "k", "dynamic_key": "0"}).json()
+
+        for path in (f"/api/task_runs/{run['id']}", f"/api/task_run_states/{run['state_id']}"):
+            head = client.head(path)
+            assert (head.status_code, head.content) == (200, b"")

@@ -58,11 +58,13 @@ def test_the_stack_leaves_out_the_docs_security_and_response_layers() -> None:
     assert RequestValidationMiddleware in stack
     assert SwaggerUIMiddleware not in stack
     assert SecurityMiddleware not in stack
-    assert ResponseValidationMiddleware not in stack
+    assert not any(issubclass(layer, ResponseValidationMiddleware) for layer in stack)
 
 
 def test_responses_are_validated_only_when_asked() -> None:
-    assert ResponseValidationMiddleware in contract_middlewares(validate_responses=True)
+    stack = contract_middlewares(validate_responses=True)
+
+    assert any(issubclass(layer, ResponseValidationMiddleware) for layer in stack)
 
 
 def test_validating_responses_without_their_layer_is_refused() -> None:
