@@ -123,7 +123,8 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
     )
     if settings.metrics_enabled:
         metrics.watch_pool(database.engine)
-    # The websocket channels' database work runs here, off the event loop.
+    # The database work of the websocket channels and of the event pruner runs here, off
+    # the event loop.
     socket_work = DatabaseThreads(threads=settings.threads_per_worker)
     # Wakes this process's sockets when another process enqueues a run or stores an event.
     listener = other_processes_listener(

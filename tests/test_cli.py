@@ -23,7 +23,7 @@ from app.contract.api import MissingHandlers
 from app.db.database import Database
 from app.db.migrate import alembic_config, head_revision, upgrade
 from app.main import create_app, database_of, handler_groups
-from app.services.event_retention import prune_old_events
+from app.services.event_retention import delete_a_batch
 from app.settings import MAX_EVENT_RETENTION_SECONDS, MAX_TIMEOUT_SECONDS, Settings
 from generated.routes import HANDLERS
 from tests.support.databases import empty_database
@@ -111,7 +111,7 @@ class TestSettings:
                     )
                     assert created.status_code == 201, created.text
                     retention = timedelta(seconds=settings.event_retention_seconds)
-                    assert prune_old_events(database_of(application), retention=retention) == 0
+                    assert delete_a_batch(database_of(application), retention=retention) == 0
             finally:
                 database_of(application).dispose()
 

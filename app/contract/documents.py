@@ -1,7 +1,8 @@
 """openapi.yaml as written, and Swagger UI showing it, served under the API's base path.
 
 Connexion would serve its own copy of the document: expanded, every `$ref` inlined, and the
-descriptions beside `$ref`s lost. That copy is switched off (`serve_spec=False`); instead
+descriptions beside `$ref`s lost. Its Swagger UI middleware, which serves that copy, is left
+out of the stack (`contract_middlewares` in app/contract/api.py); instead
 `/api/openapi.yaml` is the file byte for byte and `/api/openapi.json` the same document in
 JSON. `/api/docs` is Swagger UI 5 (the bundle swagger-ui-py ships, served from the package,
 so the page works without any other host), reading `/api/openapi.json`.

@@ -157,7 +157,13 @@ async def _too_many_unfinished_bodies(
 
 async def _not_ready(_request: ConnexionRequest, error: NotReady) -> ConnexionResponse:
     # Prefect's server answers its readiness check with `message`, not `detail`.
-    logger.warning("not ready: %s", error)
+    if error.__cause__ is None:
+        logger.warning("not ready: %s", error)
+    else:
+        # The answer says what is missing; the log line adds what the database raised.
+        log_failure(
+            logger, logging.WARNING, f"not ready: {error}", error.__cause__, with_stack=False
+        )
     return json_response(503, {"message": str(error)})
 
 

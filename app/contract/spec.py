@@ -3,8 +3,8 @@
 Connexion checks every document against its bundled 3.0 meta-schema, which rejects `3.1.0`
 and 3.1 constructs such as `type: [string, "null"]` (spec-first/connexion#1396). The check is
 one private classmethod; it is replaced by openapi-spec-validator, which knows 3.0 and 3.1.
-That hook is the only private part of Connexion this project touches, so the Connexion
-version is pinned and checked here.
+Like the service's other hooks into Connexion's private parts (app/contract/wsgi.py,
+app/contract/operations.py), it holds only for the pinned Connexion version, checked here.
 """
 
 from __future__ import annotations

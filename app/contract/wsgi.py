@@ -14,7 +14,7 @@ threads keep both cores busy, while more would only take the interpreter from on
 (and from the event loop) more often.
 
 It replaces the a2wsgi adapter inside Connexion's FlaskApp (`_middleware_app.asgi_app`),
-the second private part of Connexion this project touches; `install_wsgi_bridge` checks
+a private part of Connexion; `install_wsgi_bridge` checks
 that the adapter is where and what it expects, so that an upgrade that moves it fails at
 start-up rather than silently serving through a2wsgi.
 """
@@ -134,11 +134,6 @@ class BufferedWSGIBridge:
             if close is not None:
                 close()
         return started["status"], started["headers"], b"".join(written)
-
-    def shutdown(self) -> None:
-        """Stop the threads once they finish their requests."""
-        self.executor.shutdown(wait=True)
-        self.read_executor.shutdown(wait=True)
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -21,8 +21,7 @@ _INSERT_STATE_UNLESS_PRESENT = {
 }
 _STATE_COLUMNS = tuple(task_run_state.c[name] for name in TASK_RUN_STATE_COLUMNS)
 _STATE_BY_ID = select(*_STATE_COLUMNS).where(task_run_state.c.id == bindparam("state_id"))
-# Oldest first. A run's states never share a timestamp (each is later than the one before);
-# the id only makes the order total.
+# Oldest first; states of one instant (a clamped timestamp, a client's clock) in id order.
 _STATES_OF_RUN = (
     select(*_STATE_COLUMNS)
     .where(task_run_state.c.task_run_id == bindparam("task_run_id"))

@@ -1,1 +1,4 @@
-"""Thin HTTP handlers, one module per resource: arguments in, one service call, (model, status)."""
+"""Thin handlers, one module per resource: HTTP operations take their arguments, make one
+service call and give (model, status); the websocket channels speak their frames and leave
+the work to services.
+"""

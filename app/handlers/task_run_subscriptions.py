@@ -66,13 +66,13 @@ class TaskRunSubscriptionHandler:
             # this run, which it has not seen yet.
             inbox.discard_pending()
             await socket.send(run.model_dump(mode="json"))
-            reply = await self._reply(inbox, run.id, claim_id)
+            reply, claimed = await self._reply(inbox, run.id, claim_id)
         except BaseException:
             # The worker left, or the service is stopping this socket: the run goes back.
             # Not awaited, so that it happens even while this task is being cancelled.
             self._return_soon(run.id, claim_id)
             raise
-        return await self._settle(socket, reply, run.id, claim_id)
+        return await self._settle(socket, reply, run.id, claim_id, claimed=claimed)
 
     def _return_soon(self, task_run_id: UUID, claim_id: UUID) -> None:
         def give_back() -> None:
@@ -93,23 +93,33 @@ class TaskRunSubscriptionHandler:
 
         asyncio.get_running_loop().run_in_executor(self._executor, give_back)
 
-    async def _reply(self, inbox: Inbox, task_run_id: UUID, claim_id: UUID) -> Any:
-        """The worker's answer to a delivery, the claim kept alive while it comes."""
+    async def _reply(self, inbox: Inbox, task_run_id: UUID, claim_id: UUID) -> tuple[Any, bool]:
+        """The worker's answer to a delivery, the claim kept alive while it comes; and
+        whether the claim was still held at the last renewal.
+        """
+        claimed = True
         while True:
             frame = await inbox.next(timeout=RENEW_SECONDS)
             if frame is not None:
-                return frame.data
-            await self._in_thread(
-                deliveries.renew_claim, task_run_id=task_run_id, claim_id=claim_id
-            )
+                return frame.data, claimed
+            if claimed:
+                claimed = await self._in_thread(
+                    deliveries.renew_claim, task_run_id=task_run_id, claim_id=claim_id
+                )
+                if not claimed:
+                    _log_lost_claim(task_run_id)
 
-    async def _settle(self, socket: Socket, reply: Any, task_run_id: UUID, claim_id: UUID) -> bool:
+    async def _settle(
+        self, socket: Socket, reply: Any, task_run_id: UUID, claim_id: UUID, *, claimed: bool
+    ) -> bool:
         """Act on the worker's answer; False when the socket is done."""
         kind = reply.get("type") if isinstance(reply, dict) else None
         if kind == "ack":
-            await self._in_thread(
+            acknowledged = await self._in_thread(
                 deliveries.acknowledge_delivery, task_run_id=task_run_id, claim_id=claim_id
             )
+            if claimed and not acknowledged:  # a lost claim is logged once
+                _log_lost_claim(task_run_id)
             return True
         if kind == "quit":
             await self._in_thread(
@@ -131,6 +141,16 @@ class TaskRunSubscriptionHandler:
                 return service(connection=connection, **arguments)
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+
+def _log_lost_claim(task_run_id: UUID) -> None:
+    # Benign when the run left the queue (deleted, or moved on by set_state); otherwise the
+    # claim expired, and the run may have gone to another worker too.
+    logger.warning(
+        "the delivery of task run %s is no longer claimed (it expired, or the run left the"
+        " queue); another worker may have received it too",
+        task_run_id,
+    )
 
 
 async def _subscription(socket: Socket) -> list[str] | None:

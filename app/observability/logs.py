@@ -97,8 +97,9 @@ def log_failure(
     The messages of database errors can hold rows and SQL parameters, and those of
     validation errors the values validated, so only the names of the exception and of its
     causes are logged, and with `with_stack` the code locations it passed through. Every
-    failure the service logs, of a request or of its work in the background, goes through
-    here.
+    unexpected failure the service logs, of a request or of its work in the background,
+    goes through here; known faults (the database unavailable) are logged in the service's
+    own words.
     """
     lines = [f"{what}: {_names(error)}"]
     if with_stack:

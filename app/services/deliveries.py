@@ -64,9 +64,9 @@ def renew_claim(*, connection: Connection, task_run_id: UUID, claim_id: UUID) ->
     return rows.renew_claim(connection, task_run_id=task_run_id, claim_id=claim_id, until=until)
 
 
-def acknowledge_delivery(*, connection: Connection, task_run_id: UUID, claim_id: UUID) -> None:
-    """The worker has the run: take it off the queue."""
-    rows.remove_claimed(connection, task_run_id=task_run_id, claim_id=claim_id)
+def acknowledge_delivery(*, connection: Connection, task_run_id: UUID, claim_id: UUID) -> bool:
+    """The worker has the run: take it off the queue; False if the claim was lost."""
+    return rows.remove_claimed(connection, task_run_id=task_run_id, claim_id=claim_id)
 
 
 def abandon_delivery(*, connection: Connection, task_run_id: UUID, claim_id: UUID) -> None:

@@ -2,8 +2,9 @@
 
 Events stored by this process are handed over at once. Events stored by the service's other
 processes (other workers, other machines on one PostgreSQL) are found by reading the newest
-rows of the event table while anyone follows: on PostgreSQL as soon as another process says
-it stored some, and a few times a second in any case.
+rows of the event table while anyone follows: as soon as another process says it stored
+some (PostgreSQL's NOTIFY, or the wake file beside an SQLite database), and a few times a
+second in any case.
 """
 
 from __future__ import annotations

@@ -23,18 +23,6 @@ PRUNE_EVERY_SECONDS = 60.0
 PRUNE_BATCH = 1000
 
 
-def prune_old_events(database: Database, *, retention: timedelta) -> int:
-    """Delete every event received longer than `retention` ago, a batch per transaction; how
-    many were deleted.
-    """
-    deleted = 0
-    while True:
-        batch = delete_a_batch(database, retention=retention)
-        deleted += batch
-        if batch < PRUNE_BATCH:
-            return deleted
-
-
 def delete_a_batch(database: Database, *, retention: timedelta) -> int:
     """Delete up to PRUNE_BATCH of the events received longer than `retention` ago, in one
     transaction; how many.
@@ -70,9 +58,13 @@ class EventPruner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._batch is not None and not self._batch.done():
-            # Its failure, if any, is the loop's to report, and the loop has stopped.
-            with contextlib.suppress(Exception):
+            # The task that would have reported its failure is cancelled.
+            try:
                 await asyncio.wrap_future(self._batch)
+            except Exception as error:
+                log_failure(
+                    logger, logging.WARNING, "deleting old events failed", error, with_stack=False
+                )
 
     async def _prune(self) -> int:
         """Delete the old events a batch at a time, each on a thread of the executor; how

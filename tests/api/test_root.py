@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import re
 import sqlite3
 import uuid
@@ -96,10 +97,16 @@ class TestPerformReadinessCheck:
             " know (a newer version migrated it): run that version, or one newer"
         }
 
-    def test_an_unreachable_database_is_not(self, tmp_path: Path) -> None:
+    def test_an_unreachable_database_is_not(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.WARNING, logger="app.contract.errors")
         status, body = self.ready(f"sqlite:///{tmp_path / 'no-such-directory' / 'x.db'}")
 
         assert (status, body) == (503, {"message": "Database is not available"})
+        # What the database raised, by name, beside the answer's words.
+        [line] = [r.getMessage() for r in caplog.records if r.name == "app.contract.errors"]
+        assert line.startswith("not ready: Database is not available: app.db.database.")
 
     def test_needs_no_credentials(self, database_url: str) -> None:
         status, body = self.ready(database_url, credentials=CREDENTIALS)

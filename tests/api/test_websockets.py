@@ -25,6 +25,7 @@ from app.db.database import Database, DatabaseUnavailable
 from app.db.migrate import upgrade
 from app.db.tables import event, task_run_delivery
 from app.handlers import events as events_handlers
+from app.handlers import task_run_subscriptions as subscription_handlers
 from app.main import create_app, database_of
 from app.services import deliveries as deliveries_service
 from app.services import events as events_service
@@ -341,6 +342,40 @@ class TestScheduledTaskRuns:
         with subscribed(client, "add-1") as socket:
             assert socket.receive_json()["id"] == run["id"]
             socket.send_json({"type": "ack"})
+
+    def test_an_ack_after_the_run_left_the_queue_is_logged_as_a_lost_claim(
+        self, client: TestClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.WARNING, logger="app.handlers.task_run_subscriptions")
+        run = deferred_run(client)
+        with subscribed(client, "add-1") as socket:
+            assert socket.receive_json()["id"] == run["id"]
+            assert client.delete(f"/api/task_runs/{run['id']}").status_code == 204
+            socket.send_json({"type": "ack"})
+            eventually(lambda: bool(caplog.records))
+
+        [record] = caplog.records
+        assert record.levelno == logging.WARNING
+        assert record.getMessage().startswith(f"the delivery of task run {run['id']} is no longer")
+
+    def test_a_claim_lost_while_the_worker_thinks_is_logged_once(
+        self,
+        client: TestClient,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        caplog.set_level(logging.WARNING, logger="app.handlers.task_run_subscriptions")
+        monkeypatch.setattr(subscription_handlers, "RENEW_SECONDS", 0.05)
+        run = deferred_run(client)
+        with subscribed(client, "add-1") as socket:
+            assert socket.receive_json()["id"] == run["id"]
+            assert client.delete(f"/api/task_runs/{run['id']}").status_code == 204
+            time.sleep(0.5)  # ten renewals' time
+            socket.send_json({"type": "ack"})
+            eventually(lambda: bool(caplog.records))
+            time.sleep(0.1)
+
+        assert len(caplog.records) == 1
 
     def test_a_frame_sent_before_a_run_is_out_answers_nothing(
         self, client: TestClient, database: Database, monkeypatch: pytest.MonkeyPatch

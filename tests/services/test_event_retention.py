@@ -120,3 +120,33 @@ class WorkingDatabase:
     @contextmanager
     def transaction(self) -> Iterator[Any]:
         yield None
+
+
+def test_a_batch_that_fails_while_stopping_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.services.event_retention")
+    begun = []
+
+    def a_failing_batch(_connection: Any, *, before: Any, limit: int) -> int:
+        begun.append(True)
+        time.sleep(0.1)
+        raise RuntimeError("unexpected: secret-value")
+
+    monkeypatch.setattr(rows, "delete_events_received_before", a_failing_batch)
+
+    async def stop_during_the_batch() -> None:
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            pruner = EventPruner(
+                cast(Database, WorkingDatabase()), retention=RETENTION, executor=executor
+            )
+            pruner.start()
+            while not begun:
+                await asyncio.sleep(0.01)
+            await pruner.stop()
+
+    asyncio.run(stop_during_the_batch())
+
+    [record] = caplog.records
+    assert record.getMessage() == "deleting old events failed: builtins.RuntimeError"
+    assert record.levelno == logging.WARNING
