@@ -67,7 +67,7 @@ def test_processes_migrating_one_database_at_once_take_turns(fresh_database_url:
     # As replicas of the service would, each starting with `serve` at the same moment.
     command = [str(Path(sys.executable).parent / "taskrun-api"), "db", "upgrade"]
     environment = {**os.environ, "DATABASE_URL": fresh_database_url, "LOG_LEVEL": "WARNING"}
-    for _ in range(3):
+    for _ in range(2):
         downgrade(fresh_database_url, "base")
         migrations = [
             subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)

@@ -11,7 +11,7 @@ import httpx
 
 from tests.support.server import running_server
 
-STARTS = 20
+STARTS = 8
 PARALLEL_STARTS = 4
 FIRST_REQUESTS = 16
 
