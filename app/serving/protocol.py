@@ -5,8 +5,9 @@ all of them however large, and refuses malformed HTTP with a plain-text 400. Her
 must arrive within `timeout` seconds of the connection (or of the request's first byte, on a
 kept-alive connection), be at most `max_bytes` long and hold at most `max_headers` headers;
 otherwise the client gets 408 or 431, and malformed requests get 400, each as
-`{"detail": ...}` with an `X-Request-ID`, and the connection is closed. The refusal is
-logged and counted as an answered request is (RequestRecorder), without an operationId.
+`{"detail": ...}` with an `X-Request-ID`, and the connection is closed (a request pipelined
+behind one still being answered is refused after that answer). The refusal is logged and
+counted as an answered request is (RequestRecorder), without an operationId.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # received while reading the head (an upper bound of its size)
         self._head_size = 0  # exactly: the target and every header name and value
         self._header_count = 0
+        # A refusal of a pipelined request, sent once the response under way is.
+        self._refusal_after_response: tuple[int, str] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -166,8 +169,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
-            # A response is under way on this connection: it cannot be answered twice.
-            self.transport.close()
+            # A pipelined request after one still being answered: that answer goes first
+            # (its request may have been committed), then this refusal; nothing more is read.
+            if self._refusal_after_response is None:
+                self._refusal_after_response = (status, detail)
+                self.transport.pause_reading()
             return
         request_id = new_request_id()
         body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
@@ -185,6 +191,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(head) + body)
         self.transport.close()
         self._record_refusal(status, request_id)
+
+    def on_response_complete(self) -> None:
+        refusal = self._refusal_after_response
+        if refusal is None:
+            super().on_response_complete()
+            return
+        self._refusal_after_response = None
+        self.server_state.total_requests += 1
+        self._refuse(*refusal)
 
     def _record_refusal(self, status: int, request_id: str) -> None:
         """Log and count a refused request as RequestRecorder does an answered one."""

@@ -178,6 +178,28 @@ class TestRequestHead:
 
         assert_refused(response, 400, "Invalid HTTP request received.")
 
+    def test_a_malformed_request_pipelined_after_a_create_comes_after_its_answer(
+        self, server: RunningServer
+    ) -> None:
+        body = json.dumps({"task_key": "pipelined", "dynamic_key": str(uuid.uuid4())}).encode()
+        create = (
+            b"POST /api/task_runs/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+        started = time.monotonic()
+        connection = connect(server.port)
+        connection.sendall(create + b"GARBAGE\r\n\r\n")
+        received = read_until_closed(connection, started=started)
+
+        # The create was committed: its client gets its answer first, then the refusal.
+        assert received.status == 201
+        length = int(received.headers["content-length"])
+        answer, rest = received.body[:length], received.body[length:]
+        assert json.loads(answer)["task_key"] == "pipelined"
+        refusal = parse(rest, closed_after=received.closed_after)
+        assert_refused(refusal, 400, "Invalid HTTP request received.")
+
     def test_headers_within_the_limits_are_served(self, server: RunningServer) -> None:
         headers = b"".join(b"X-H%d: v\r\n" % number for number in range(MAX_HEADERS - 2))
 
