@@ -16,7 +16,7 @@ from app.db.database import Database
 from app.db.records import EventRecord
 from app.handlers.inbox import Inbox
 from app.handlers.sockets import INTERNAL_ERROR, POLICY_VIOLATION, Disconnected, Frame, Socket
-from app.services.clock import utcnow
+from app.services.clock import UnrepresentableInstant, parse_instant, utcnow
 from app.services.event_feed import EventFeed, FollowerTooSlow
 from app.services.event_filters import EventFilter, UnsupportedFilter, parse_filter
 from app.services.events import event_json, event_record, receive_event, received_at_commit
@@ -71,7 +71,16 @@ def _event_problems(socket: Socket, frame: Frame) -> list[str]:
         return [f"the event is {frame.size} bytes, more than {MAX_EVENT_BYTES}"]
     if frame.data is None:
         return ["the frame is not JSON"]
-    return socket.problems("event", frame.data)
+    return socket.problems("event", frame.data) or _occurred_problems(frame.data)
+
+
+def _occurred_problems(event: dict[str, Any]) -> list[str]:
+    """Why the event's `occurred`, a valid date-time, cannot be stored, if it cannot."""
+    try:
+        parse_instant(event["occurred"])
+    except UnrepresentableInstant as problem:
+        return [f"occurred: {problem}"]
+    return []
 
 
 class EventsOutHandler:

@@ -26,3 +26,25 @@ def to_utc(value: datetime) -> datetime:
         return value.astimezone(UTC)
     except OverflowError:
         return EARLIEST if value.year == EARLIEST.year else LATEST
+
+
+class UnrepresentableInstant(ValueError):
+    """An RFC 3339 date-time that no Python datetime holds."""
+
+
+def parse_instant(text: str) -> datetime:
+    """The UTC instant of an RFC 3339 date-time (one the contract's `date-time` format admits).
+
+    RFC 3339 allows a lower-case `t` and `z`, which `fromisoformat` does not read.
+
+    :raises UnrepresentableInstant: a leap second (`23:59:60`) or a date in year 0, which
+        RFC 3339 allows and Python's datetime cannot hold (the API refuses both too).
+    """
+    try:
+        parsed = datetime.fromisoformat(text.upper())
+    except ValueError:
+        # Not the parser's message: it can quote the text.
+        raise UnrepresentableInstant(
+            "a leap second or a date in year 0, which the service cannot hold"
+        ) from None
+    return to_utc(parsed)

@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 from app.db import events as rows
 from app.db.database import attempt_in_savepoint
 from app.db.records import EventRecord
-from app.services.clock import to_utc, utcnow
+from app.services.clock import parse_instant, utcnow
 from app.services.event_feed import OVERLAP
 from app.services.task_run_recorder import (
     UnrecordableEvent,
@@ -29,11 +29,14 @@ RECEIVED_AGAIN_AFTER = OVERLAP / 4
 
 
 def event_record(event: dict[str, Any], *, received: datetime) -> EventRecord:
-    """The stored form of an event as it arrived (already checked against the contract)."""
+    """The stored form of an event as it arrived (already checked against the contract).
+
+    :raises UnrepresentableInstant: its `occurred` is a date-time Python cannot hold.
+    """
     follows = event.get("follows")
     return EventRecord(
         id=UUID(event["id"]),
-        occurred=to_utc(datetime.fromisoformat(event["occurred"])),
+        occurred=parse_instant(event["occurred"]),
         event=event["event"],
         resource_id=event["resource"]["prefect.resource.id"],
         resource=event["resource"],

@@ -748,8 +748,19 @@ class TestEventsIn:
             {"tags": ["t" * 601]},
             {"cache_key": "c" * 2001},
             {"total_run_time": 1.5e308},
+            {"start_time": "2016-12-31T23:59:60Z"},
+            {"expected_start_time": "0000-12-31T23:00:00-14:00"},
         ],
-        ids=["task_key", "dynamic_key", "name", "tag", "cache_key", "total_run_time"],
+        ids=[
+            "task_key",
+            "dynamic_key",
+            "name",
+            "tag",
+            "cache_key",
+            "total_run_time",
+            "leap-second",
+            "year-0",
+        ],
     )
     def test_values_beyond_the_apis_bounds_are_not_recorded(
         self, client: TestClient, database: Database, fields: dict[str, Any]
@@ -824,6 +835,9 @@ class TestEventsIn:
             lambda e: e["related"].append({"prefect.resource.id": "prefect.flow.x"}),
             lambda e: e.update(id="not-a-uuid"),
             lambda e: e.update(occurred="yesterday"),
+            lambda e: e.update(occurred="2016-12-31T23:59:60Z"),
+            lambda e: e.update(occurred="0000-01-01T00:00:00Z"),
+            lambda e: e.update(occurred="0000-12-31T23:00:00-14:00"),
             lambda e: e["payload"].update(padding="x" * 1_500_000),
             lambda e: e["payload"].update(deep=nested(64)),
             lambda e: e.update(event="prefect.task-run.Pen\x00ding"),
@@ -838,6 +852,9 @@ class TestEventsIn:
             "related-without-role",
             "bad-id",
             "bad-time",
+            "leap-second",
+            "year-0",
+            "year-0-west-of-utc",
             "too-large",
             "deep",
             "nul-in-name",
@@ -908,6 +925,16 @@ class TestEventsIn:
         assert record.getMessage().endswith(
             "stored, not recorded: a value of its report could not be stored (OverflowError)"
         )
+
+    def test_an_occurred_time_in_lower_case_is_read(self, client: TestClient) -> None:
+        run_id = str(uuid.uuid4())
+        fields = {"task_key": "k", "dynamic_key": "lower-case"}
+        running = task_run_event(run_id, "RUNNING", task_run=fields)
+        running["occurred"] = "2026-11-30t06:47:59.409977z"
+
+        send_events(client, running)
+
+        assert read_run(client, run_id)["state"]["timestamp"] == "2026-11-30T06:47:59.409977Z"
 
     @pytest.mark.usefixtures("server_time_in_tokyo")
     def test_instants_without_an_offset_are_read_in_utc(self, client: TestClient) -> None:
