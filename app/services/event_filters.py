@@ -8,7 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from app.db.records import EventRecord
-from app.services.clock import to_utc, utcnow
+from app.services.clock import UnrepresentableInstant, parse_instant, utcnow
 
 # How far back the events a new follower receives go, at most: the stored ones it is sent
 # first, and the live ones after them.
@@ -104,7 +104,8 @@ def parse_filter(given: dict[str, Any]) -> EventFilter:
     Its `since` is at most BACKFILL_LIMIT ago, for the stored events and the live ones
     alike, as in Prefect's server.
 
-    :raises UnsupportedFilter: it gives a part the service does not apply.
+    :raises UnsupportedFilter: it gives a part the service does not apply, or an instant
+        the service cannot hold.
     """
     for part, value in given.items():
         if value is not None and part not in SUPPORTED:
@@ -123,8 +124,8 @@ def parse_filter(given: dict[str, Any]) -> EventFilter:
     event = given.get("event") or {}
     ids = given.get("id") or {}
     return EventFilter(
-        since=max(_time(occurred.get("since"), default=earliest), earliest),
-        until=_time(occurred.get("until"), default=now + FOLLOW_AT_MOST),
+        since=max(_time(occurred, "since", default=earliest), earliest),
+        until=_time(occurred, "until", default=now + FOLLOW_AT_MOST),
         prefixes=_strings(event.get("prefix")),
         excluded_prefixes=_strings(event.get("exclude_prefix")),
         names=frozenset(_strings(event.get("name"))),
@@ -163,5 +164,12 @@ def _strings(values: list[str] | None) -> tuple[str, ...]:
     return tuple(values or ())
 
 
-def _time(value: str | None, *, default: datetime) -> datetime:
-    return to_utc(datetime.fromisoformat(value)) if value else default
+def _time(occurred: dict[str, str | None], bound: str, *, default: datetime) -> datetime:
+    """The instant `occurred.<bound>` gives, or `default` when it gives none."""
+    value = occurred.get(bound)
+    if not value:
+        return default
+    try:
+        return parse_instant(value)
+    except UnrepresentableInstant as problem:
+        raise UnsupportedFilter(f"invalid filter: occurred.{bound}: {problem}") from None

@@ -1089,6 +1089,22 @@ class TestEventsOut:
 
         assert first["event"]["id"] == live["id"]
 
+    def test_instants_in_lower_case_are_read(self, client: TestClient) -> None:
+        run_id = str(uuid.uuid4())
+        event = task_run_event(run_id, "PENDING")
+        send_events(client, event)
+        since = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dt%H:%M:%Sz")
+
+        with authenticated(client, EVENTS_OUT) as follower:
+            self.follow(
+                follower,
+                occurred={"since": since, "until": "2099-01-01t00:00:00z"},
+                event={"exclude_prefix": ["test."]},
+            )
+            first = follower.receive_json()
+
+        assert first["event"]["id"] == event["id"]
+
     def test_resource_distinct_false_as_prefect_sends_it(self, client: TestClient) -> None:
         run_id = str(uuid.uuid4())
         event = task_run_event(run_id, "PENDING")
@@ -1144,8 +1160,24 @@ class TestEventsOut:
             ({"id": {"id": [str(uuid.uuid4()) for _ in range(1001)]}}, "invalid filter"),
             ({"event": {"name": [f"e{n}" for n in range(1001)]}}, "invalid filter"),
             ({"related": [{"role": ["r"]}] * 101}, "invalid filter"),
+            ({"occurred": {"since": "2016-12-31T23:59:60Z"}}, "invalid filter: occurred.since"),
+            ({"occurred": {"until": "0000-01-01T00:00:00Z"}}, "invalid filter: occurred.until"),
+            (
+                {"occurred": {"until": "0000-12-31T23:00:00-14:00"}},
+                "invalid filter: occurred.until",
+            ),
         ],
-        ids=["text", "labels", "name-not-a-list", "ids", "names", "related"],
+        ids=[
+            "text",
+            "labels",
+            "name-not-a-list",
+            "ids",
+            "names",
+            "related",
+            "leap-second",
+            "year-0",
+            "year-0-west-of-utc",
+        ],
     )
     def test_a_filter_that_cannot_be_applied_is_closed_with_1008(
         self, client: TestClient, criteria: dict[str, Any], reason: str
