@@ -7,6 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from app.db.records import TaskRunRecord, TaskRunStateRecord
+from app.db.tables import INTEGER_MAX
 from app.services.clock import LATEST, to_utc
 from app.services.ids import uuid7
 from generated import models
@@ -111,7 +112,7 @@ def enter_state(task_run: TaskRunRecord, state: TaskRunStateRecord) -> None:
     if previous_type is StateType.RUNNING and task_run.state_timestamp is not None:
         task_run.total_run_time += (timestamp - task_run.state_timestamp).total_seconds()
     if new_type is StateType.RUNNING:
-        task_run.run_count += 1
+        task_run.run_count = _counted_once_more(task_run.run_count)
         if task_run.start_time is None:
             task_run.start_time = timestamp
     if new_type in TERMINAL_STATE_TYPES:
@@ -133,6 +134,13 @@ def enter_state(task_run: TaskRunRecord, state: TaskRunStateRecord) -> None:
     task_run.state_name = state.name
     task_run.state_timestamp = timestamp
     task_run.updated = timestamp
+
+
+def _counted_once_more(count: int) -> int:
+    """The count plus one, held at the column's maximum: a client's event may report any
+    count the column holds, and the databases would disagree past it (PostgreSQL refuses).
+    """
+    return min(count + 1, INTEGER_MAX)
 
 
 def scheduled_time_of(state: TaskRunStateRecord) -> datetime | None:

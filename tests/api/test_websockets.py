@@ -904,6 +904,18 @@ class TestEventsIn:
         assert stored_event_ids(database) == [broken["id"]]
         assert client.get(f"/api/task_runs/{run_id}").status_code == 404
 
+    def test_a_run_count_at_the_columns_maximum_stays_there_when_the_run_starts_again(
+        self, client: TestClient
+    ) -> None:
+        run_id = str(uuid.uuid4())
+        fields = {"task_key": "k", "dynamic_key": "most", "run_count": 2**31 - 1}
+        send_events(client, task_run_event(run_id, "RUNNING", task_run=fields))
+
+        response = set_state(client, run_id, "RUNNING")
+
+        assert response.status_code == 201, response.text
+        assert read_run(client, run_id)["run_count"] == 2**31 - 1
+
     def test_any_other_failure_to_record_is_stored_not_recorded(
         self,
         client: TestClient,
