@@ -31,9 +31,8 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
-# What an Integer column holds on both databases: PostgreSQL's INTEGER is 32 bits, while
+# The most an Integer column holds on both databases: PostgreSQL's INTEGER is 32 bits, while
 # SQLite's would take any 64-bit value.
-INTEGER_MIN = -(2**31)
 INTEGER_MAX = 2**31 - 1
 
 # The fields a run's history counts and sums besides its expected start time (see

@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 from app.db import task_run_states as state_rows
 from app.db import task_runs as run_rows
 from app.db.records import EventRecord, TaskRunRecord, TaskRunStateRecord
-from app.db.tables import INTEGER_MAX, INTEGER_MIN
+from app.db.tables import INTEGER_MAX
 from app.services.clock import to_utc, utcnow
 from app.services.names import random_name
 from app.services.states import StateType, stored_details
@@ -63,8 +63,9 @@ CacheKey = Annotated[ColumnText, MaxLen(_document_max_length(models.TaskRunCreat
 # A tag may hold NUL: the run's list keeps it, and only the index of tags leaves it out.
 Tag = Annotated[str, MaxLen(_document_max_length(models.Tag, "root"))]
 StateName = Annotated[ColumnText, MaxLen(_document_max_length(models.StateCreate, "name"))]
-# A count the run's Integer columns hold on both databases.
-StoredCount = Annotated[int, Ge(INTEGER_MIN), Le(INTEGER_MAX)]
+# A count of runs: never negative (a retry's delay is the entry of its count in a list),
+# and held by the run's Integer columns on both databases.
+StoredCount = Annotated[int, Ge(0), Le(INTEGER_MAX)]
 # A run time in seconds, within about 31,700 years either way: sums of many of them (history)
 # stay far from a float's overflow, which PostgreSQL refuses and SQLite turns into null.
 MAX_RUN_SECONDS = 1e12

@@ -892,11 +892,16 @@ class TestEventsIn:
 
         assert stored_event_ids(database) == [broken["id"]]
 
-    def test_a_count_beyond_the_columns_is_stored_not_recorded(
-        self, client: TestClient, database: Database
+    @pytest.mark.parametrize(
+        "count",
+        [{"run_count": 2**64}, {"run_count": -1}, {"flow_run_run_count": -1}],
+        ids=["beyond-the-columns", "negative", "negative-flow-run-count"],
+    )
+    def test_a_count_no_run_can_have_is_stored_not_recorded(
+        self, client: TestClient, database: Database, count: dict[str, int]
     ) -> None:
         run_id = str(uuid.uuid4())
-        fields = {"task_key": "k", "dynamic_key": "huge", "run_count": 2**64}
+        fields = {"task_key": "k", "dynamic_key": "d", **count}
         broken = task_run_event(run_id, "RUNNING", task_run=fields)
 
         send_events(client, broken)
