@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+# The methods that only read: served by these endpoints, and run on the read threads.
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 

@@ -399,3 +399,20 @@ class MethodNotAllowed(Exception):
     def __init__(self, allow: str) -> None:
         super().__init__("Method Not Allowed")
         self.allow = allow
+
+
+async def read_body(receive: Receive) -> tuple[list[Message], bytes]:
+    """Every message of the request body, and the body they carry (all of it, chunked or
+    not: the end is the message without `more_body`, not Content-Length).
+    """
+    messages: list[Message] = []
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return messages, b"".join(chunks)

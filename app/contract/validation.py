@@ -37,7 +37,7 @@ from connexion.validators import (
     ParameterValidator,
     TextResponseBodyValidator,
 )
-from starlette.types import Message, Receive, Scope
+from starlette.types import Receive, Scope
 
 from app.contract.explanation import (
     error_items,
@@ -46,6 +46,7 @@ from app.contract.explanation import (
     shorten,
     summary,
 )
+from app.contract.middleware import read_body
 
 # The vendor keyword of a request body's schema: how many levels of arrays and objects the
 # body may nest (the body itself is the first). JSON Schema cannot say it by itself.
@@ -258,7 +259,9 @@ class JSONBodyValidator(AbstractRequestBodyValidator):  # type: ignore[misc]
     """Validates a JSON request body against its schema; replays it unchanged to the app."""
 
     async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
-        messages, raw = await _read_body(receive)
+        # Read here rather than by Connexion, whose version trusts Content-Length and so
+        # treats a chunked body as missing.
+        messages, raw = await read_body(receive)
         if len(raw) <= INLINE_BODY_BYTES:
             body, valid = self._decide(raw)
         else:
@@ -283,25 +286,6 @@ class JSONBodyValidator(AbstractRequestBodyValidator):  # type: ignore[misc]
                 )
             return body, True
         return body, compiled(self._schema).is_valid(body)
-
-
-async def _read_body(receive: Receive) -> tuple[list[Message], bytes]:
-    """Every message of the request body, and the body they carry.
-
-    Read here rather than by Connexion, whose version trusts Content-Length and so treats a
-    chunked body as missing.
-    """
-    messages: list[Message] = []
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return messages, b"".join(chunks)
 
 
 async def _on_checking_thread(function: Any, *args: Any, **kwargs: Any) -> Any:

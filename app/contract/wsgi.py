@@ -30,9 +30,10 @@ from typing import Any
 from a2wsgi import WSGIMiddleware
 from a2wsgi.wsgi import build_environ
 from connexion import FlaskApp
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from app.contract.middleware import operation_id
+from app.contract.endpoints import READ_METHODS
+from app.contract.middleware import operation_id, read_body
 
 # (status, headers, body) of a finished WSGI response.
 WSGIResult = tuple[int, list[tuple[bytes, bytes]], bytes]
@@ -42,10 +43,6 @@ _WITHOUT_CONTENT = frozenset({204, 304})
 
 class UnexpectedConnexionLayout(RuntimeError):
     """Connexion's FlaskApp no longer serves Flask through the adapter this module replaces."""
-
-
-# Methods whose requests run on the read threads.
-READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 class BufferedWSGIBridge:
@@ -86,7 +83,7 @@ class BufferedWSGIBridge:
         if scope["type"] != "http":
             await send({"type": "websocket.close", "code": 1000})
             return
-        body = await _read_body(receive)
+        _, body = await read_body(receive)
         environ = build_environ(scope, io.BytesIO(body))  # type: ignore[arg-type]
         environ["CONTENT_LENGTH"] = str(len(body))
         # Connexion's context (the operation being served) lives in context variables.
@@ -134,18 +131,6 @@ class BufferedWSGIBridge:
             if close is not None:
                 close()
         return started["status"], started["headers"], b"".join(written)
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        message: Message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
 
 
 async def _answer_lifespan(receive: Receive, send: Send) -> None:
