@@ -226,6 +226,40 @@ class TestStartupErrors:
         assert result.returncode == 0, result.stderr
         assert directory.is_dir()
 
+    @pytest.mark.parametrize(
+        ("kind", "reason"),
+        [
+            ("file", "Not a directory"),
+            ("not-makeable", "No such file or directory"),
+            # /sys takes no new files, even from root (who may write in any mode 0o555 one).
+            ("not-writable", ""),
+        ],
+    )
+    @pytest.mark.parametrize("arguments", [["--version"], ["serve"]], ids=["version", "serve"])
+    def test_a_metrics_directory_that_cannot_be_used_is_one_line(
+        self, tmp_path: Path, kind: str, reason: str, arguments: list[str]
+    ) -> None:
+        a_file = tmp_path / "metrics"
+        a_file.write_text("")
+        directory = {"file": str(a_file), "not-makeable": "/proc/metrics", "not-writable": "/sys"}
+
+        result = run(
+            CONSOLE_SCRIPT,
+            *arguments,
+            environment={
+                "PROMETHEUS_MULTIPROC_DIR": directory[kind],
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+            },
+        )
+
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr.startswith(
+            f"taskrun-api: error: PROMETHEUS_MULTIPROC_DIR ({directory[kind]}) cannot be used as"
+            f" the metrics' directory: {reason}"
+        ), result.stderr
+        assert result.stderr.count("\n") == 1
+        assert not (tmp_path / "x.db").exists()
+
 
 class TestDatabaseCommands:
     def test_upgrade_logs_each_migration_and_current_names_the_revision(

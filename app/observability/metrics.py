@@ -8,7 +8,9 @@ worker writes its own files and any worker's `/metrics` answer adds up all of th
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
 from typing import Any
 
 from prometheus_client import (
@@ -25,10 +27,36 @@ from sqlalchemy import Engine, event
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Read at import, as prometheus-client does: the two must agree for the life of the process.
 MULTIPROCESS = MULTIPROCESS_DIR_ENV in os.environ
+
+
+def _prepare_multiprocess_directory(directory: str) -> None:
+    """Make `directory` if it is missing, and prove that files can be made in it.
+
+    :raises SystemExit: with one line saying why it cannot hold the metrics.
+    """
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except FileExistsError:
+        reason = os.strerror(errno.ENOTDIR)
+    except OSError as error:
+        reason = error.strerror or str(error)
+    else:
+        return
+    raise SystemExit(
+        f"taskrun-api: error: {MULTIPROCESS_DIR_ENV} ({directory}) cannot be used as the"
+        f" metrics' directory: {reason}"
+    )
+
+
 if MULTIPROCESS:
-    # prometheus-client opens its files there as the metrics below are made: a directory
-    # that does not exist yet would end every command at import, `--version` included.
-    os.makedirs(os.environ[MULTIPROCESS_DIR_ENV], exist_ok=True)
+    # prometheus-client opens its files there as the metrics below are made, so the
+    # directory is checked here, at import, before any caller could catch an error: the
+    # command imports this module before it reads its arguments. SystemExit with a message
+    # ends any process (the command, a worker, another launcher) with that one line on
+    # stderr and status 1, where the first metric would have ended it with a traceback.
+    _prepare_multiprocess_directory(os.environ[MULTIPROCESS_DIR_ENV])
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # The label of requests that matched no operation of the document (unknown paths, the docs).
 NO_OPERATION = "none"
