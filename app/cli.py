@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app import __version__
 from app.contract.api import contract_problems
-from app.db.database import Database, normalise_url, use_wal
+from app.db.database import Database, is_in_memory_sqlite, normalise_url, use_wal
 from app.db.migrate import check, current_revisions, downgrade, head_revision, upgrade
 from app.main import handler_groups
 from app.observability.logs import log_config
@@ -105,7 +105,7 @@ def serve(arguments: argparse.Namespace, settings: Settings) -> int:
     logging_config = log_config(level=settings.log_level, log_format=settings.log_format)
     # The migration's lines are formatted like the server's.
     logging.config.dictConfig(logging_config)
-    if normalise_url(settings.database_url).database in (None, "", ":memory:"):
+    if is_in_memory_sqlite(settings.database_url):
         raise StartupError(
             "DATABASE_URL names an in-memory SQLite database, which each worker process would"
             " have a separate, empty copy of: give it a file (sqlite:///path)"

@@ -152,8 +152,13 @@ class TestStartupErrors:
                 {"DATABASE_URL": "sqlite://"},
                 "DATABASE_URL names an in-memory SQLite database",
             ),
+            # No database name: libpq connects to the user's database, which is no memory.
+            (
+                {"DATABASE_URL": "postgresql://user:s3cr3t@127.0.0.1:1"},
+                "the database cannot be used: OperationalError: connection failed:",
+            ),
         ],
-        ids=["port", "host", "scheme", "refused", "in-memory"],
+        ids=["port", "host", "scheme", "refused", "in-memory", "no-database-name"],
     )
     def test_serve_refuses_with_one_line(self, environment: dict[str, str], message: str) -> None:
         result = run(CONSOLE_SCRIPT, "serve", environment=environment)

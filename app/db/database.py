@@ -82,6 +82,23 @@ def normalise_url(url: str) -> URL:
     return parsed
 
 
+def is_in_memory_sqlite(url: str | URL) -> bool:
+    """Whether `url` names an SQLite database that lives in memory, not in a file.
+
+    Only SQLite's: a PostgreSQL URL without a database name is the user's database.
+    """
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+
+
+def sqlite_file(url: str | URL) -> str | None:
+    """The file of the SQLite database `url` names; None for one in memory, or PostgreSQL."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or is_in_memory_sqlite(parsed):
+        return None
+    return parsed.database
+
+
 class Database:
     """The database the service keeps its data in, SQLite or PostgreSQL."""
 
@@ -95,7 +112,7 @@ class Database:
     ) -> None:
         self.url = normalise_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        self.in_memory = self.is_sqlite and self.url.database in (None, "", ":memory:")
+        self.in_memory = is_in_memory_sqlite(self.url)
         self.lock_timeout = lock_timeout
         # SQLite maps its -shm file into memory: writing there after the file became
         # unwritable kills the process (SIGBUS) instead of failing, so it is checked first.
@@ -552,10 +569,10 @@ def use_wal(url: str) -> None:
     Done once before the service's workers start: the first of them would otherwise switch a
     fresh file while the others are already reading it, and some requests would fail.
     """
-    parsed = normalise_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    database_file = sqlite_file(url)
+    if database_file is None:
         return
-    connection = sqlite3.connect(parsed.database, timeout=LOCK_TIMEOUT_SECONDS)
+    connection = sqlite3.connect(database_file, timeout=LOCK_TIMEOUT_SECONDS)
     try:
         connection.execute("PRAGMA journal_mode=WAL")
     finally:

@@ -30,7 +30,7 @@ import psycopg
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 
-from app.db.database import after_commit
+from app.db.database import after_commit, sqlite_file
 from app.db.signals import Signal
 
 logger = logging.getLogger(__name__)
@@ -61,8 +61,8 @@ def notify_other_processes(connection: Connection, channel: str) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(_NOTIFY, {"channel": channel, "token": PROCESS_TOKEN})
         return
-    database_file = connection.engine.url.database
-    if database_file not in (None, "", ":memory:"):
+    database_file = sqlite_file(connection.engine.url)
+    if database_file is not None:
         path = wake_file(database_file, channel)
         after_commit(lambda: _touch(path))
 
@@ -203,6 +203,7 @@ def other_processes_listener(url: URL, signals: dict[str, Signal]) -> Listener |
     """
     if url.get_backend_name() != "sqlite":
         return PostgresListener(url, signals)
-    if url.database in (None, "", ":memory:"):
+    database_file = sqlite_file(url)
+    if database_file is None:
         return None
-    return WakeFileWatcher(url.database, signals)
+    return WakeFileWatcher(database_file, signals)

@@ -10,7 +10,7 @@ from typing import Any
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool, text
 
-from app.db.database import normalise_url
+from app.db.database import normalise_url, sqlite_file
 from app.db.tables import (
     DECLARED_POSTGRESQL_ONLY_INDEXES,
     POSTGRESQL_ONLY_INDEXES,
@@ -86,8 +86,8 @@ def _one_migration_at_a_time(connection: Connection) -> Iterator[None]:
         connection.commit()  # the lock outlives the transaction; Alembic begins its own
         yield
         return
-    database = connection.engine.url.database
-    if database in (None, "", ":memory:"):
+    database = sqlite_file(connection.engine.url)
+    if database is None:
         yield
         return
     with open(f"{database}-migrate.lock", "a") as lock_file:
