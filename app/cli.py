@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import uvicorn
 from alembic.util.exc import CommandError
@@ -32,6 +33,7 @@ from app.db.migrate import check, current_revisions, downgrade, head_revision, u
 from app.main import handler_groups
 from app.observability.logs import log_config
 from app.observability.metrics import MULTIPROCESS_DIR_ENV
+from app.serving.listening import listening_socket, printable_address
 from app.serving.protocol import BoundedHttpToolsProtocol, HeadLimits, RefusalRecording
 from app.serving.supervisor import WorkerTimeouts, run
 from app.settings import Settings
@@ -110,21 +112,49 @@ def serve(arguments: argparse.Namespace, settings: Settings) -> int:
             "DATABASE_URL names an in-memory SQLite database, which each worker process would"
             " have a separate, empty copy of: give it a file (sqlite:///path)"
         )
-    if arguments.no_migrate:
-        use_wal(settings.database_url)
-    else:
-        logger.info("migrating %s", _printable_url(settings.database_url))
-        upgrade(settings.database_url)
+    host = arguments.host or settings.host
+    port = arguments.port if arguments.port is not None else settings.port
+    with _listening(host, port) as listening:
+        if arguments.no_migrate:
+            use_wal(settings.database_url)
+        else:
+            logger.info("migrating %s", _printable_url(settings.database_url))
+            upgrade(settings.database_url)
+        _serve_on(listening, arguments, settings, logging_config)
+    return 0
+
+
+def _listening(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the migration or any worker: an address in use
+    would otherwise be found only once the application is built (or by each worker).
+    """
+    try:
+        return listening_socket(host, port)
+    except OSError as error:
+        raise StartupError(
+            f"cannot listen on {printable_address(host, port)}: {error.strerror or error}"
+        ) from error
+
+
+def _serve_on(
+    listening: socket.socket,
+    arguments: argparse.Namespace,
+    settings: Settings,
+    logging_config: dict[str, Any],
+) -> None:
+    """Run uvicorn's workers on `listening` until the server is stopped."""
     head_limits = HeadLimits(
         timeout=settings.request_header_timeout,
         max_bytes=settings.max_request_header_bytes,
         max_headers=settings.max_request_headers,
     )
     refusal_recording = RefusalRecording(log=settings.access_log, count=settings.metrics_enabled)
+    # The address bound: a name resolved, the port the system chose for 0.
+    host, port = listening.getsockname()[:2]
     config = uvicorn.Config(
         "app.main:app",
-        host=arguments.host or settings.host,
-        port=arguments.port if arguments.port is not None else settings.port,
+        host=host,
+        port=port,
         workers=arguments.workers or settings.workers,
         log_config=logging_config,
         # The service logs each request itself (ACCESS_LOG), with more than uvicorn knows.
@@ -147,8 +177,7 @@ def serve(arguments: argparse.Namespace, settings: Settings) -> int:
     # handler, a clean exit.
     signal.signal(signal.SIGTERM, _exit_with_success)
     with metrics_directory(enabled=settings.metrics_enabled):
-        run(config, timeouts=timeouts)
-    return 0
+        run(config, listening, timeouts=timeouts)
 
 
 def db_upgrade(arguments: argparse.Namespace, settings: Settings) -> int:

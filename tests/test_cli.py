@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tomllib
@@ -181,6 +182,27 @@ class TestStartupErrors:
 
         assert result.returncode == 2
         assert message in result.stderr
+
+    @pytest.mark.parametrize("workers", ["1", "2"])
+    def test_a_port_in_use_is_one_line_before_the_migration(
+        self, tmp_path: Path, workers: str
+    ) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+
+            result = run(
+                CONSOLE_SCRIPT, "serve", "--host", "127.0.0.1", "--port", str(port),
+                "--workers", workers,
+                environment={"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"},
+            )  # fmt: skip
+
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr == (
+            f"taskrun-api: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+        )
+        assert not (tmp_path / "x.db").exists()
 
     def test_an_unknown_revision_is_one_line(self, tmp_path: Path) -> None:
         environment = {"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}

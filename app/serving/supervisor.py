@@ -30,6 +30,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from app.observability import metrics
+from app.serving.listening import printable_address
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -134,15 +135,26 @@ def forget_live_gauges(process: Process) -> None:
         metrics.forget_process(process.pid)
 
 
-def run(config: Config, *, timeouts: WorkerTimeouts) -> None:
-    """Serve `config`: in this process for one worker, supervised processes for more."""
+def run(config: Config, listening: socket, *, timeouts: WorkerTimeouts) -> None:
+    """Serve `config` on the bound socket `listening`: in this process for one worker,
+    supervised processes for more.
+    """
+    _log_address(config)
     if config.workers <= 1:
         server = Server(config=config)
-        server.run()
+        server.run(sockets=[listening])
         if not server.started:
             raise SystemExit(STARTUP_FAILURE)
         return
-    supervisor = Supervisor(config, [config.bind_socket()], timeouts=timeouts)
+    supervisor = Supervisor(config, [listening], timeouts=timeouts)
     supervisor.run()
     if supervisor.failed_to_start:
         raise SystemExit(STARTUP_FAILURE)
+
+
+def _log_address(config: Config) -> None:
+    # uvicorn logs this line only for a socket it binds itself.
+    logger.info(
+        "Uvicorn running on http://%s (Press CTRL+C to quit)",
+        printable_address(config.host, config.port),
+    )
