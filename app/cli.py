@@ -159,7 +159,8 @@ def _serve_on(
         log_config=logging_config,
         # The service logs each request itself (ACCESS_LOG), with more than uvicorn knows.
         access_log=False,
-        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+        # Typed int by uvicorn, but only handed to asyncio.wait_for, which takes fractions.
+        timeout_graceful_shutdown=cast(int, settings.graceful_shutdown_seconds),
         # uvicorn only calls what it is given here, as it would call a protocol class.
         http=cast(
             type[asyncio.Protocol],

@@ -27,7 +27,7 @@ MAX_EVENT_RETENTION_SECONDS = 1000 * 365 * 24 * 3600.0
 DATABASE_URL_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg://", "postgres://")
 
 # A timeout in seconds; `inf`, NaN and longer ones are refused at start, not on first use.
-TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS)]
+TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False)]
 
 
 class Settings(BaseSettings):
@@ -37,7 +37,7 @@ class Settings(BaseSettings):
 
     database_url: str = Field(default_factory=default_database_url)
     # An address to listen on; empty is refused (uvicorn would listen on every interface).
-    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 4200
     workers: Annotated[int, Field(ge=1)] = 2
     log_level: str = "INFO"
@@ -66,7 +66,9 @@ class Settings(BaseSettings):
         ),
     )
     # On SIGTERM, requests in flight get this long to finish before they are cancelled.
-    graceful_shutdown_seconds: Annotated[int, Field(ge=0, le=MAX_TIMEOUT_SECONDS)] = 20
+    graceful_shutdown_seconds: Annotated[
+        float, Field(ge=0, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False)
+    ] = 20.0
     # Threads per worker process that run the handlers, and database connections for them:
     # a thread holds one connection at a time, so more connections than threads (of both
     # kinds) sit idle.
@@ -96,9 +98,9 @@ class Settings(BaseSettings):
     validate_responses: bool = False
     # Events received longer ago than this are deleted (seconds; Prefect's server keeps
     # them 7 days too).
-    event_retention_seconds: Annotated[float, Field(gt=0, le=MAX_EVENT_RETENTION_SECONDS)] = (
-        7 * 24 * 3600.0
-    )
+    event_retention_seconds: Annotated[
+        float, Field(gt=0, le=MAX_EVENT_RETENTION_SECONDS, allow_inf_nan=False)
+    ] = 7 * 24 * 3600.0
     # "user:password" for HTTP Basic authentication; unset: no authentication. Prefect's
     # server reads the same from PREFECT_SERVER_API_AUTH_STRING, which is honoured too.
     api_auth_string: SecretStr | None = Field(
@@ -115,6 +117,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"must start with one of {', '.join(DATABASE_URL_SCHEMES)}"
                 " (sqlite:///path or postgresql://user:password@host:port/database)"
+            )
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _not_every_interface_by_mistake(cls, value: str) -> str:
+        if not value:
+            raise ValueError(
+                "must not be empty: an empty host would mean every interface; give 0.0.0.0 for that"
             )
         return value
 

@@ -96,8 +96,17 @@ class TestSettings:
             value = str(int(BOUNDED_SETTINGS[name]) + 1)
         monkeypatch.setenv(name, value)
 
-        with pytest.raises(ValidationError, match=name.lower()):
+        with pytest.raises(ValidationError, match=name.lower()) as refused:
             Settings()
+
+        if value in ("inf", "nan"):
+            assert refused.value.errors()[0]["msg"] == "Input should be a finite number"
+
+    @pytest.mark.parametrize("name", BOUNDED_SETTINGS)
+    def test_a_duration_may_have_a_fraction(self, name: str) -> None:
+        result = run(CONSOLE_SCRIPT, "check-handlers", environment={name: "1.5"})
+
+        assert (result.returncode, result.stderr) == (0, "")
 
     def test_every_use_takes_the_longest_durations(self, backend: str, tmp_path: Path) -> None:
         with empty_database(backend, tmp_path) as url:
@@ -140,7 +149,20 @@ class TestStartupErrors:
         ("environment", "message"),
         [
             ({"PORT": "abc"}, "invalid settings: PORT: Input should be a valid integer"),
-            ({"HOST": ""}, "invalid settings: HOST: String should have at least 1 character"),
+            (
+                {"HOST": ""},
+                "invalid settings: HOST: Value error, must not be empty: an empty host would mean"
+                " every interface; give 0.0.0.0 for that",
+            ),
+            (
+                {"DATABASE_STATEMENT_TIMEOUT": "nan"},
+                "invalid settings: DATABASE_STATEMENT_TIMEOUT: Input should be a finite number"
+                " (got 'nan')",
+            ),
+            (
+                {"GRACEFUL_SHUTDOWN_SECONDS": "inf"},
+                "invalid settings: GRACEFUL_SHUTDOWN_SECONDS: Input should be a finite number",
+            ),
             (
                 {"DATABASE_URL": "mysql://user:s3cr3t@host/db"},
                 "invalid settings: DATABASE_URL: Value error, must start with one of sqlite://",
@@ -159,7 +181,16 @@ class TestStartupErrors:
                 "the database cannot be used: OperationalError: connection failed:",
             ),
         ],
-        ids=["port", "host", "scheme", "refused", "in-memory", "no-database-name"],
+        ids=[
+            "port",
+            "host",
+            "nan",
+            "inf",
+            "scheme",
+            "refused",
+            "in-memory",
+            "no-database-name",
+        ],
     )
     def test_serve_refuses_with_one_line(self, environment: dict[str, str], message: str) -> None:
         result = run(CONSOLE_SCRIPT, "serve", environment=environment)

@@ -148,7 +148,7 @@ EXIT_STATUS_AFTER_ABANDONING = {1: 1, 2: 0}
 def test_a_request_past_the_grace_period_is_abandoned_and_undone(
     backend: str, tmp_path: Path, workers: int
 ) -> None:
-    grace_seconds = 1
+    grace_seconds = 0.5
     with (
         empty_database(backend, tmp_path) as url,
         running_server(
