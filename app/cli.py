@@ -241,10 +241,12 @@ def check_handlers(_arguments: argparse.Namespace, settings: Settings) -> int:
 
 
 def _reported_contract_problems(settings: Settings) -> bool:
-    """Print to stderr why the service cannot serve openapi.yaml, if it cannot; whether so."""
+    """Print to stderr why the service cannot serve openapi.yaml, one error line a problem,
+    if it cannot; whether so.
+    """
     problems = contract_problems(handler_groups(Database("sqlite://"), settings))
     for problem in problems:
-        print(problem, file=sys.stderr)
+        _print_error(problem)
     return bool(problems)
 
 
@@ -310,8 +312,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _failed(message: str) -> int:
-    print(f"taskrun-api: error: {message}", file=sys.stderr)
+    _print_error(message)
     return 1
+
+
+def _print_error(message: str) -> None:
+    print(f"taskrun-api: error: {message}", file=sys.stderr)
 
 
 def _settings_errors(error: ValidationError) -> str:

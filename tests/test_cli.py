@@ -374,8 +374,10 @@ class TestCheckHandlers:
 
         assert cli.main(["check-handlers"]) == 1
         assert capsys.readouterr().err.splitlines() == [
-            'missing handler group: admin (AdminOperations, the operations tagged "Admin")',
-            "missing handler: read_server_version_admin_version_get: admin.read_server_version",
+            "taskrun-api: error: missing handler group: admin (AdminOperations, the operations"
+            ' tagged "Admin")',
+            "taskrun-api: error: missing handler: read_server_version_admin_version_get:"
+            " admin.read_server_version",
         ]
 
     def test_route_stubs_of_another_version_of_the_document_are_named(
@@ -388,10 +390,10 @@ class TestCheckHandlers:
 
         assert cli.main(["check-handlers"]) == 1
         assert capsys.readouterr().err.splitlines() == [
-            "no route stub for read_task_run_task_runs__id__get of openapi.yaml:"
-            " run `make generate`",
-            "a route stub for archive_task_run_task_runs__id__put, which openapi.yaml no"
-            " longer has: run `make generate`",
+            "taskrun-api: error: no route stub for read_task_run_task_runs__id__get of"
+            " openapi.yaml: run `make generate`",
+            "taskrun-api: error: a route stub for archive_task_run_task_runs__id__put, which"
+            " openapi.yaml no longer has: run `make generate`",
         ]
 
     def test_serve_names_what_is_missing_and_starts_no_worker(
@@ -402,7 +404,12 @@ class TestCheckHandlers:
         monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
 
         assert cli.main(["serve"]) == 1
-        assert capsys.readouterr().err.splitlines()[0].startswith("missing handler group: admin ")
+        assert capsys.readouterr().err.splitlines() == [
+            "taskrun-api: error: missing handler group: admin (AdminOperations, the operations"
+            ' tagged "Admin")',
+            "taskrun-api: error: missing handler: read_server_version_admin_version_get:"
+            " admin.read_server_version",
+        ]
         assert not (tmp_path / "x.db").exists()  # not even migrated
 
     def test_the_service_does_not_start_without_a_handler_group(
