@@ -29,6 +29,7 @@ from app.db.database import LOCK_TIMEOUT_SECONDS, Database
 from app.db.migrate import head_revision
 from app.db.notifications import other_processes_listener
 from app.db.threads import DatabaseThreads
+from app.handlers.concurrency_limits import ConcurrencyLimitHandlers
 from app.handlers.events import EventsInHandler, EventsOutHandler
 from app.handlers.root import AdminHandlers, RootHandlers
 from app.handlers.task_run_states import TaskRunStateHandlers
@@ -51,6 +52,8 @@ OPERATIONS_WITHOUT_DATABASE = frozenset(
         "hello_hello_get",
         "create_csrf_token_csrf_token_get",
         "read_server_version_admin_version_get",
+        "bulk_increment_active_slots_with_lease_v2_concurrency_limits_increment_with_lease_post",
+        "bulk_decrement_active_slots_with_lease_v2_concurrency_limits_decrement_with_lease_post",
     }
 )
 ABANDONED_REQUESTS_EXIT_STATUS = 1
@@ -69,6 +72,7 @@ def handler_groups(database: Database, settings: Settings) -> HandlerGroups:
             schema_head=head_revision(),
         ),
         "admin": AdminHandlers(server_version=settings.prefect_server_version),
+        "concurrency_limits_v2": ConcurrencyLimitHandlers(),
     }
 
 

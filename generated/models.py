@@ -11,6 +11,57 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel
 from typing_extensions import TypeAliasType
 
 
+class Name(RootModel[str]):
+    root: Annotated[str, Field(max_length=2000)]
+
+
+class Mode(StrEnum):
+    concurrency = "concurrency"
+    rate_limit = "rate_limit"
+
+
+class DecrementSlotsWithLeaseBody(BaseModel):
+    """
+    The lease to end. Keys other than `lease_id` are ignored.
+    """
+
+    lease_id: Annotated[
+        UUID,
+        Field(
+            description="The ID of the lease corresponding to the concurrency limits to decrement.",
+            title="Lease Id",
+        ),
+    ]
+
+
+class Type(StrEnum):
+    flow_run = "flow_run"
+    task_run = "task_run"
+    deployment = "deployment"
+
+
+class ConcurrencyLeaseHolder(BaseModel):
+    """
+    Model for validating concurrency lease holder information.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    type: Annotated[Type, Field(title="Type")]
+    id: Annotated[UUID, Field(title="Id")]
+
+
+class MinimalConcurrencyLimitResponse(BaseModel):
+    """
+    A concurrency limit a lease counts against.
+    """
+
+    id: Annotated[UUID, Field(title="Id")]
+    name: Annotated[str, Field(title="Name")]
+    limit: Annotated[int, Field(title="Limit")]
+
+
 class TaskRunSort(StrEnum):
     """
     Defines task run sorting options. Every sort ends with `id` in its own direction; runs without a value for the sorted field come last; names compare by Unicode code point. `DURATION_*` sort by `estimated_run_time`, then by `expected_start_time` newest first.
@@ -469,6 +520,50 @@ class StateDetails(BaseModel):
     deployment_concurrency_lease_id: Annotated[
         UUID | None, Field(title="Deployment Concurrency Lease Id")
     ] = None
+
+
+class IncrementSlotsWithLeaseBody(BaseModel):
+    """
+    The slots asked for. Keys other than these are ignored.
+    """
+
+    slots: Annotated[
+        int, Field(description="How many slots of each limit.", gt=0, le=2147483647, title="Slots")
+    ]
+    names: Annotated[
+        list[Name],
+        Field(
+            description="The limits' names (`tag:<tag>` for a task's tags).",
+            max_length=1000,
+            min_length=1,
+            title="Names",
+        ),
+    ]
+    mode: Annotated[Mode, Field(title="Mode")] = Mode.concurrency
+    lease_duration: Annotated[
+        float,
+        Field(
+            description="The duration of the lease in seconds.",
+            ge=60.0,
+            le=86400.0,
+            title="Lease Duration",
+        ),
+    ] = 300
+    holder: Annotated[
+        ConcurrencyLeaseHolder | None,
+        Field(
+            description="The holder of the lease with type (flow_run, task_run, or deployment) and id."
+        ),
+    ] = None
+
+
+class ConcurrencyLimitWithLeaseResponse(BaseModel):
+    """
+    A lease on the slots granted, and the limits they count against.
+    """
+
+    lease_id: Annotated[UUID, Field(title="Lease Id")]
+    limits: Annotated[list[MinimalConcurrencyLimitResponse], Field(title="Limits")]
 
 
 class TaskRunFilterStateType(BaseModel):

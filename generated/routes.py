@@ -76,6 +76,26 @@ class AdminOperations(Protocol):
         ...
 
 
+class ConcurrencyLimitsV2Operations(Protocol):
+    """The handlers of the operations tagged "Concurrency Limits V2"."""
+
+    def bulk_increment_active_slots_with_lease(
+        self, *, body: models.IncrementSlotsWithLeaseBody
+    ) -> tuple[
+        models.ConcurrencyLimitWithLeaseResponse
+        | Serialized[models.ConcurrencyLimitWithLeaseResponse],
+        Literal[200],
+    ]:
+        """POST /v2/concurrency_limits/increment-with-lease: Bulk Increment Active Slots With Lease."""
+        ...
+
+    def bulk_decrement_active_slots_with_lease(
+        self, *, body: models.DecrementSlotsWithLeaseBody
+    ) -> tuple[None, Literal[204]]:
+        """POST /v2/concurrency_limits/decrement-with-lease: Bulk Decrement Active Slots With Lease."""
+        ...
+
+
 class RootOperations(Protocol):
     """The handlers of the operations tagged "Root"."""
 
@@ -183,6 +203,7 @@ class HandlerGroups(TypedDict):
     """The handler object of each tag, under the name Routes takes it by."""
 
     admin: AdminOperations
+    concurrency_limits_v2: ConcurrencyLimitsV2Operations
     root: RootOperations
     task_run_states: TaskRunStatesOperations
     task_runs: TaskRunsOperations
@@ -195,11 +216,13 @@ class Routes:
         self,
         *,
         admin: AdminOperations,
+        concurrency_limits_v2: ConcurrencyLimitsV2Operations,
         root: RootOperations,
         task_run_states: TaskRunStatesOperations,
         task_runs: TaskRunsOperations,
     ) -> None:
         self._admin = admin
+        self._concurrency_limits_v2 = concurrency_limits_v2
         self._root = root
         self._task_run_states = task_run_states
         self._task_runs = task_runs
@@ -312,6 +335,24 @@ class Routes:
         result, status = self._admin.read_server_version()
         return _response(result, status)
 
+    def bulk_increment_active_slots_with_lease_v2_concurrency_limits_increment_with_lease_post(
+        self, *, body: dict[str, Any]
+    ) -> ConnexionResponse:
+        """POST /v2/concurrency_limits/increment-with-lease: Bulk Increment Active Slots With Lease."""
+        result, status = self._concurrency_limits_v2.bulk_increment_active_slots_with_lease(
+            body=_request_model(models.IncrementSlotsWithLeaseBody, body)
+        )
+        return _response(result, status)
+
+    def bulk_decrement_active_slots_with_lease_v2_concurrency_limits_decrement_with_lease_post(
+        self, *, body: dict[str, Any]
+    ) -> ConnexionResponse:
+        """POST /v2/concurrency_limits/decrement-with-lease: Bulk Decrement Active Slots With Lease."""
+        result, status = self._concurrency_limits_v2.bulk_decrement_active_slots_with_lease(
+            body=_request_model(models.DecrementSlotsWithLeaseBody, body)
+        )
+        return _response(result, status)
+
 
 # operationId -> (handler group, handler method), for the check that names a missing one.
 HANDLERS: dict[str, tuple[str, str]] = {
@@ -332,10 +373,19 @@ HANDLERS: dict[str, tuple[str, str]] = {
     "hello_hello_get": ("root", "hello"),
     "create_csrf_token_csrf_token_get": ("root", "create_csrf_token"),
     "read_server_version_admin_version_get": ("admin", "read_server_version"),
+    "bulk_increment_active_slots_with_lease_v2_concurrency_limits_increment_with_lease_post": (
+        "concurrency_limits_v2",
+        "bulk_increment_active_slots_with_lease",
+    ),
+    "bulk_decrement_active_slots_with_lease_v2_concurrency_limits_decrement_with_lease_post": (
+        "concurrency_limits_v2",
+        "bulk_decrement_active_slots_with_lease",
+    ),
 }
 # handler group -> (the Protocol it implements, the tag of its operations).
 HANDLER_GROUPS: dict[str, tuple[str, str]] = {
     "admin": ("AdminOperations", "Admin"),
+    "concurrency_limits_v2": ("ConcurrencyLimitsV2Operations", "Concurrency Limits V2"),
     "root": ("RootOperations", "Root"),
     "task_run_states": ("TaskRunStatesOperations", "Task Run States"),
     "task_runs": ("TaskRunsOperations", "Task Runs"),

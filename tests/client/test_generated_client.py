@@ -316,6 +316,27 @@ def task_run_history(operation: Any, session: Session) -> None:
     assert (state.state_type, state.count_runs) == (models.StateType.PENDING, 3)
 
 
+def bulk_increment_active_slots_with_lease(operation: Any, session: Session) -> None:
+    models = session.models
+    body = models.BodyBulkIncrementActiveSlotsWithLeaseV2ConcurrencyLimitsIncrementWithLeasePost(
+        names=["tag:etl"], slots=1
+    )
+
+    granted = operation.sync(client=session.client, body=body)
+
+    assert isinstance(granted, models.ConcurrencyLimitWithLeaseResponse)
+    assert granted.limits == []
+
+
+def bulk_decrement_active_slots_with_lease(operation: Any, session: Session) -> None:
+    models = session.models
+    body = models.BodyBulkDecrementActiveSlotsWithLeaseV2ConcurrencyLimitsDecrementWithLeasePost(
+        lease_id=uuid.uuid4()
+    )
+
+    assert operation.sync_detailed(client=session.client, body=body).status_code == 204
+
+
 EXERCISES: dict[str, Callable[[Any, Session], None]] = {
     "create_task_run_task_runs__post": create_task_run,
     "read_task_run_task_runs__id__get": read_task_run,
@@ -334,6 +355,12 @@ EXERCISES: dict[str, Callable[[Any, Session], None]] = {
     "count_task_runs_task_runs_count_post": count_task_runs,
     "paginate_task_runs_task_runs_paginate_post": paginate_task_runs,
     "task_run_history_task_runs_history_post": task_run_history,
+    "bulk_increment_active_slots_with_lease_v2_concurrency_limits_increment_with_lease_post": (
+        bulk_increment_active_slots_with_lease
+    ),
+    "bulk_decrement_active_slots_with_lease_v2_concurrency_limits_decrement_with_lease_post": (
+        bulk_decrement_active_slots_with_lease
+    ),
 }
 
 

@@ -121,10 +121,13 @@ class TestBackgroundTasks:
         assert output["add"] == 3
         assert output["fail"] == "ValueError: fail failed for 7"
         assert output["flaky"] == "succeeded on the retry"
+        # A task with tags runs once its engine has the tags' concurrency slots.
+        assert (output["tagged"], output["tagged_here"]) == (5, 9)
         assert histories == {
             "add": ["Scheduled", "Pending", "Running", "Completed"],
             "fail": ["Scheduled", "Pending", "Running", "Failed"],
             "flaky": ["Scheduled", "Pending", "Running", "AwaitingRetry", "Retrying", "Completed"],
+            "tagged": ["Scheduled", "Pending", "Running", "Completed"],
         }
 
     def test_runs_delayed_before_any_worker_runs_are_delivered_when_one_starts(

@@ -1,10 +1,11 @@
 """The delay side: `python -m tests.compat.background.delay life|add N|timed N|latency N`.
 
-`life` delays one run of each task, waits for each result, and prints them with the runs'
-ids as JSON. `add N` delays N additions without waiting and prints their ids. `timed N`
-delays N additions, waits for every result, and prints how long each part took, its CPU
-time and how long it waited for the service's HTTP answers. `latency N` delays one addition
-and waits for its result, N times in turn, and prints how long each took.
+`life` delays one run of each task, waits for each result, runs the tagged task in this
+process too, and prints the results with the delayed runs' ids as JSON. `add N` delays N
+additions without waiting and prints their ids. `timed N` delays N additions, waits for
+every result, and prints how long each part took, its CPU time and how long it waited for
+the service's HTTP answers. `latency N` delays one addition and waits for its result, N
+times in turn, and prints how long each took.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import httpx
 from prefect.futures import PrefectDistributedFuture
 
-from tests.compat.background.tasks import add, fail, flaky
+from tests.compat.background.tasks import add, fail, flaky, tagged_add
 
 RESULT_TIMEOUT_SECONDS = 60
 
@@ -34,6 +35,7 @@ def life() -> dict[str, Any]:
         "add": add.delay(1, 2),
         "fail": fail.delay(7),
         "flaky": flaky.delay(str(marker)),
+        "tagged": tagged_add.delay(2, 3),
     }
     results: dict[str, Any] = {"ids": {name: str(f.task_run_id) for name, f in futures.items()}}
     results["add"] = futures["add"].result(timeout=RESULT_TIMEOUT_SECONDS)
@@ -42,6 +44,9 @@ def life() -> dict[str, Any]:
     except ValueError as raised:
         results["fail"] = f"{type(raised).__name__}: {raised}"
     results["flaky"] = futures["flaky"].result(timeout=RESULT_TIMEOUT_SECONDS)
+    results["tagged"] = futures["tagged"].result(timeout=RESULT_TIMEOUT_SECONDS)
+    # Run here, in this process, reported to the service as events.
+    results["tagged_here"] = tagged_add(4, 5)
     return results
 
 

@@ -29,4 +29,10 @@ def flaky(marker: str) -> str:
     return "succeeded on the retry"
 
 
-TASKS = (add, fail, flaky)
+@task(tags=["etl"])
+def tagged_add(x: int, y: int) -> int:
+    """Prefect's engine asks for a concurrency slot of each tag before it runs this."""
+    return x + y
+
+
+TASKS = (add, fail, flaky, tagged_add)
