@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 # The task keys a subscription's log line names; a worker may serve thousands.
 LOGGED_KEYS = 10
+# The characters of a key or client id the line shows: the frame bounds neither's length.
+LOGGED_CHARACTERS = 100
 
 _Result = TypeVar("_Result")
 
@@ -164,11 +166,17 @@ async def _subscription(socket: Socket) -> list[str] | None:
         await socket.close(PROTOCOL_VIOLATION, f"Protocol violation: {refusal}")
         return None
     keys: list[str] = frame["keys"]
-    named = keys[:LOGGED_KEYS] + (
+    named = [_shortened(key) for key in keys[:LOGGED_KEYS]] + (
         [f"... {len(keys) - LOGGED_KEYS} more"] if len(keys) > LOGGED_KEYS else []
     )
-    logger.info("task worker %r subscribed to %s", frame["client_id"], named)
+    logger.info("task worker %r subscribed to %s", _shortened(frame["client_id"]), named)
     return keys
+
+
+def _shortened(text: str) -> str:
+    if len(text) <= LOGGED_CHARACTERS:
+        return text
+    return f"{text[:LOGGED_CHARACTERS]}... ({len(text)} characters)"
 
 
 def _subscribe_refusal(socket: Socket, frame: Any) -> str | None:

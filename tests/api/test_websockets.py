@@ -269,6 +269,22 @@ class TestScheduledTaskRuns:
 
         assert delivered == [oldest["id"], newest["id"]]
 
+    def test_the_subscription_log_line_stays_short_whatever_the_frame_holds(
+        self, client: TestClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO, logger="app.handlers.task_run_subscriptions")
+        huge = "k" * 200_000
+        frame = {"type": "subscribe", "keys": [huge] * 12, "client_id": "w" * 200_000}
+
+        with authenticated(client, SUBSCRIPTION) as socket:
+            socket.send_json(frame)
+            eventually(lambda: bool(caplog.records))
+
+        [line] = [record.getMessage() for record in caplog.records]
+        assert len(line) < 2_000
+        assert "(200000 characters)" in line
+        assert line.endswith("'... 2 more']")
+
     def test_runs_that_are_not_background_tasks_are_not_delivered(
         self, client: TestClient, database: Database
     ) -> None:
