@@ -63,6 +63,14 @@ class TestPerformReadinessCheck:
         assert response.status_code == 200
         assert response.json() == {"message": "OK"}
 
+    def test_a_probe_logs_nothing_of_alembic(
+        self, client: TestClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO, logger="alembic")
+
+        assert client.get("/api/ready").status_code == 200
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("alembic")] == []
+
     def test_an_empty_database_is_not(self, tmp_path: Path) -> None:
         status, body = self.ready(f"sqlite:///{tmp_path / 'empty.db'}")
 
