@@ -150,3 +150,34 @@ def test_a_batch_that_fails_while_stopping_is_logged(
     [record] = caplog.records
     assert record.getMessage() == "deleting old events failed: builtins.RuntimeError"
     assert record.levelno == logging.WARNING
+
+
+def test_a_backlog_leaves_the_writer_to_requests_between_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spans: list[tuple[float, float]] = []
+
+    def a_full_batch(_connection: Any, *, before: Any, limit: int) -> int:
+        began = time.monotonic()
+        time.sleep(0.02)
+        spans.append((began, time.monotonic()))
+        return limit if len(spans) < 4 else 0
+
+    monkeypatch.setattr(rows, "delete_events_received_before", a_full_batch)
+
+    async def prune_the_backlog() -> None:
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            pruner = EventPruner(
+                cast(Database, WorkingDatabase()), retention=RETENTION, executor=executor
+            )
+            pruner.start()
+            while len(spans) < 4:
+                await asyncio.sleep(0.01)
+            await pruner.stop()
+
+    asyncio.run(prune_the_backlog())
+
+    busy = sum(end - began for began, end in spans)
+    elapsed = spans[-1][1] - spans[0][0]
+    # Four batches of 20 ms, each of the first three followed by a pause of about 80 ms.
+    assert elapsed > 3 * busy
