@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import multiprocessing
 import os
+import signal
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
@@ -147,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
 
     @asynccontextmanager
     async def close_on_shutdown(_app: Any) -> AsyncIterator[None]:
+        stop_when_the_supervisor_is_gone()
         if listener is not None:
             listener.start()
         pruner.start()
@@ -240,6 +244,30 @@ def __getattr__(name: str) -> Any:
             raise SystemExit(STARTUP_FAILURE) from None
         freeze_startup_heap()
     return _app
+
+
+def stop_when_the_supervisor_is_gone() -> None:
+    """In a worker: SIGTERM this process (a graceful stop) once its supervisor has exited,
+    which would otherwise leave it serving for ever, holding the port. Each worker calls it
+    as its application starts; in a server of one process, which has no supervisor, it does
+    nothing.
+
+    The thread waits on multiprocessing's sentinel for the parent: a pipe whose write end
+    only the supervisor holds, so it reads end-of-file the moment the supervisor is gone,
+    whatever its end, also when that was before this thread started. Linux's
+    PR_SET_PDEATHSIG would fire when the parent *thread* that spawned the worker exits, not
+    the process; polling `os.getppid()` is late and trips over sub-reapers and pid reuse.
+    """
+    supervisor = multiprocessing.parent_process()
+    if supervisor is None:  # not a spawned worker: nothing watches over this process
+        return
+
+    def watch() -> None:
+        supervisor.join()
+        logger.warning("Supervisor [%s] is gone; stopping.", supervisor.pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 def freeze_startup_heap() -> None:

@@ -16,6 +16,10 @@ first ping races its start-up.
 A worker that exits, whatever the reason, leaves its live gauges (requests in flight,
 connections in use) in the metrics directory; the supervisor removes them, as the worker
 itself does when it stops cleanly, so that they no longer add to every worker's `/metrics`.
+
+A worker whose supervisor is gone (killed with SIGKILL, or crashed) stops as on SIGTERM: it
+would otherwise serve for ever, re-parented, holding the port against the next start (each
+worker watches for it: `stop_when_the_supervisor_is_gone` in app/main.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Worker supervision: slow starts are waited for, stalled workers are replaced.
+"""Worker supervision: slow starts are waited for, stalled workers are replaced, workers
+stop with their supervisor.
 
 On SQLite, a stalled worker that holds the writer lock cannot keep the other workers'
 writers waiting beyond the lock timeout, and is replaced after the health-check timeout.
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.serving.listening import listening_socket
 from tests.support.faults import busy_cpus, flock_holder, wait_for
 from tests.support.server import RunningServer, running_server
 
@@ -80,6 +82,35 @@ class TestStalledWorker:
         assert HEALTHCHECK_TIMEOUT <= answered_at < HEALTHCHECK_TIMEOUT + 4
         assert {status for _, status, _ in load.answers} <= {201, 503, None}
         assert "did not answer the health check within 4 s" in server.log()
+
+
+class TestSupervisorKilled:
+    def test_the_workers_stop_and_free_the_port(self, tmp_path: Path) -> None:
+        with running_server(
+            f"sqlite:///{tmp_path / 'taskrun.db'}", log_path=tmp_path / "server.log"
+        ) as server:
+            workers = server.worker_pids()
+            assert len(workers) == 2
+            os.kill(server.process.pid, signal.SIGKILL)  # as a manager that kills the main pid
+            server.process.wait()
+            try:
+                stopped = wait_for(lambda: not any(map(is_running, workers)), timeout=10)
+            finally:
+                for pid in filter(is_running, workers):
+                    os.kill(pid, signal.SIGKILL)
+
+        assert stopped, server.log()
+        listening_socket("127.0.0.1", server.port).close()  # the next start can listen
+        assert "is gone; stopping" in server.log()
+
+
+def is_running(pid: int) -> bool:
+    """Whether the process exists and has not exited (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def timed_create(api_url: str, *, since: float) -> tuple[float, int, float]:
