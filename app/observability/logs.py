@@ -17,6 +17,8 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 
 LogFormat = Literal["text", "json"]
 NO_REQUEST = "-"
+# How uvicorn's line for a websocket begins: the client, then the path with its query.
+_UVICORN_WEBSOCKET_LINE = '%s - "WebSocket %s"'
 TEXT_FORMAT = "%(levelname)-8s %(request_id)s %(message)s"
 # uvicorn adds an ANSI-coloured copy of some messages; a JSON line needs the plain one only.
 _NOT_IN_JSON = [*RESERVED_ATTRS, "color_message"]
@@ -32,6 +34,24 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = correlation_id.get() or NO_REQUEST
+        return True
+
+
+class WebsocketQueryFilter(logging.Filter):
+    """Leaves the query string out of uvicorn's line for each websocket, as the service's
+    own request lines leave it out: a query can carry a token.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        arguments = record.args
+        if (
+            isinstance(record.msg, str)
+            and record.msg.startswith(_UVICORN_WEBSOCKET_LINE)
+            and isinstance(arguments, tuple)
+            and len(arguments) >= 2
+        ):
+            path = str(arguments[1]).partition("?")[0]
+            record.args = (arguments[0], path, *arguments[2:])
         return True
 
 
@@ -57,14 +77,17 @@ def log_config(*, level: str, log_format: LogFormat) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": RequestIdFilter}},
+        "filters": {
+            "request_id": {"()": RequestIdFilter},
+            "websocket_query": {"()": WebsocketQueryFilter},
+        },
         "formatters": {"lines": _formatter(log_format)},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
                 "stream": "ext://sys.stderr",
                 "formatter": "lines",
-                "filters": ["request_id"],
+                "filters": ["request_id", "websocket_query"],
             }
         },
         "root": {"handlers": ["stderr"], "level": level},

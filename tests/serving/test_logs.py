@@ -14,12 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from tests.support.databases import sqlite_database
 from tests.support.server import running_server
 
 HEALTH_ID = "health-check-1"
 FAILING_ID = "failing-read-1"
+QUERY_SECRET = "query-secret-1"
 FORGED_LINE = "INFO     forged-id GET /api/health 200 health_check_health_get 0.10 ms"
 FORGING_PATH = "/x%0A" + FORGED_LINE.replace(" ", "%20") + "%0D"
 
@@ -51,6 +53,10 @@ def serve_a_few_requests(tmp_path: Path, *, log_format: str) -> Served:
         client.post("/task_runs/", json={"task_key": 5})
         # A path whose line break and carriage return would start a forged line of their own.
         client.get(FORGING_PATH)
+        # A websocket whose query string holds what could be a token.
+        events_in = server.api_url.replace("http://", "ws://") + f"/events/in?token={QUERY_SECRET}"
+        with connect(events_in):
+            pass
         # A fault no request can cause: the table goes away under the running service.
         with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
             connection.execute("ALTER TABLE task_run RENAME TO task_run_gone")
@@ -119,6 +125,12 @@ class TestJsonLog:
         assert health["request_id"] == HEALTH_ID
         assert health["level"] == "INFO"
         assert 0 < health["duration_ms"] < 10_000
+
+    def test_a_websockets_line_leaves_its_query_string_out(self, json_session: Served) -> None:
+        messages = [record["message"] for record in records(json_session.log)]
+
+        assert any('"WebSocket /api/events/in" [accepted]' in message for message in messages)
+        assert QUERY_SECRET not in json_session.log
 
     def test_a_generated_request_id_is_the_one_returned(self, json_session: Served) -> None:
         returned = json_session.created.headers["x-request-id"]
