@@ -56,7 +56,7 @@ def metrics_files(directory: Path) -> list[Path]:
     """prometheus-client's files in `directory`.
 
     :raises StartupError: the directory holds other `.db` files, which prometheus-client
-        would read as its own (an SQLite database among them was once deleted as stale).
+        would read as its own, and the start would delete as stale (an SQLite database too).
     """
     files = list(directory.glob("*.db"))
     foreign = [path.name for path in files if not METRICS_FILE.fullmatch(path.name)]
