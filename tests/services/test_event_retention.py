@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
@@ -122,6 +122,22 @@ class WorkingDatabase:
         yield None
 
 
+def prune_until(condition: Callable[[], bool]) -> None:
+    """Start a pruner over a WorkingDatabase, and stop it once `condition` holds."""
+
+    async def start_and_stop() -> None:
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            pruner = EventPruner(
+                cast(Database, WorkingDatabase()), retention=RETENTION, executor=executor
+            )
+            pruner.start()
+            while not condition():
+                await asyncio.sleep(0.01)
+            await pruner.stop()
+
+    asyncio.run(start_and_stop())
+
+
 def test_a_batch_that_fails_while_stopping_is_logged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -135,17 +151,7 @@ def test_a_batch_that_fails_while_stopping_is_logged(
 
     monkeypatch.setattr(rows, "delete_events_received_before", a_failing_batch)
 
-    async def stop_during_the_batch() -> None:
-        with ThreadPoolExecutor(max_workers=1) as executor:
-            pruner = EventPruner(
-                cast(Database, WorkingDatabase()), retention=RETENTION, executor=executor
-            )
-            pruner.start()
-            while not begun:
-                await asyncio.sleep(0.01)
-            await pruner.stop()
-
-    asyncio.run(stop_during_the_batch())
+    prune_until(lambda: bool(begun))
 
     [record] = caplog.records
     assert record.getMessage() == "deleting old events failed: builtins.RuntimeError"
@@ -165,17 +171,7 @@ def test_a_backlog_leaves_the_writer_to_requests_between_batches(
 
     monkeypatch.setattr(rows, "delete_events_received_before", a_full_batch)
 
-    async def prune_the_backlog() -> None:
-        with ThreadPoolExecutor(max_workers=1) as executor:
-            pruner = EventPruner(
-                cast(Database, WorkingDatabase()), retention=RETENTION, executor=executor
-            )
-            pruner.start()
-            while len(spans) < 4:
-                await asyncio.sleep(0.01)
-            await pruner.stop()
-
-    asyncio.run(prune_the_backlog())
+    prune_until(lambda: len(spans) == 4)
 
     busy = sum(end - began for began, end in spans)
     elapsed = spans[-1][1] - spans[0][0]
