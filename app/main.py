@@ -28,7 +28,7 @@ from app.contract.spec import load_spec
 from app.contract.websockets import SocketAccess, SocketHandler, mount_websockets
 from app.contract.wsgi import install_wsgi_bridge
 from app.db import deliveries, events
-from app.db.database import LOCK_TIMEOUT_SECONDS, Database
+from app.db.database import LOCK_TIMEOUT_SECONDS, Database, DatabaseUnavailable
 from app.db.migrate import head_revision
 from app.db.notifications import other_processes_listener
 from app.db.threads import DatabaseThreads
@@ -40,6 +40,7 @@ from app.handlers.task_run_subscriptions import TaskRunSubscriptionHandler
 from app.handlers.task_runs import TaskRunHandlers
 from app.observability import metrics
 from app.observability.logs import skip_unused_record_fields
+from app.services.deliveries import queue_sizes
 from app.services.event_feed import EventFeed
 from app.services.event_retention import EventPruner
 from app.settings import Settings, comma_separated
@@ -193,6 +194,7 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
         log_requests=settings.access_log,
         metrics_enabled=settings.metrics_enabled,
         cors=cors_policy(settings),
+        count_queue=queue_counter(database),
     )
     mount_websockets(
         app,
@@ -204,6 +206,21 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
     )
     app.app.extensions[DATABASE_EXTENSION] = database
     return app
+
+
+def queue_counter(database: Database) -> metrics.QueueCounter:
+    """How a scrape of /metrics counts the queue of background runs in `database`."""
+
+    def count() -> metrics.QueueSizes | None:
+        try:
+            with database.snapshot() as connection:
+                return queue_sizes(connection=connection)
+        except DatabaseUnavailable as error:
+            # The other metrics are still served; the queue's are left out of this scrape.
+            logger.warning("/metrics: the queue was not counted: %s", error.reason)
+            return None
+
+    return count
 
 
 def create_socket_handlers(database: Database, executor: Executor) -> dict[str, SocketHandler]:

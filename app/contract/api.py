@@ -44,6 +44,7 @@ from app.contract.observability import (
 from app.contract.operations import prepare_operations_once
 from app.contract.spec import enable_openapi_31, load_spec
 from app.contract.validation import VALIDATOR_MAP
+from app.observability.metrics import QueueCounter
 from generated.routes import HANDLER_GROUPS, HANDLERS, Routes
 
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
@@ -208,13 +209,15 @@ def mount_contract(
     log_requests: bool,
     metrics_enabled: bool,
     cors: CorsPolicy | None,
+    count_queue: QueueCounter | None = None,
 ) -> None:
     """Serve openapi.yaml's operations on `app`, validated against the document itself.
 
     With `basic_auth` ("user:password"), every path but those of the operations whose
     document says `security: []` needs those credentials. Beside the operations: the
-    document and its docs page, the metrics when enabled, a request id, a log line and
-    metrics for every request, and CORS when a policy is given.
+    document and its docs page, the metrics when enabled (with the queue's sizes as
+    `count_queue` finds them), a request id, a log line and metrics for every request, and
+    CORS when a policy is given.
     """
     if validate_responses and BodilessHeadResponseValidation not in app.middleware.middlewares:
         raise ValueError("validate_responses needs contract_middlewares(validate_responses=True)")
@@ -270,7 +273,7 @@ def mount_contract(
         )
     paths, prefixes = document_endpoints(base_path=base_path, title=spec["info"]["title"])
     if metrics_enabled:
-        paths[METRICS_PATH] = metrics_endpoint
+        paths[METRICS_PATH] = metrics_endpoint(count_queue)
     app.add_middleware(
         ReadOnlyEndpoints,
         position=MiddlewarePosition.BEFORE_ROUTING,

@@ -16,6 +16,7 @@ from typing import Any
 from uuid import uuid4
 
 from connexion.middleware.abstract import ROUTING_CONTEXT
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -125,7 +126,15 @@ def _printable(text: str) -> str:
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
-async def metrics_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-    """`GET /metrics`: every worker's metrics in Prometheus's text format."""
-    response = Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
-    await response(scope, receive, send)
+def metrics_endpoint(count_queue: metrics.QueueCounter | None) -> ASGIApp:
+    """`GET /metrics`: every worker's metrics in Prometheus's text format, with the queue of
+    background runs as `count_queue` finds it at each scrape.
+    """
+
+    async def serve_metrics(scope: Scope, receive: Receive, send: Send) -> None:
+        # Counting the queue reads the database: off the event loop.
+        text = await run_in_threadpool(metrics.render, count_queue)
+        response = Response(text, media_type=metrics.CONTENT_TYPE)
+        await response(scope, receive, send)
+
+    return serve_metrics

@@ -33,6 +33,7 @@ from app.handlers.sockets import (
     Frame,
     Socket,
 )
+from app.observability import metrics
 from app.observability.logs import log_failure
 
 logger = logging.getLogger(__name__)
@@ -237,6 +238,8 @@ async def _serve(handler: SocketHandler, socket: Socket, *, address: str) -> Non
     with a code on which Prefect's clients reconnect, and is logged as the HTTP operations'
     faults are: by name and place, never by message (which can quote rows and events).
     """
+    open_sockets = metrics.WEBSOCKETS_OPEN.labels(address)
+    open_sockets.inc()
     try:
         await handler(socket)
     except DatabaseUnavailable as error:
@@ -248,3 +251,5 @@ async def _serve(handler: SocketHandler, socket: Socket, *, address: str) -> Non
             logger, logging.ERROR, f"websocket {address}: unhandled error", error, with_stack=True
         )
         await socket.close(INTERNAL_ERROR, "Internal Server Error")
+    finally:
+        open_sockets.dec()

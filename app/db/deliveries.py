@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Select,
     Subquery,
     Update,
     and_,
     bindparam,
+    func,
+    not_,
     or_,
     select,
     union_all,
@@ -24,7 +27,7 @@ from sqlalchemy.sql.base import ReadOnlyColumnCollection
 from app.db.database import after_commit
 from app.db.notifications import notify_other_processes
 from app.db.signals import Signal
-from app.db.tables import task_run_delivery
+from app.db.tables import task_run, task_run_delivery
 
 # Given whenever a transaction has put a run on the queue: one of this process, or
 # (through the channel) one of another process.
@@ -194,3 +197,38 @@ def remove_claimed(connection: Connection, *, task_run_id: UUID, claim_id: UUID)
 def remove(connection: Connection, task_run_id: UUID) -> None:
     """Take a run off the queue, whoever claimed it."""
     connection.execute(_REMOVE, {"run_id": task_run_id})
+
+
+class QueueRow(NamedTuple):
+    """The queue counted: runs waiting, runs delivered and not acknowledged, and when the
+    longest-waiting run was put on it (None when none waits).
+    """
+
+    waiting: int
+    delivered: int
+    oldest_enqueued: datetime | None
+
+
+def _queue_counts() -> Select[int, int, datetime | None]:
+    delivery = task_run_delivery.c
+    waiting = or_(delivery.claimed_until.is_(None), delivery.claimed_until < bindparam("now"))
+    # A run that left SCHEDULED (moved on by set_state or an event) stays on the queue until
+    # a worker of its key comes across it: it is not counted.
+    return (
+        select(
+            func.count().filter(waiting),
+            func.count().filter(not_(waiting)),
+            func.min(delivery.enqueued).filter(waiting),
+        )
+        .select_from(task_run_delivery.join(task_run, task_run.c.id == delivery.task_run_id))
+        .where(task_run.c.state_type == "SCHEDULED")
+    )
+
+
+_QUEUE_COUNTS = _queue_counts()
+
+
+def count_queue(connection: Connection, *, now: datetime) -> QueueRow:
+    """The queue's runs counted by whether a worker holds them at `now`."""
+    row = connection.execute(_QUEUE_COUNTS, {"now": now}).one()
+    return QueueRow(int(row[0]), int(row[1]), row[2])

@@ -16,6 +16,7 @@ from app.db.database import Database
 from app.db.records import EventRecord
 from app.handlers.inbox import Inbox
 from app.handlers.sockets import INTERNAL_ERROR, POLICY_VIOLATION, Disconnected, Frame, Socket
+from app.observability import metrics
 from app.services.clock import UnrepresentableInstant, parse_instant, utcnow
 from app.services.event_feed import EventFeed, FollowerTooSlow
 from app.services.event_filters import EventFilter, UnsupportedFilter, parse_filter
@@ -26,6 +27,11 @@ logger = logging.getLogger(__name__)
 # The largest event stored, as Prefect's server has it.
 MAX_EVENT_BYTES = 1_500_000
 BACKFILL_PAGE = 250
+
+# What became of an event received, as the metrics count it.
+STORED = "stored"
+DUPLICATE = "duplicate"
+REFUSED = "refused"
 
 
 class EventsInHandler:
@@ -48,11 +54,15 @@ class EventsInHandler:
         problems = _event_problems(socket, frame)
         if problems:
             logger.warning("an event was not stored: %s", "; ".join(problems))
+            metrics.count_event(REFUSED)
             return
         loop = asyncio.get_running_loop()
         stored = await loop.run_in_executor(self._executor, self._store, frame.data)
-        if stored is not None:
-            self._feed.publish([stored])
+        if stored is None:
+            metrics.count_event(DUPLICATE)
+            return
+        metrics.count_event(STORED)
+        self._feed.publish([stored])
 
     def _store(self, event: dict[str, Any]) -> EventRecord | None:
         """Store the event; the record stored, or None when it was stored before."""

@@ -13,6 +13,7 @@ from app.db.database import Database
 from app.db.deliveries import ENQUEUED
 from app.handlers.inbox import Inbox
 from app.handlers.sockets import NORMAL_CLOSURE, PROTOCOL_VIOLATION, Disconnected, Socket
+from app.observability import metrics
 from app.observability.logs import log_failure
 from app.services import deliveries
 from app.services.ids import uuid7
@@ -31,6 +32,11 @@ _Result = TypeVar("_Result")
 IDLE_POLL_SECONDS = 0.5
 # A delivery's claim is renewed this often while its worker has not answered.
 RENEW_SECONDS = deliveries.CLAIM_SECONDS / 3
+
+# What became of a delivery, as the metrics count it.
+ACKNOWLEDGED = "acknowledged"
+RETURNED = "returned"
+DROPPED = "dropped"
 
 
 class TaskRunSubscriptionHandler:
@@ -73,6 +79,7 @@ class TaskRunSubscriptionHandler:
             # The worker left, or the service is stopping this socket: the run goes back.
             # Not awaited, so that it happens even while this task is being cancelled.
             self._return_soon(run.id, claim_id)
+            metrics.count_delivery(RETURNED)
             raise
         return await self._settle(socket, reply, run.id, claim_id, claimed=claimed)
 
@@ -122,16 +129,19 @@ class TaskRunSubscriptionHandler:
             )
             if claimed and not acknowledged:  # a lost claim is logged once
                 _log_lost_claim(task_run_id)
+            metrics.count_delivery(ACKNOWLEDGED)
             return True
         if kind == "quit":
             await self._in_thread(
                 deliveries.abandon_delivery, task_run_id=task_run_id, claim_id=claim_id
             )
+            metrics.count_delivery(DROPPED)
             await socket.close(NORMAL_CLOSURE)
             return False
         await self._in_thread(
             deliveries.return_delivery, task_run_id=task_run_id, claim_id=claim_id
         )
+        metrics.count_delivery(RETURNED)
         await socket.close(PROTOCOL_VIOLATION, "Protocol violation: expected 'ack' message")
         return False
 

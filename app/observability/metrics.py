@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import (
@@ -22,6 +24,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from sqlalchemy import Engine, event
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -100,9 +103,88 @@ ORCHESTRATION_RESULTS = Counter(
 )
 
 
+WEBSOCKETS_OPEN = Gauge(
+    "taskrun_websockets_open",
+    "Websockets authenticated and being served, by channel (the path).",
+    ["channel"],
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+DELIVERIES = Counter(
+    "taskrun_task_run_deliveries",
+    "Background task runs sent to task workers, by what became of them: acknowledged,"
+    " returned (to be delivered again) or dropped (the worker quit).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+EVENTS_RECEIVED = Counter(
+    "taskrun_events_received",
+    "Events received on /api/events/in, by outcome: stored, duplicate (stored before) or"
+    " refused (invalid).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+EVENTS_PRUNED = Counter(
+    "taskrun_events_pruned",
+    "Events deleted once older than the retention.",
+    registry=REGISTRY,
+)
+
+
 def count_orchestration(status: str) -> None:
     """Count one set_state decision (ACCEPT, REJECT, WAIT or ABORT)."""
     ORCHESTRATION_RESULTS.labels(status).inc()
+
+
+def count_delivery(outcome: str) -> None:
+    """Count one delivery of a background run by its outcome."""
+    DELIVERIES.labels(outcome).inc()
+
+
+def count_event(outcome: str) -> None:
+    """Count one event received on /api/events/in by its outcome."""
+    EVENTS_RECEIVED.labels(outcome).inc()
+
+
+@dataclass(frozen=True)
+class QueueSizes:
+    """The queue of background runs as one scrape sees it."""
+
+    # Runs no task worker holds: never sent, or sent and given back or expired.
+    waiting: int
+    # Runs sent to a task worker that has not acknowledged them yet.
+    delivered: int
+    # How long the longest-waiting run has waited; 0 when none waits.
+    oldest_waiting_seconds: float
+
+
+# Counts the queue for a scrape; None when it cannot be counted now (no database).
+QueueCounter = Callable[[], QueueSizes | None]
+
+
+class _QueueCollector:
+    """The queue's gauges, read from the database at each scrape: every worker sees the
+    same queue, so these are not kept per process like the other metrics.
+    """
+
+    def __init__(self, sizes: QueueSizes) -> None:
+        self._sizes = sizes
+
+    def collect(self) -> Iterator[Metric]:
+        runs = GaugeMetricFamily(
+            "taskrun_task_run_queue",
+            "Background task runs on the queue, by status: waiting for a task worker, or"
+            " delivered to one and not acknowledged yet.",
+            labels=["status"],
+        )
+        runs.add_metric(["waiting"], self._sizes.waiting)
+        runs.add_metric(["delivered"], self._sizes.delivered)
+        yield runs
+        yield GaugeMetricFamily(
+            "taskrun_task_run_queue_oldest_waiting_seconds",
+            "How long the run waiting longest for a task worker has waited; 0 when none waits.",
+            value=self._sizes.oldest_waiting_seconds,
+        )
 
 
 # The labelled series of each (operationId, status): found once, not on every request.
@@ -134,13 +216,23 @@ def watch_pool(engine: Engine) -> None:
     event.listen(engine, "checkin", checked_in)
 
 
-def render() -> bytes:
-    """The metrics in Prometheus's text format, every worker's values added up."""
-    if not MULTIPROCESS:
-        return generate_latest(REGISTRY)
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    return generate_latest(registry)
+def render(count_queue: QueueCounter | None = None) -> bytes:
+    """The metrics in Prometheus's text format, every worker's values added up, and the
+    queue's sizes as `count_queue` finds them (it may read the database: call this off the
+    event loop).
+    """
+    if MULTIPROCESS:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = REGISTRY
+    text = generate_latest(registry)
+    sizes = None if count_queue is None else count_queue()
+    if sizes is None:
+        return text
+    queue_registry = CollectorRegistry(auto_describe=False)
+    queue_registry.register(_QueueCollector(sizes))
+    return text + generate_latest(queue_registry)
 
 
 def forget_this_process() -> None:

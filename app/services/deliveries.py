@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 from app.db import deliveries as rows
 from app.db import task_runs as run_rows
 from app.db.records import TaskRunStateRecord
+from app.observability.metrics import QueueSizes
 from app.services.clock import utcnow
 from app.services.states import StateType
 from app.services.task_runs import task_run_model
@@ -81,3 +82,17 @@ def return_delivery(*, connection: Connection, task_run_id: UUID, claim_id: UUID
     ahead of the runs not tried yet.
     """
     rows.release_claim(connection, task_run_id=task_run_id, claim_id=claim_id)
+
+
+def queue_sizes(*, connection: Connection) -> QueueSizes:
+    """The queue as the metrics show it: runs waiting, runs out with a worker, and how long
+    the longest-waiting run has waited.
+    """
+    now = utcnow()
+    counted = rows.count_queue(connection, now=now)
+    oldest = counted.oldest_enqueued
+    return QueueSizes(
+        waiting=counted.waiting,
+        delivered=counted.delivered,
+        oldest_waiting_seconds=0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0),
+    )

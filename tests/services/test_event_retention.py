@@ -17,15 +17,19 @@ import pytest
 
 from app.db import events as rows
 from app.db.database import Database, DatabaseUnavailable
-from app.services.event_retention import EventPruner
+from app.observability import metrics
+from app.services.event_retention import PRUNE_BATCH, EventPruner
 from tests.support.failing_database import FailingDatabase
 
 # Shorter than a minute: the pruner looks once per retention period.
 RETENTION = timedelta(seconds=0.2)
 
 
-def prune_once(database: FailingDatabase) -> float:
-    """Start a pruner, stop it after its first transaction; how long after the start that was."""
+def prune_once(database: FailingDatabase, *, then: Callable[[], bool] = lambda: True) -> float:
+    """Start a pruner, stop it after its first transaction and once `then` holds (the
+    failure logged: stopping earlier may cancel the report); how long after the start the
+    transaction came.
+    """
 
     async def start_and_stop() -> float:
         with ThreadPoolExecutor(max_workers=1) as executor:
@@ -35,6 +39,8 @@ def prune_once(database: FailingDatabase) -> float:
             while database.attempts == 0:
                 await asyncio.sleep(0.01)
             first_look = time.monotonic() - started
+            while not then():
+                await asyncio.sleep(0.01)
             await pruner.stop()
             return first_look
 
@@ -51,7 +57,8 @@ def test_an_unavailable_database_is_a_warning_without_a_traceback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="app.services.event_retention")
-    prune_once(FailingDatabase(DatabaseUnavailable("the database files cannot be written")))
+    unavailable = DatabaseUnavailable("the database files cannot be written")
+    prune_once(FailingDatabase(unavailable), then=lambda: bool(caplog.records))
 
     [record] = caplog.records
     assert record.levelno == logging.WARNING
@@ -65,7 +72,9 @@ def test_any_other_failure_is_an_error_with_its_places_not_its_message(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="app.services.event_retention")
-    prune_once(FailingDatabase(RuntimeError("unexpected: secret-value")))
+    prune_once(
+        FailingDatabase(RuntimeError("unexpected: secret-value")), then=lambda: bool(caplog.records)
+    )
 
     [record] = caplog.records
     logged = record.getMessage()
@@ -177,3 +186,23 @@ def test_a_backlog_leaves_the_writer_to_requests_between_batches(
     elapsed = spans[-1][1] - spans[0][0]
     # Four batches of 20 ms, each of the first three followed by a pause of about 80 ms.
     assert elapsed > 3 * busy
+
+
+def pruned_so_far() -> float:
+    return metrics.REGISTRY.get_sample_value("taskrun_events_pruned_total") or 0.0
+
+
+def test_the_events_deleted_are_counted_in_the_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    deleted: list[int] = []
+
+    def two_full_batches_then_seven(_connection: Any, *, before: Any, limit: int) -> int:
+        batch = [limit, limit, 7][len(deleted)] if len(deleted) < 3 else 0
+        deleted.append(batch)
+        return batch
+
+    monkeypatch.setattr(rows, "delete_events_received_before", two_full_batches_then_seven)
+    before = pruned_so_far()
+
+    prune_until(lambda: len(deleted) >= 3)
+
+    assert pruned_so_far() - before == 2 * PRUNE_BATCH + 7

@@ -7,6 +7,7 @@ A worker that is killed takes its live gauges with it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from tests.support.databases import empty_database, sqlite_database
 from tests.support.faults import wait_for
@@ -31,6 +33,8 @@ HEALTH = "health_check_health_get"
 WORKERS_DEADLINE_SECONDS = 60
 # Requests held in flight by bodies that never finish arriving.
 HELD_REQUESTS = 6
+# Websockets open at once, spread over the workers.
+SOCKETS = 8
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +137,38 @@ def test_the_scrape_itself_is_not_counted(server: RunningServer) -> None:
     after = Scrape.of(server).requests()
 
     assert after == before
+
+
+def test_the_websockets_of_both_workers_add_up(server: RunningServer) -> None:
+    events_in = server.api_url.replace("http://", "ws://") + "/events/in"
+    before = Scrape.of(server)
+    with ExitStack() as sockets:
+        # Connections spread over the workers as requests do.
+        opened = [sockets.enter_context(connect(events_in)) for _ in range(SOCKETS)]
+        for socket_ in opened:
+            socket_.send(json.dumps({**an_event(), "id": str(uuid.uuid4())}))
+
+        def all_counted(scrape: Scrape) -> bool:
+            open_sockets = scrape.value("taskrun_websockets_open", channel="/api/events/in")
+            stored = scrape.value("taskrun_events_received_total", outcome="stored")
+            stored_before = before.value("taskrun_events_received_total", outcome="stored")
+            return open_sockets == SOCKETS and stored - stored_before == SOCKETS
+
+        assert wait_for(lambda: all_counted(Scrape.of(server)), timeout=30)
+        # Whichever worker answers a scrape, it counts the sockets of both.
+        assert all(all_counted(Scrape.of(server)) for _ in range(6))
+    assert wait_for(
+        lambda: Scrape.of(server).value("taskrun_websockets_open", channel="/api/events/in") == 0,
+        timeout=30,
+    )
+
+
+def an_event() -> dict[str, object]:
+    return {
+        "occurred": "2026-01-01T00:00:00Z",
+        "event": "test.metrics",
+        "resource": {"prefect.resource.id": "test.metrics"},
+    }
 
 
 def hold_request(port: int) -> socket.socket:
