@@ -39,7 +39,7 @@ from app.handlers.task_run_states import TaskRunStateHandlers
 from app.handlers.task_run_subscriptions import TaskRunSubscriptionHandler
 from app.handlers.task_runs import TaskRunHandlers
 from app.observability import metrics
-from app.observability.logs import skip_unused_record_fields
+from app.observability.logs import log_failure, skip_unused_record_fields
 from app.services.deliveries import queue_sizes
 from app.services.event_feed import EventFeed
 from app.services.event_retention import EventPruner
@@ -218,7 +218,12 @@ def queue_counter(database: Database) -> metrics.QueueCounter:
         except DatabaseUnavailable as error:
             # The other metrics are still served; the queue's are left out of this scrape.
             logger.warning("/metrics: the queue was not counted: %s", error.reason)
-            return None
+        except Exception as error:
+            # A database without the service's tables (`serve --no-migrate`), for one.
+            log_failure(
+                logger, logging.ERROR, "/metrics: the queue was not counted", error, with_stack=True
+            )
+        return None
 
     return count
 

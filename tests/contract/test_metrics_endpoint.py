@@ -4,10 +4,13 @@ like the API. tests/serving/test_metrics.py checks the counts of a two-worker se
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from app.main import create_app
@@ -68,3 +71,37 @@ class TestMetricsEndpoint:
 
         assert refused.status_code == 401
         assert answered.status_code == 200
+
+
+def documented_metrics() -> set[str]:
+    """The metric names of the README's table of metrics."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    row = re.compile(r"^\| `(taskrun_[a-z_]+)` \| (?:counter|gauge|histogram) \|", re.MULTILINE)
+    return set(row.findall(readme))
+
+
+def test_the_readme_documents_every_metric_served(client: TestClient) -> None:
+    client.post("/api/task_runs/", json={"task_key": "m", "dynamic_key": "0"})
+    scraped = client.get("/metrics").text
+
+    # Each family's name as a query names it; the `_created` times are not metrics of ours.
+    served = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in text_string_to_metric_families(scraped)
+        if not family.name.endswith("_created")
+    }
+
+    assert served == documented_metrics()
+
+
+def test_a_database_without_the_tables_leaves_the_queue_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not migrated: `serve --no-migrate` on an empty database.
+    with serving(tmp_path) as client:
+        response = client.get("/metrics")
+
+    assert response.status_code == 200
+    assert "taskrun_http_requests_total" in response.text
+    assert "taskrun_task_run_queue" not in response.text
+    assert "/metrics: the queue was not counted: sqlalchemy.exc.OperationalError" in caplog.text
