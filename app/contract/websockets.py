@@ -31,6 +31,7 @@ from app.handlers.sockets import (
     TRY_AGAIN_LATER,
     Disconnected,
     Frame,
+    Problem,
     Socket,
 )
 from app.observability import metrics
@@ -93,9 +94,13 @@ class PrefectSocket:
             # Not JSON, not UTF-8, or nested deeper than the parser goes.
             return Frame(data=None, size=len(raw))
 
-    def problems(self, message: str, frame: Any) -> list[str]:
+    def problems(self, message: str, frame: Any) -> list[Problem]:
         return [
-            f"{'/'.join(str(part) for part in item['loc'][1:]) or '(frame)'}: {item['msg']}"
+            Problem(
+                place="/".join(str(part) for part in item["loc"][1:]) or "(frame)",
+                rule=item["type"],
+                message=item["msg"],
+            )
             for item in self._validator.errors(message, frame)
         ]
 

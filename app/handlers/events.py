@@ -77,11 +77,17 @@ class EventsInHandler:
 
 
 def _event_problems(socket: Socket, frame: Frame) -> list[str]:
+    """Why the event is not stored, as the log says it: no value of the event is quoted
+    (events carry run names, parameters' keys, whatever a client put in them).
+    """
     if frame.size > MAX_EVENT_BYTES:
         return [f"the event is {frame.size} bytes, more than {MAX_EVENT_BYTES}"]
     if frame.data is None:
         return ["the frame is not JSON"]
-    return socket.problems("event", frame.data) or _occurred_problems(frame.data)
+    problems = socket.problems("event", frame.data)
+    if problems:
+        return [problem.without_value() for problem in problems]
+    return _occurred_problems(frame.data)
 
 
 def _occurred_problems(event: dict[str, Any]) -> list[str]:
@@ -157,7 +163,10 @@ async def _filter(socket: Socket) -> tuple[EventFilter, bool] | None:
     when the socket was closed instead.
     """
     frame = (await socket.receive()).data
-    problems = socket.problems("filter", frame) if frame is not None else ["not JSON"]
+    if frame is None:
+        problems = ["not JSON"]
+    else:
+        problems = [str(problem) for problem in socket.problems("filter", frame)]
     if problems:
         await socket.close(POLICY_VIOLATION, f"invalid filter: {'; '.join(problems)}")
         return None

@@ -27,6 +27,25 @@ class Frame:
     size: int
 
 
+@dataclass(frozen=True)
+class Problem:
+    """Why a frame is not the message it should be."""
+
+    # Where in the frame: "resource/prefect.resource.id", or "(frame)".
+    place: str
+    # The rule broken: a JSON Schema keyword ("type", "required", ...).
+    rule: str
+    # The validator's words, which can quote the value: for the client that sent it only.
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.place}: {self.message}"
+
+    def without_value(self) -> str:
+        """The problem as the log says it: by place and rule, never quoting the frame."""
+        return f"{self.place}: fails '{self.rule}'"
+
+
 class Socket(Protocol):
     """An accepted, authenticated websocket of one of the API's channels."""
 
@@ -37,7 +56,7 @@ class Socket(Protocol):
         """
         ...
 
-    def problems(self, message: str, frame: Any) -> list[str]:
+    def problems(self, message: str, frame: Any) -> list[Problem]:
         """What keeps `frame` from being the message named `message` of asyncapi.yaml."""
         ...
 

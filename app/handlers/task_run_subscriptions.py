@@ -198,4 +198,5 @@ def _subscribe_refusal(socket: Socket, frame: Any) -> str | None:
     if not frame.get("client_id"):
         return "expected 'client_id' in subscribe message"
     problems = socket.problems("subscribe", frame)
-    return f"invalid 'subscribe' message: {'; '.join(problems)}" if problems else None
+    described = "; ".join(str(problem) for problem in problems)
+    return f"invalid 'subscribe' message: {described}" if problems else None

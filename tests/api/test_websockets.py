@@ -1047,6 +1047,23 @@ class TestFaults:
         assert stored_event_ids(database)[-1] == report["id"]
 
 
+    def test_an_invalid_event_is_logged_by_place_and_rule_not_its_values(
+        self, client: TestClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.WARNING, logger="app.handlers.events")
+        invalid = task_run_event(str(uuid.uuid4()), "PENDING")
+        invalid["id"] = "secret-id"
+        invalid["resource"]["prefect.resource.id"] = ["secret-resource"]
+
+        send_events(client, invalid)
+
+        [record] = [r for r in caplog.records if r.name == "app.handlers.events"]
+        assert record.getMessage() == (
+            "an event was not stored: id: fails 'format';"
+            " resource/prefect.resource.id: fails 'type'"
+        )
+
+
 class TestEventsOut:
     def follow(self, socket: Any, *, backfill: bool | None = None, **criteria: Any) -> None:
         since = criteria.pop("since", datetime.now(UTC) - timedelta(minutes=1))
