@@ -23,6 +23,7 @@ from app.contract.api import (
     ensure_every_operation_handled,
     mount_contract,
 )
+from app.contract.errors import ReadinessProblem
 from app.contract.middleware import BodyLimits
 from app.contract.spec import load_spec
 from app.contract.websockets import SocketAccess, SocketHandler, mount_websockets
@@ -41,8 +42,10 @@ from app.handlers.task_runs import TaskRunHandlers
 from app.observability import metrics
 from app.observability.logs import log_failure, skip_unused_record_fields
 from app.services.deliveries import queue_sizes
+from app.services.errors import NotReady
 from app.services.event_feed import EventFeed
 from app.services.event_retention import EventPruner
+from app.services.readiness import check_readiness
 from app.settings import Settings, comma_separated
 from generated.routes import HandlerGroups, Routes
 
@@ -195,6 +198,7 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
         metrics_enabled=settings.metrics_enabled,
         cors=cors_policy(settings),
         count_queue=queue_counter(database),
+        readiness_problem=readiness_problem(database),
     )
     mount_websockets(
         app,
@@ -206,6 +210,22 @@ def create_app(settings: Settings | None = None) -> FlaskApp:
     )
     app.app.extensions[DATABASE_EXTENSION] = database
     return app
+
+
+def readiness_problem(database: Database) -> ReadinessProblem:
+    """Why the service cannot serve from `database` now, as `/api/ready` says it; None when
+    it can.
+    """
+    head = head_revision()
+
+    def problem() -> NotReady | None:
+        try:
+            check_readiness(database=database, schema_head=head)
+        except NotReady as not_ready:
+            return not_ready
+        return None
+
+    return problem
 
 
 def queue_counter(database: Database) -> metrics.QueueCounter:

@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.contract.documents import document_endpoints
 from app.contract.endpoints import ReadOnlyEndpoints
-from app.contract.errors import register_error_handlers
+from app.contract.errors import ReadinessProblem, register_error_handlers
 from app.contract.middleware import (
     ApiVersionMiddleware,
     BasicAuthMiddleware,
@@ -210,6 +210,7 @@ def mount_contract(
     metrics_enabled: bool,
     cors: CorsPolicy | None,
     count_queue: QueueCounter | None = None,
+    readiness_problem: ReadinessProblem | None = None,
 ) -> None:
     """Serve openapi.yaml's operations on `app`, validated against the document itself.
 
@@ -217,7 +218,8 @@ def mount_contract(
     document says `security: []` needs those credentials. Beside the operations: the
     document and its docs page, the metrics when enabled (with the queue's sizes as
     `count_queue` finds them), a request id, a log line and metrics for every request, and
-    CORS when a policy is given.
+    CORS when a policy is given. An unexpected error is a 503 while `readiness_problem`
+    finds one.
     """
     if validate_responses and BodilessHeadResponseValidation not in app.middleware.middlewares:
         raise ValueError("validate_responses needs contract_middlewares(validate_responses=True)")
@@ -234,7 +236,7 @@ def mount_contract(
         validator_map=VALIDATOR_MAP,
         validate_responses=validate_responses,
     )
-    register_error_handlers(app)
+    register_error_handlers(app, readiness_problem=readiness_problem)
     # Middleware added at one position runs in the order added: the request id first, so
     # that every response carries it; CORS outside the error handling, so that error
     # responses carry its headers too.

@@ -16,6 +16,7 @@ from typing import Any
 from connexion import FlaskApp
 from connexion.exceptions import BadRequestProblem, ProblemException, UnsupportedMediaTypeProblem
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from app.contract.middleware import (
@@ -181,9 +182,27 @@ async def _problem(_request: ConnexionRequest, error: ProblemException) -> Conne
     return detail_response(error.status, str(error.detail or error.title), headers=headers)
 
 
-async def _unexpected(_request: ConnexionRequest, error: Exception) -> ConnexionResponse:
-    log_failure(logger, logging.ERROR, "unhandled error", error, with_stack=True)
-    return detail_response(500, "Internal Server Error")
+# Why the service cannot serve now (NotReady: the database unavailable or not migrated);
+# None when it can.
+ReadinessProblem = Callable[[], NotReady | None]
+
+
+def _unexpected_error_handler(readiness_problem: ReadinessProblem | None) -> ErrorHandler:
+    """The handler of every error no other handler takes: a 500, unless the service is not
+    ready (a database without the service's tables fails with errors of its own), which is a
+    503 saying what is missing, as `/api/ready` says it.
+    """
+
+    async def unexpected(_request: ConnexionRequest, error: Exception) -> ConnexionResponse:
+        # The readiness check reads the database: off the event loop, and only on this path.
+        problem = None if readiness_problem is None else await run_in_threadpool(readiness_problem)
+        if problem is not None:
+            log_failure(logger, logging.WARNING, f"not ready: {problem}", error, with_stack=False)
+            return detail_response(503, str(problem))
+        log_failure(logger, logging.ERROR, "unhandled error", error, with_stack=True)
+        return detail_response(500, "Internal Server Error")
+
+    return unexpected
 
 
 ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
@@ -200,11 +219,15 @@ ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
     NotReady: _not_ready,
     HTTPException: _http_exception,
     ProblemException: _problem,
-    Exception: _unexpected,
 }
 
 
-def register_error_handlers(app: FlaskApp) -> None:
-    """Route every exception class to its handler (the most specific class wins)."""
+def register_error_handlers(
+    app: FlaskApp, *, readiness_problem: ReadinessProblem | None = None
+) -> None:
+    """Route every exception class to its handler (the most specific class wins); what no
+    other handler takes is a 500, or a 503 while `readiness_problem` finds one.
+    """
     for error_class, handler in ERROR_HANDLERS.items():
         app.add_error_handler(error_class, handler)
+    app.add_error_handler(Exception, _unexpected_error_handler(readiness_problem))

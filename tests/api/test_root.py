@@ -116,6 +116,33 @@ class TestPerformReadinessCheck:
         [line] = [r.getMessage() for r in caplog.records if r.name == "app.contract.errors"]
         assert line.startswith("not ready: Database is not available: app.db.database.")
 
+    def test_operations_on_an_empty_database_say_why_until_it_is_migrated(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # As `taskrun-api serve --no-migrate` serves before `db upgrade` has run.
+        url = f"sqlite:///{tmp_path / 'unmigrated.db'}"
+        caplog.set_level(logging.WARNING, logger="app.contract.errors")
+        settings = Settings(database_url=url, validate_responses=True)
+        with create_app(settings).test_client() as test_client:
+            before = test_client.post("/api/task_runs/count", json={})
+            upgrade(url)
+            after = test_client.post("/api/task_runs/count", json={})
+
+        assert (before.status_code, before.json()) == (
+            503,
+            {
+                "detail": f"Database schema is at no revision, not at {head_revision()}: "
+                "run `taskrun-api db upgrade`"
+            },
+        )
+        assert (after.status_code, after.json()) == (200, 0)
+        [record] = [r for r in caplog.records if r.name == "app.contract.errors"]
+        assert record.levelno == logging.WARNING
+        assert record.getMessage().startswith(
+            "not ready: Database schema is at no revision, not at"
+        )
+        assert "Traceback" not in record.getMessage()
+
     def test_needs_no_credentials(self, database_url: str) -> None:
         status, body = self.ready(database_url, credentials=CREDENTIALS)
 

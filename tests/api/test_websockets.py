@@ -1046,7 +1046,6 @@ class TestFaults:
         assert "secret" not in logged
         assert stored_event_ids(database)[-1] == report["id"]
 
-
     def test_an_invalid_event_is_logged_by_place_and_rule_not_its_values(
         self, client: TestClient, caplog: pytest.LogCaptureFixture
     ) -> None:
