@@ -31,7 +31,7 @@ from app.contract.api import contract_problems
 from app.db.database import Database, is_in_memory_sqlite, normalise_url, use_wal
 from app.db.migrate import check, current_revisions, downgrade, head_revision, upgrade
 from app.main import handler_groups
-from app.observability.logs import log_config
+from app.observability.logs import error_line, log_config
 from app.observability.metrics import MULTIPROCESS_DIR_ENV
 from app.serving.listening import listening_socket, printable_address
 from app.serving.protocol import BoundedHttpToolsProtocol, HeadLimits, RefusalRecording
@@ -317,7 +317,7 @@ def _failed(message: str) -> int:
 
 
 def _print_error(message: str) -> None:
-    print(f"taskrun-api: error: {message}", file=sys.stderr)
+    print(error_line(message), file=sys.stderr)
 
 
 def _settings_errors(error: ValidationError) -> str:

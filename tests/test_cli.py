@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import tomllib
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
 
@@ -140,6 +141,30 @@ class TestSettings:
             "taskrun-api: error: invalid settings: DATABASE_LOCK_TIMEOUT: "
         )
         assert result.stderr.count("\n") == 1
+
+    @pytest.mark.parametrize("log_format", ["json", "JSON"])
+    def test_the_refusal_is_a_json_line_when_the_logs_are(
+        self, tmp_path: Path, log_format: str
+    ) -> None:
+        result = run(
+            CONSOLE_SCRIPT,
+            "check-handlers",
+            environment={
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+                "DATABASE_LOCK_TIMEOUT": "inf",
+                "LOG_FORMAT": log_format,
+            },
+        )
+
+        assert (result.returncode, result.stdout) == (1, "")
+        [line] = result.stderr.splitlines()
+        refusal = json.loads(line)
+        assert refusal["level"] == "ERROR"
+        assert refusal["logger"] == "app.cli"
+        assert refusal["message"].startswith(
+            "taskrun-api: error: invalid settings: DATABASE_LOCK_TIMEOUT: "
+        )
+        assert datetime.fromisoformat(refusal["time"]).tzinfo is not None
 
 
 class TestStartupErrors:

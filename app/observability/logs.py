@@ -8,12 +8,14 @@ request's context), so any code can name it with `current_request_id()`.
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from collections.abc import Iterator
 from typing import Any, Literal
 
 from asgi_correlation_id.context import correlation_id
 from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter
 
 LogFormat = Literal["text", "json"]
 NO_REQUEST = "-"
@@ -66,6 +68,29 @@ def _formatter(log_format: LogFormat) -> dict[str, Any]:
             "reserved_attrs": _NOT_IN_JSON,
         }
     return {"format": TEXT_FORMAT}
+
+
+def error_line(message: str) -> str:
+    """The line a command ends with when it refuses to go on: `taskrun-api: error: ...`, as
+    a JSON object like every other line when LOG_FORMAT says json. Read from the environment
+    here, not from the settings: the settings themselves may be what is refused.
+    """
+    text = f"taskrun-api: error: {message}"
+    if _log_format_requested() != "json":
+        return text
+    options = {key: value for key, value in _formatter("json").items() if key != "()"}
+    formatter = JsonFormatter(**options)
+    record = logging.LogRecord("app.cli", logging.ERROR, "", 0, text, None, None)
+    record.request_id = NO_REQUEST
+    return formatter.format(record)
+
+
+def _log_format_requested() -> str:
+    # Environment variables name settings whatever their case, as the settings read them.
+    for name, value in os.environ.items():
+        if name.lower() == "log_format":
+            return value.strip().lower()
+    return "text"
 
 
 def log_config(*, level: str, log_format: LogFormat) -> dict[str, Any]:

@@ -27,6 +27,8 @@ from prometheus_client import (
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from sqlalchemy import Engine, event
 
+from app.observability.logs import error_line
+
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Read at import, as prometheus-client does: the two must agree for the life of the process.
 MULTIPROCESS = MULTIPROCESS_DIR_ENV in os.environ
@@ -48,8 +50,10 @@ def _prepare_multiprocess_directory(directory: str) -> None:
     else:
         return
     raise SystemExit(
-        f"taskrun-api: error: {MULTIPROCESS_DIR_ENV} ({directory}) cannot be used as the"
-        f" metrics' directory: {reason}"
+        error_line(
+            f"{MULTIPROCESS_DIR_ENV} ({directory}) cannot be used as the metrics' directory:"
+            f" {reason}"
+        )
     )
 
 
