@@ -43,7 +43,13 @@ class Problem:
 
     def without_value(self) -> str:
         """The problem as the log says it: by place and rule, never quoting the frame."""
+        if self.rule == MISSING:
+            return f"{self.place}: missing"
         return f"{self.place}: fails '{self.rule}'"
+
+
+# The rule of a required member that is missing (its place names the member).
+MISSING = "missing"
 
 
 class Socket(Protocol):

@@ -1053,12 +1053,13 @@ class TestFaults:
         invalid = task_run_event(str(uuid.uuid4()), "PENDING")
         invalid["id"] = "secret-id"
         invalid["resource"]["prefect.resource.id"] = ["secret-resource"]
+        del invalid["event"]
 
         send_events(client, invalid)
 
         [record] = [r for r in caplog.records if r.name == "app.handlers.events"]
         assert record.getMessage() == (
-            "an event was not stored: id: fails 'format';"
+            "an event was not stored: event: missing; id: fails 'format';"
             " resource/prefect.resource.id: fails 'type'"
         )
 
