@@ -239,9 +239,14 @@ def queue_counter(database: Database) -> metrics.QueueCounter:
             # The other metrics are still served; the queue's are left out of this scrape.
             logger.warning("/metrics: the queue was not counted: %s", error.reason)
         except Exception as error:
-            # A database without the service's tables (`serve --no-migrate`), for one.
+            # A database without the service's tables (`serve --no-migrate`), for one: a
+            # warning at every scrape, by the error's name, not a traceback each time.
             log_failure(
-                logger, logging.ERROR, "/metrics: the queue was not counted", error, with_stack=True
+                logger,
+                logging.WARNING,
+                "/metrics: the queue was not counted",
+                error,
+                with_stack=False,
             )
         return None
 
