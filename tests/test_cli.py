@@ -126,15 +126,21 @@ class TestSettings:
             finally:
                 database_of(application).dispose()
 
-    def test_the_command_refuses_to_start_with_a_bad_setting(self, tmp_path: Path) -> None:
-        result = run(
+    @staticmethod
+    def with_a_bad_setting(tmp_path: Path, **environment: str) -> subprocess.CompletedProcess[str]:
+        """`check-handlers` run with a lock timeout the settings refuse."""
+        return run(
             CONSOLE_SCRIPT,
             "check-handlers",
             environment={
                 "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
                 "DATABASE_LOCK_TIMEOUT": "inf",
+                **environment,
             },
         )
+
+    def test_the_command_refuses_to_start_with_a_bad_setting(self, tmp_path: Path) -> None:
+        result = self.with_a_bad_setting(tmp_path)
 
         assert (result.returncode, result.stdout) == (1, "")
         assert result.stderr.startswith(
@@ -146,15 +152,7 @@ class TestSettings:
     def test_the_refusal_is_a_json_line_when_the_logs_are(
         self, tmp_path: Path, log_format: str
     ) -> None:
-        result = run(
-            CONSOLE_SCRIPT,
-            "check-handlers",
-            environment={
-                "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
-                "DATABASE_LOCK_TIMEOUT": "inf",
-                "LOG_FORMAT": log_format,
-            },
-        )
+        result = self.with_a_bad_setting(tmp_path, LOG_FORMAT=log_format)
 
         assert (result.returncode, result.stdout) == (1, "")
         [line] = result.stderr.splitlines()
